@@ -1,0 +1,76 @@
+import Foundation
+import Yams
+
+/// Loads a ``GatewayConfigFile`` from YAML (`.yaml`, `.yml`) or JSON (`.json`), chosen by extension.
+public enum ConfigLoader {
+    /// Reads, decodes and validates `path`.
+    /// - Throws: ``ConfigError`` naming the file, the key path and the problem.
+    public static func load(path: String) throws(ConfigError) -> GatewayConfigFile {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError(file: path, key: nil, message: "cannot read the file (\(error.localizedDescription))")
+        }
+        return try decode(text, path: path)
+    }
+
+    /// Decodes and validates configuration text; `path` decides the syntax and names the source in errors.
+    public static func decode(_ text: String, path: String) throws(ConfigError) -> GatewayConfigFile {
+        let lower = path.lowercased()
+        let config: GatewayConfigFile
+        do {
+            if lower.hasSuffix(".json") {
+                config = try JSONDecoder().decode(GatewayConfigFile.self, from: Data(text.utf8))
+            } else if lower.hasSuffix(".yaml") || lower.hasSuffix(".yml") {
+                // An empty YAML document (or one with only comments) means "all defaults".
+                let isEmpty = text.split(separator: "\n").allSatisfy {
+                    let line = $0.trimmingCharacters(in: .whitespaces)
+                    return line.isEmpty || line.hasPrefix("#") || line == "---"
+                }
+                config = isEmpty ? GatewayConfigFile() : try YAMLDecoder().decode(GatewayConfigFile.self, from: text)
+            } else {
+                throw ConfigError(file: path, key: nil, message: "unknown file type: use .yaml, .yml or .json")
+            }
+        } catch let error as ConfigError {
+            throw error
+        } catch let error as DecodingError {
+            throw describe(error, path: path)
+        } catch {
+            throw ConfigError(file: path, key: nil, message: "not valid \(lower.hasSuffix(".json") ? "JSON" : "YAML"): \(error)")
+        }
+        if let first = config.validationErrors().first {
+            throw ConfigError(file: path, key: first.key, message: first.message)
+        }
+        return config
+    }
+
+    private static func describe(_ error: DecodingError, path: String) -> ConfigError {
+        switch error {
+        case .typeMismatch(let type, let context):
+            return ConfigError(file: path, key: keyPath(context.codingPath), message: "expected \(typeName(type))")
+        case .valueNotFound(let type, let context):
+            return ConfigError(file: path, key: keyPath(context.codingPath), message: "expected \(typeName(type)), found null")
+        case .keyNotFound(let key, let context):
+            return ConfigError(file: path, key: keyPath(context.codingPath + [key]), message: "missing")
+        case .dataCorrupted(let context):
+            if context.codingPath.isEmpty {
+                let underlying = context.underlyingError.map { " (\($0))" } ?? ""
+                return ConfigError(file: path, key: nil, message: "cannot be parsed: \(context.debugDescription)\(underlying)")
+            }
+            return ConfigError(file: path, key: keyPath(context.codingPath), message: context.debugDescription)
+        @unknown default:
+            return ConfigError(file: path, key: nil, message: "\(error)")
+        }
+    }
+
+    private static func typeName(_ type: Any.Type) -> String {
+        switch type {
+        case is Int.Type: "an integer"
+        case is Double.Type: "a number"
+        case is Bool.Type: "true or false"
+        case is String.Type: "a string"
+        default: "\(type)"
+        }
+    }
+}

@@ -1,0 +1,66 @@
+public import NIOCore
+
+/// The credentials a client presented in CONNECT.
+public struct ConnectCredentials: Sendable {
+    public var clientID: String
+    public var username: String?
+    public var password: ByteBuffer?
+    /// The peer's address, for logs and address-based rules.
+    public var remoteAddress: String?
+
+    public init(clientID: String, username: String?, password: ByteBuffer?, remoteAddress: String?) {
+        self.clientID = clientID
+        self.username = username
+        self.password = password
+        self.remoteAddress = remoteAddress
+    }
+}
+
+/// The verdict of an ``Authenticator``.
+public enum AuthenticationResult: Sendable, Hashable {
+    /// Accept; the identity is the username the client is known by afterwards (or nil when anonymous).
+    case accepted(username: String?)
+    /// Wrong username or password: CONNACK return code 4 (3.1.1) or reason 0x86 (5.0).
+    case badCredentials
+    /// Valid credentials, but this client may not connect: return code 5 / reason 0x87.
+    case notAuthorized
+}
+
+/// Decides whether a CONNECT is allowed. Implementations may await (a database look-up through the pool).
+public protocol Authenticator: Sendable {
+    func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationResult
+}
+
+/// What a client wants to do with a topic, for ``Authorizer``.
+public enum TopicAccess: Sendable, Hashable {
+    case publish
+    case subscribe
+}
+
+/// Decides per topic whether a connected client may publish or subscribe (ACLs).
+public protocol Authorizer: Sendable {
+    func isAllowed(_ access: TopicAccess, topic: String, clientID: String, username: String?) -> Bool
+}
+
+/// The built-in authenticator when no user store is configured: with anonymous access allowed every
+/// client is accepted (a presented username is kept for ACLs and logs, as mosquitto does without a
+/// password file). Without anonymous access there is nobody a username could match: a client without
+/// credentials is not authorized (return code 5) and one with credentials has bad credentials (4).
+public struct AnonymousAuthenticator: Authenticator {
+    public var allowAnonymous: Bool
+
+    public init(allowAnonymous: Bool) {
+        self.allowAnonymous = allowAnonymous
+    }
+
+    public func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationResult {
+        if allowAnonymous { return .accepted(username: credentials.username) }
+        return credentials.username == nil ? .notAuthorized : .badCredentials
+    }
+}
+
+/// Allows every topic access: the behaviour when no ACL rules are configured.
+public struct AllowAllAuthorizer: Authorizer {
+    public init() {}
+    public func isAllowed(_ access: TopicAccess, topic: String, clientID: String, username: String?) -> Bool { true }
+}

@@ -1,0 +1,37 @@
+/// Limits and switches of the broker core. Every field has the default the shipped configuration
+/// files use; the file model (GatewayConfig) maps onto this.
+public struct BrokerConfiguration: Sendable, Hashable {
+    /// The most simultaneous client connections; more are refused at accept. Default 100,000.
+    public var maxConnections: Int = 100_000
+    /// The largest packet accepted from a client, fixed header included. Default 1 MiB.
+    public var maxPacketSize: Int = 1_048_576
+    /// Seconds a new socket may stay open without sending CONNECT. Default 10.
+    public var connectTimeout: Double = 10
+    /// Unacknowledged outbound QoS 1/2 messages per session (the in-flight window). Default 32.
+    public var maxInflight: Int = 32
+    /// Messages a session's outbound queue holds (pending plus in flight). Default 1,000.
+    public var maxQueuedMessages: Int = 1_000
+    /// Bytes a session's outbound queue holds. Default 1 MiB.
+    public var maxQueuedBytes: Int = 1_048_576
+    /// Bytes all outbound queues together hold. Default 256 MiB: per-client caps alone would let ten
+    /// thousand slow clients hold 10 GB.
+    public var globalMaxQueuedBytes: Int = 268_435_456
+    /// Seconds an offline persistent session (3.1.1 clean session 0) is kept. MQTT 3.1.1 has no session
+    /// expiry, so forgotten sessions would otherwise queue forever. Default 1 day.
+    public var sessionExpiry: Double = 86_400
+    /// The highest QoS granted to subscriptions. Default 2.
+    public var maxQoS: Int = 2
+    /// Whether retained messages are stored. Default true.
+    public var retainAvailable: Bool = true
+    /// Whether clients without a username may connect. Default true.
+    public var allowAnonymous: Bool = true
+    /// The longest client identifier accepted, in bytes. Default 256.
+    public var maxClientIDLength: Int = 256
+    /// The keep-alive the server imposes on MQTT 5 clients that ask for 0 or more than this, in seconds
+    /// (Server Keep Alive). MQTT 3.1.1 clients cannot be told, so for them it is not applied. Default 0 (off).
+    public var maxKeepAlive: Int = 0
+    /// Seconds the graceful shutdown may take before connections are cut. Default 10.
+    public var shutdownTimeout: Double = 10
+
+    public init() {}
+}

@@ -1,0 +1,522 @@
+public import Logging
+public import MQTTCodec
+import NIOCore
+
+/// The MQTT protocol logic of one client connection, without I/O.
+///
+/// The transport feeds it decoded packets and performs the ``Action``s it returns, in order. It owns no
+/// socket and starts no task, so every rule here is testable with plain unit tests. One instance
+/// belongs to one connection task; it is deliberately not `Sendable`.
+public final class ClientConnection {
+    /// What the transport must do, in order.
+    public enum Action {
+        /// Encode and write a packet.
+        case send(MQTTPacket)
+        /// Start the delivery task, which writes what ``OutboundSource/next()`` yields until it returns nil.
+        case startDelivery(OutboundSource)
+        /// Enforce a keep-alive of this many seconds (0: none); the transport closes the connection when
+        /// no packet arrives within 1.5 times that.
+        case keepAlive(seconds: Int)
+        /// Run this once everything sent before it has been written (used to queue retained messages
+        /// only after their SUBACK).
+        case then(@Sendable () -> Void)
+        /// Close the connection (after writing what came before).
+        case close
+    }
+
+    /// How the connection ended, for the log and metrics.
+    public enum CloseCause: Sendable {
+        /// The socket closed or failed without DISCONNECT.
+        case connectionLost
+        /// A decode or protocol error.
+        case protocolError
+        /// No packet within 1.5 × keep alive.
+        case keepAliveTimeout
+        /// The server ended it (``ServerDisconnectReason``).
+        case server(ServerDisconnectReason)
+    }
+
+    let broker: Broker
+    let handle: any ConnectionHandle
+    let remoteAddress: String?
+    public private(set) var logger: Logger
+    /// The negotiated version (3.1.1 until CONNECT says otherwise).
+    public private(set) var version: MQTTProtocolVersion = .v3_1_1
+    /// The client id, once CONNECT was accepted.
+    public private(set) var clientID: String?
+    private var session: Session?
+    private var owner: UInt64 = 0
+    private var username: String?
+    private var will: MQTTWill?
+    private var gracefulDisconnect = false
+    private var connectSessionExpiry: UInt32 = 0
+    /// Inbound topic aliases (MQTT 5): alias → topic.
+    private var topicAliases: [UInt16: String] = [:]
+    /// The Topic Alias Maximum the gateway accepts from clients.
+    static let inboundTopicAliasMaximum: UInt16 = 64
+
+    /// - Parameters:
+    ///   - broker: the broker core.
+    ///   - handle: how the broker ends this connection (takeover, slow consumer, shutdown).
+    ///   - remoteAddress: the peer, for logs.
+    ///   - logger: the transport's logger; connection metadata is added here.
+    public init(broker: Broker, handle: any ConnectionHandle, remoteAddress: String?, logger: Logger) {
+        self.broker = broker
+        self.handle = handle
+        self.remoteAddress = remoteAddress
+        self.logger = logger
+        if let remoteAddress { self.logger[metadataKey: "net.peer.address"] = "\(remoteAddress)" }
+    }
+
+    /// Whether CONNECT was accepted.
+    public var isConnected: Bool { session != nil }
+
+    // MARK: Inbound packets
+
+    /// Handles one decoded packet.
+    public func handle(_ packet: MQTTPacket) async -> [Action] {
+        logger.trace("received packet", metadata: ["mqtt.packet.type": "\(packet.type)"])
+        guard let session else {
+            guard case .connect(let connect) = packet else {
+                return protocolViolation("first packet is \(packet.type), not CONNECT")
+            }
+            return await handleConnect(connect)
+        }
+        switch packet {
+        case .connect:
+            return protocolViolation("second CONNECT")
+        case .publish(let publish):
+            return handlePublish(publish, session: session)
+        case .puback(let ack):
+            if !session.acknowledge(puback: ack.packetIdentifier) {
+                logger.debug("PUBACK for unknown packet id", metadata: ["mqtt.packet.id": "\(ack.packetIdentifier)"])
+            }
+            return []
+        case .pubrec(let ack):
+            if ack.reasonCode.isFailure {
+                // MQTT 5: a failed PUBREC ends the exchange; treat it like PUBCOMP.
+                _ = session.acknowledge(pubrec: ack.packetIdentifier)
+                _ = session.acknowledge(pubcomp: ack.packetIdentifier)
+                return []
+            }
+            let known = session.acknowledge(pubrec: ack.packetIdentifier)
+            let code: MQTTReasonCode = known || version == .v3_1_1 ? .success : .packetIdentifierNotFound
+            return [.send(.pubrel(MQTTAckPacket(packetIdentifier: ack.packetIdentifier, reasonCode: code)))]
+        case .pubrel(let ack):
+            let known = session.releasedQoS2(packetID: ack.packetIdentifier)
+            let code: MQTTReasonCode = known || version == .v3_1_1 ? .success : .packetIdentifierNotFound
+            return [.send(.pubcomp(MQTTAckPacket(packetIdentifier: ack.packetIdentifier, reasonCode: code)))]
+        case .pubcomp(let ack):
+            _ = session.acknowledge(pubcomp: ack.packetIdentifier)
+            return []
+        case .subscribe(let subscribe):
+            return handleSubscribe(subscribe, session: session)
+        case .unsubscribe(let unsubscribe):
+            let codes = broker.unsubscribe(unsubscribe.topicFilters, session: session)
+            return [.send(.unsuback(MQTTSubAckPacket(packetIdentifier: unsubscribe.packetIdentifier, reasonCodes: codes)))]
+        case .pingreq:
+            return [.send(.pingresp)]
+        case .disconnect(let disconnect):
+            return handleDisconnect(disconnect, session: session)
+        case .auth:
+            // Enhanced authentication is not offered (no Authentication Method is accepted in CONNECT),
+            // so an AUTH packet is a protocol error (MQTT-4.12.0-1).
+            return protocolViolation("AUTH without an authentication method")
+        case .connack, .suback, .unsuback, .pingresp:
+            return protocolViolation("\(packet.type) sent by a client")
+        }
+    }
+
+    /// Handles a packet that failed to decode: answers with the right code where the protocol has one,
+    /// logs it, and closes.
+    public func handleDecodeError(_ error: MQTTCodecError) -> [Action] {
+        broker.metrics.malformedPacket()
+        logger.info(
+            "closing connection after bad packet",
+            metadata: ["error": "\(error)", "mqtt.reason_code": "\(error.reasonCode)"]
+        )
+        if error.code == .unsupportedProtocolVersion && session == nil {
+            // MQTT-3.1.2-2: answer an unsupported level with return code 1 (0x01 is also what an MQTT 5
+            // client reads as "unsupported" when it sees a 3.1.1-format CONNACK), then close.
+            broker.metrics.connectRejected(returnCode: 1)
+            return [
+                .send(.connack(MQTTConnAckPacket(sessionPresent: false, reasonCode: MQTTReasonCode(1)))),
+                .close,
+            ]
+        }
+        broker.metrics.disconnected(.protocolError)
+        return disconnect(with: error.reasonCode)
+    }
+
+    /// Handles the keep-alive timer firing: MQTT 5 clients are told 0x8D, then the connection closes.
+    public func keepAliveExpired() -> [Action] {
+        logger.debug("keep alive expired")
+        return disconnect(with: .keepAliveTimeout)
+    }
+
+    /// The packet that tells an MQTT 5 client why the server closes the connection (nil for 3.1.1, which
+    /// has no server DISCONNECT).
+    public func serverDisconnectPacket(_ reason: ServerDisconnectReason) -> MQTTPacket? {
+        version == .v5 && session != nil ? .disconnect(MQTTReasonPacket(reasonCode: reason.reasonCode)) : nil
+    }
+
+    /// Cleans up once the connection has ended: publishes the Will unless the client disconnected
+    /// normally, and releases (or discards) the session.
+    public func connectionClosed(cause: CloseCause) {
+        guard let session else { return }
+        if !gracefulDisconnect {
+            switch cause {
+            case .connectionLost: broker.metrics.disconnected(.connectionLost)
+            case .protocolError: break  // counted where it was detected
+            case .keepAliveTimeout: broker.metrics.disconnected(.keepAliveTimeout)
+            case .server(let reason): broker.metrics.disconnected(reason.metricReason)
+            }
+            if let will {
+                publishWill(will)
+            }
+        }
+        broker.closeSession(session, owner: owner)
+        self.session = nil
+        logger.debug("connection closed", metadata: ["iotgw.close.cause": "\(cause)"])
+    }
+
+    // MARK: CONNECT
+
+    private func handleConnect(_ connect: MQTTConnectPacket) async -> [Action] {
+        version = connect.version
+        let configuration = broker.configuration
+        var clientID = connect.clientIdentifier
+        var assigned: String?
+        if clientID.isEmpty {
+            if version == .v3_1_1 && !connect.cleanStart {
+                // MQTT-3.1.3-8: an empty id requires clean session 1.
+                return rejectConnect(.identifierRejected, v5: .clientIdentifierNotValid, "empty client id with clean session 0")
+            }
+            clientID = "iotgw-" + Self.randomIdentifier()
+            if version == .v5 { assigned = clientID }
+        }
+        guard clientID.utf8.count <= configuration.maxClientIDLength else {
+            return rejectConnect(.identifierRejected, v5: .clientIdentifierNotValid, "client id longer than \(configuration.maxClientIDLength) bytes")
+        }
+        logger[metadataKey: "mqtt.client.id"] = "\(clientID)"
+        if connect.properties.authenticationMethod != nil {
+            return rejectConnect(.notAuthorized, v5: .badAuthenticationMethod, "enhanced authentication is not supported")
+        }
+        if let will = connect.will {
+            if will.qos.rawValue > configuration.maxQoS && version == .v5 {
+                return rejectConnect(.notAuthorized, v5: .qosNotSupported, "will QoS \(will.qos.rawValue) above the maximum")
+            }
+            if will.retain && !configuration.retainAvailable && version == .v5 {
+                return rejectConnect(.notAuthorized, v5: .retainNotSupported, "retained will but retain is not available")
+            }
+        }
+        let verdict = await broker.authenticator.authenticate(
+            ConnectCredentials(clientID: clientID, username: connect.username, password: connect.password, remoteAddress: remoteAddress)
+        )
+        switch verdict {
+        case .accepted(let name):
+            username = name
+        case .badCredentials:
+            return rejectConnect(.badUsernameOrPassword, v5: .badUserNameOrPassword, "bad username or password")
+        case .notAuthorized:
+            return rejectConnect(.notAuthorized, v5: .notAuthorized, "not authorized")
+        }
+        if let will = connect.will,
+            !broker.authorizer.isAllowed(.publish, topic: will.topic, clientID: clientID, username: username)
+        {
+            return rejectConnect(.notAuthorized, v5: .notAuthorized, "will topic not allowed")
+        }
+
+        let persistent: Bool
+        let expiry: Double?
+        switch version {
+        case .v3_1_1:
+            persistent = !connect.cleanStart
+            expiry = configuration.sessionExpiry
+        case .v5:
+            let interval = connect.properties.sessionExpiryInterval ?? 0
+            connectSessionExpiry = interval
+            persistent = interval > 0
+            expiry = interval == UInt32.max ? nil : Double(interval)
+        }
+        guard
+            let opened = broker.openSession(
+                clientID: clientID,
+                cleanStart: connect.cleanStart,
+                persistent: persistent,
+                expiryInterval: expiry,
+                clientReceiveMaximum: Int(connect.properties.receiveMaximum ?? UInt16.max),
+                handle: handle
+            )
+        else {
+            return rejectConnect(.serverUnavailable, v5: .serverUnavailable, "gateway is shutting down")
+        }
+        session = opened.session
+        owner = opened.owner
+        self.clientID = clientID
+        will = connect.will
+
+        var keepAlive = Int(connect.keepAlive)
+        var properties = MQTTProperties()
+        if version == .v5 {
+            properties.assignedClientIdentifier = assigned
+            if configuration.maxKeepAlive > 0 && (keepAlive == 0 || keepAlive > configuration.maxKeepAlive) {
+                keepAlive = configuration.maxKeepAlive
+                properties.serverKeepAlive = UInt16(keepAlive)
+            }
+            if configuration.maxQoS < 2 { properties.maximumQoS = UInt8(configuration.maxQoS) }
+            if !configuration.retainAvailable { properties.retainAvailable = 0 }
+            properties.maximumPacketSize = UInt32(configuration.maxPacketSize)
+            properties.topicAliasMaximum = Self.inboundTopicAliasMaximum
+            properties.wildcardSubscriptionAvailable = 1
+            properties.subscriptionIdentifierAvailable = 1
+            properties.sharedSubscriptionAvailable = 1
+        }
+        broker.metrics.connectAccepted()
+        logger.debug(
+            "client connected",
+            metadata: [
+                "mqtt.protocol.version": "\(version)", "mqtt.clean_start": "\(connect.cleanStart)",
+                "mqtt.keep_alive": "\(keepAlive)", "mqtt.session_present": "\(opened.sessionPresent)",
+            ]
+        )
+        let connack = MQTTConnAckPacket(
+            sessionPresent: opened.sessionPresent && !connect.cleanStart,
+            reasonCode: .success,
+            properties: properties
+        )
+        let source = OutboundSource(
+            session: opened.session,
+            owner: opened.owner,
+            maximumPacketSize: connect.properties.maximumPacketSize.map(Int.init),
+            version: version,
+            metrics: broker.metrics,
+            clock: ContinuousClock()
+        )
+        return [.send(.connack(connack)), .keepAlive(seconds: keepAlive), .startDelivery(source)]
+    }
+
+    private func rejectConnect(_ code: MQTTConnectReturnCode, v5: MQTTReasonCode, _ why: String) -> [Action] {
+        logger.info("connection refused", metadata: ["reason": "\(why)"])
+        broker.metrics.connectRejected(returnCode: code.rawValue)
+        let reason = version == .v5 ? v5 : MQTTReasonCode(code.rawValue)
+        return [.send(.connack(MQTTConnAckPacket(sessionPresent: false, reasonCode: reason))), .close]
+    }
+
+    private static func randomIdentifier() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let value = generator.next() as UInt64
+        let hex = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    // MARK: PUBLISH
+
+    private func handlePublish(_ publish: MQTTPublishPacket, session: Session) -> [Action] {
+        let configuration = broker.configuration
+        if broker.isDraining {
+            // Draining: take in nothing new. The PUBLISH is neither routed nor acknowledged, so the
+            // client still owns it and will send it again (to us after a restart, or elsewhere).
+            logger.trace("ignoring PUBLISH while draining")
+            return []
+        }
+        var topic = publish.topic
+        if version == .v5 {
+            if let alias = publish.properties.topicAlias {
+                guard alias <= Self.inboundTopicAliasMaximum else {
+                    return disconnectForViolation(.topicAliasInvalid, "topic alias \(alias) above the maximum")
+                }
+                if topic.isEmpty {
+                    guard let known = topicAliases[alias] else {
+                        return disconnectForViolation(.protocolError, "unknown topic alias \(alias)")
+                    }
+                    topic = known
+                } else {
+                    topicAliases[alias] = topic
+                }
+            } else if topic.isEmpty {
+                return disconnectForViolation(.protocolError, "empty topic without a topic alias")
+            }
+            if publish.qos.rawValue > configuration.maxQoS {
+                return disconnectForViolation(.qosNotSupported, "PUBLISH QoS \(publish.qos.rawValue) above the maximum")
+            }
+            if publish.retain && !configuration.retainAvailable {
+                return disconnectForViolation(.retainNotSupported, "retained PUBLISH but retain is not available")
+            }
+        }
+        broker.metrics.messageReceived(qos: publish.qos, bytes: publish.payload.readableBytes)
+
+        var failure: MQTTReasonCode?
+        if version == .v5 && publish.properties.payloadFormatIndicator == 1
+            && String(validating: publish.payload.readableBytesView, as: UTF8.self) == nil
+        {
+            failure = .payloadFormatInvalid
+        } else if !broker.authorizer.isAllowed(.publish, topic: topic, clientID: session.clientID, username: username) {
+            logger.debug("PUBLISH not authorized", metadata: ["mqtt.topic": "\(topic)"])
+            failure = .notAuthorized
+        }
+
+        var matched = 0
+        if failure == nil {
+            var properties = publish.properties
+            properties.topicAlias = nil
+            properties.subscriptionIdentifiers = []
+            let now = ContinuousClock().now
+            let message = Message(
+                topic: topic,
+                payload: publish.payload,
+                qos: publish.qos,
+                retain: publish.retain && configuration.retainAvailable,
+                properties: properties,
+                publisherClientID: session.clientID,
+                expiresAt: publish.properties.messageExpiryInterval.map { now.advanced(by: .seconds(Int64($0))) }
+            )
+            switch publish.qos {
+            case .atMostOnce, .atLeastOnce:
+                matched = broker.publish(message)
+            case .exactlyOnce:
+                // Route on first receipt only; a retransmission (same id before PUBREL) is just re-acknowledged.
+                if session.receivedQoS2(packetID: publish.packetIdentifier!) {
+                    matched = broker.publish(message)
+                } else {
+                    matched = 1
+                }
+            }
+        }
+        // MQTT 3.1.1 has no negative acknowledgement: a refused message is acknowledged and dropped
+        // (section 3.3.5); MQTT 5 says why in the reason code.
+        let code: MQTTReasonCode =
+            version == .v5 ? (failure ?? (matched == 0 ? .noMatchingSubscribers : .success)) : .success
+        switch publish.qos {
+        case .atMostOnce:
+            return []
+        case .atLeastOnce:
+            return [.send(.puback(MQTTAckPacket(packetIdentifier: publish.packetIdentifier!, reasonCode: code)))]
+        case .exactlyOnce:
+            if failure != nil {
+                // A failed PUBREC ends the exchange: forget the id so a new message may reuse it.
+                _ = session.releasedQoS2(packetID: publish.packetIdentifier!)
+            }
+            return [.send(.pubrec(MQTTAckPacket(packetIdentifier: publish.packetIdentifier!, reasonCode: code)))]
+        }
+    }
+
+    private func publishWill(_ will: MQTTWill) {
+        guard broker.authorizer.isAllowed(.publish, topic: will.topic, clientID: clientID ?? "", username: username) else {
+            return
+        }
+        let now = ContinuousClock().now
+        var properties = will.properties
+        properties.willDelayInterval = nil
+        broker.publish(
+            Message(
+                topic: will.topic,
+                payload: will.payload,
+                qos: will.qos,
+                retain: will.retain && broker.configuration.retainAvailable,
+                properties: properties,
+                publisherClientID: clientID,
+                expiresAt: will.properties.messageExpiryInterval.map { now.advanced(by: .seconds(Int64($0))) }
+            )
+        )
+        logger.debug("published will", metadata: ["mqtt.topic": "\(will.topic)"])
+    }
+
+    // MARK: SUBSCRIBE, DISCONNECT
+
+    private func handleSubscribe(_ subscribe: MQTTSubscribePacket, session: Session) -> [Action] {
+        let result = broker.subscribe(subscribe, session: session, username: username, version: version)
+        let suback = MQTTPacket.suback(MQTTSubAckPacket(packetIdentifier: subscribe.packetIdentifier, reasonCodes: result.reasonCodes))
+        guard !result.retained.isEmpty else { return [.send(suback)] }
+        let broker = self.broker
+        let retained = result.retained
+        return [.send(suback), .then({ broker.deliverRetained(retained, to: session) })]
+    }
+
+    private func handleDisconnect(_ disconnect: MQTTReasonPacket, session: Session) -> [Action] {
+        gracefulDisconnect = true
+        if version == .v5 {
+            if let interval = disconnect.properties.sessionExpiryInterval {
+                if connectSessionExpiry == 0 && interval > 0 {
+                    // MQTT-3.14.2-2: a session that was not persistent cannot become persistent now.
+                    gracefulDisconnect = false
+                    return disconnectForViolation(.protocolError, "session expiry set on DISCONNECT after 0 on CONNECT")
+                }
+                broker.updateSessionExpiry(session, interval: interval)
+            }
+            if disconnect.reasonCode == .disconnectWithWillMessage, let will {
+                publishWill(will)
+            }
+        }
+        broker.metrics.disconnected(.clientDisconnect)
+        will = nil
+        logger.debug("client disconnected")
+        return [.close]
+    }
+
+    // MARK: Errors
+
+    private func protocolViolation(_ why: String) -> [Action] {
+        broker.metrics.disconnected(.protocolError)
+        logger.info("closing connection after protocol violation", metadata: ["reason": "\(why)"])
+        return disconnect(with: .protocolError)
+    }
+
+    private func disconnectForViolation(_ code: MQTTReasonCode, _ why: String) -> [Action] {
+        broker.metrics.disconnected(.protocolError)
+        logger.info("closing connection after protocol violation", metadata: ["reason": "\(why)", "mqtt.reason_code": "\(code)"])
+        return disconnect(with: code)
+    }
+
+    private func disconnect(with code: MQTTReasonCode) -> [Action] {
+        if version == .v5 && session != nil {
+            return [.send(.disconnect(MQTTReasonPacket(reasonCode: code))), .close]
+        }
+        return [.close]
+    }
+}
+
+extension Broker {
+    /// Applies a new Session Expiry Interval sent in an MQTT 5 DISCONNECT.
+    func updateSessionExpiry(_ session: Session, interval: UInt32) {
+        session.setExpiry(persistent: interval > 0, interval: interval == UInt32.max ? nil : Double(interval))
+    }
+}
+
+/// Yields the packets a session's delivery task writes. `Sendable`, so it can move into a child task.
+public struct OutboundSource: Sendable {
+    let session: Session
+    let owner: UInt64
+    /// The client's Maximum Packet Size (MQTT 5): larger messages are not sent to it (MQTT-3.1.2-25).
+    let maximumPacketSize: Int?
+    let version: MQTTProtocolVersion
+    let metrics: GatewayMetrics
+    let clock: ContinuousClock
+
+    /// The next packet to write, or nil when the connection no longer owns the session.
+    public func next() async -> MQTTPacket? {
+        while true {
+            guard let item = await session.nextOutbound(owner: owner, now: { clock.now }) else { return nil }
+            switch item {
+            case .pubrel(let id):
+                return .pubrel(MQTTAckPacket(packetIdentifier: id))
+            case .publish(let publish):
+                if let maximumPacketSize, Self.encodedSize(publish, version: version) > maximumPacketSize {
+                    // Too large for this client: drop it as if delivered, and count it.
+                    if let id = publish.packetIdentifier {
+                        _ = session.acknowledge(puback: id)
+                        _ = session.acknowledge(pubrec: id)
+                        _ = session.acknowledge(pubcomp: id)
+                    }
+                    metrics.messageDropped(.tooLarge)
+                    continue
+                }
+                return .publish(publish)
+            }
+        }
+    }
+
+    private static func encodedSize(_ publish: MQTTPublishPacket, version: MQTTProtocolVersion) -> Int {
+        MQTTPacket.publish(publish).encode(version: version, allocator: ByteBufferAllocator()).readableBytes
+    }
+}

@@ -1,0 +1,435 @@
+public import Logging
+import MQTTCodec
+import NIOCore
+import Synchronization
+
+/// The broker core: sessions, the subscription index, retained messages and routing.
+///
+/// Knows no sockets: connections reach it through ``ClientConnection`` and it reaches them back only
+/// through ``ConnectionHandle``. Hot state (sessions and the subscription index) sits behind one
+/// `Mutex`; every critical section is short and synchronous. Per-session state has its own lock, always
+/// taken after (never while holding) the broker's, so the two cannot deadlock.
+public final class Broker: Sendable {
+    public let configuration: BrokerConfiguration
+    public let metrics: GatewayMetrics
+    let logger: Logger
+    let authenticator: any Authenticator
+    let authorizer: any Authorizer
+    let budget: QueueBudget
+    let retained = RetainedStore()
+    private let state: Mutex<State>
+    private let clock = ContinuousClock()
+
+    private struct State: Sendable {
+        var sessions: [String: Session] = [:]
+        var index = SubscriptionIndex()
+        var nextOwnerID: UInt64 = 1
+        var connections: [GatewayMetrics.Transport: Int] = [:]
+        var draining = false
+    }
+
+    /// - Parameters:
+    ///   - configuration: limits and switches.
+    ///   - authenticator: decides CONNECTs; defaults to anonymous access per `configuration.allowAnonymous`.
+    ///   - authorizer: decides topic access (ACLs); defaults to allowing everything.
+    ///   - metrics: where counters go.
+    ///   - logger: the gateway's logger.
+    public init(
+        configuration: BrokerConfiguration,
+        authenticator: (any Authenticator)? = nil,
+        authorizer: any Authorizer = AllowAllAuthorizer(),
+        metrics: GatewayMetrics = GatewayMetrics(),
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.authenticator = authenticator ?? AnonymousAuthenticator(allowAnonymous: configuration.allowAnonymous)
+        self.authorizer = authorizer
+        self.metrics = metrics
+        self.logger = logger
+        self.budget = QueueBudget(limit: configuration.globalMaxQueuedBytes)
+        self.state = Mutex(State())
+    }
+
+    var now: ContinuousClock.Instant { clock.now }
+
+    // MARK: Connections
+
+    /// Counts a new network connection. Returns false when `maxConnections` is reached or the gateway is
+    /// draining: the transport then closes the socket at once.
+    public func admitConnection(transport: GatewayMetrics.Transport) -> Bool {
+        let current = state.withLock { state -> Int? in
+            let total = state.connections.values.reduce(0, +)
+            guard !state.draining, total < configuration.maxConnections else { return nil }
+            state.connections[transport, default: 0] += 1
+            return state.connections[transport]!
+        }
+        guard let current else { return false }
+        metrics.connectionOpened(transport, current: current)
+        return true
+    }
+
+    /// Counts a network connection that ended (one admitted by ``admitConnection(transport:)``).
+    public func releaseConnection(transport: GatewayMetrics.Transport) {
+        let current = state.withLock { state -> Int in
+            state.connections[transport, default: 1] -= 1
+            return state.connections[transport]!
+        }
+        metrics.connectionClosed(transport, current: current)
+    }
+
+    /// The number of open network connections.
+    public var connectionCount: Int { state.withLock { $0.connections.values.reduce(0, +) } }
+
+    /// The number of sessions, connected or not.
+    public var sessionCount: Int { state.withLock { $0.sessions.count } }
+
+    /// The session of `clientID`, if any.
+    public func session(clientID: String) -> Session? { state.withLock { $0.sessions[clientID] } }
+
+    /// What ``openSession(clientID:cleanStart:expiryInterval:clientReceiveMaximum:handle:)`` decided.
+    struct OpenedSession {
+        var session: Session
+        var owner: UInt64
+        var sessionPresent: Bool
+    }
+
+    /// Opens (or resumes) the session of an authenticated client and makes `handle` its owner. A
+    /// connection already owning the session is told to close (session takeover, MQTT-3.1.4-2).
+    func openSession(
+        clientID: String,
+        cleanStart: Bool,
+        persistent: Bool,
+        expiryInterval: Double?,
+        clientReceiveMaximum: Int,
+        handle: any ConnectionHandle
+    ) -> OpenedSession? {
+        let now = self.now
+        let limits = Session.Limits(
+            maxInflight: configuration.maxInflight,
+            maxQueuedMessages: configuration.maxQueuedMessages,
+            maxQueuedBytes: configuration.maxQueuedBytes
+        )
+        let result = state.withLock { state -> (OpenedSession, Session?)? in
+            guard !state.draining else { return nil }
+            let owner = state.nextOwnerID
+            state.nextOwnerID += 1
+            var discarded: Session?
+            if let existing = state.sessions[clientID] {
+                if cleanStart || existing.isExpired(now: now) {
+                    Self.removeSubscriptions(of: existing, from: &state.index)
+                    state.sessions[clientID] = nil
+                    discarded = existing
+                } else {
+                    return (OpenedSession(session: existing, owner: owner, sessionPresent: true), nil)
+                }
+            }
+            let session = Session(
+                clientID: clientID,
+                persistent: persistent,
+                expiryInterval: expiryInterval,
+                limits: limits,
+                budget: budget,
+                metrics: metrics
+            )
+            state.sessions[clientID] = session
+            return (OpenedSession(session: session, owner: owner, sessionPresent: false), discarded)
+        }
+        guard let (opened, discarded) = result else { return nil }
+        if let discarded {
+            // The old session's connection (if any) is taken over; its queue goes with it.
+            discarded.handle?.close(reason: .sessionTakenOver)
+            discarded.discardQueued()
+        }
+        let previous = opened.session.attach(
+            owner: opened.owner,
+            handle: handle,
+            persistent: persistent,
+            expiryInterval: expiryInterval,
+            clientReceiveMaximum: clientReceiveMaximum
+        )
+        if let previous {
+            logger.debug("session taken over", metadata: ["mqtt.client.id": "\(clientID)"])
+            previous.close(reason: .sessionTakenOver)
+        }
+        metrics.sessions(sessionCount)
+        return opened
+    }
+
+    /// Ends connection `owner`'s ownership of `session`. A non-persistent session is discarded.
+    func closeSession(_ session: Session, owner: UInt64) {
+        guard session.detach(owner: owner, now: now) else { return }
+        if !session.isPersistent {
+            discard(session)
+        }
+    }
+
+    private func discard(_ session: Session) {
+        let removed = state.withLock { state -> Bool in
+            guard state.sessions[session.clientID] === session else { return false }
+            state.sessions[session.clientID] = nil
+            Self.removeSubscriptions(of: session, from: &state.index)
+            return true
+        }
+        let dropped = session.discardQueued()
+        if removed {
+            metrics.sessions(sessionCount)
+        }
+        if dropped > 0 && session.isPersistent {
+            metrics.messageDropped(.sessionExpired, count: dropped)
+        }
+    }
+
+    private static func removeSubscriptions(of session: Session, from index: inout SubscriptionIndex) {
+        for (_, subscription) in session.subscriptions {
+            index.remove(filter: subscription.options.topicFilter, group: subscription.group, clientID: session.clientID)
+        }
+    }
+
+    /// Removes offline sessions whose expiry has passed. Returns how many were removed.
+    @discardableResult
+    public func expireSessions() -> Int {
+        let now = self.now
+        let expired = state.withLock { state in state.sessions.values.filter { $0.isExpired(now: now) } }
+        for session in expired {
+            logger.debug("session expired", metadata: ["mqtt.client.id": "\(session.clientID)"])
+            discard(session)
+        }
+        return expired.count
+    }
+
+    // MARK: Routing
+
+    /// Routes a published message to every matching subscription and applies it to the retained store.
+    /// Returns the number of subscribers it was queued for.
+    @discardableResult
+    public func publish(_ message: Message) -> Int {
+        if message.retain && configuration.retainAvailable {
+            metrics.retained(retained.apply(message))
+        }
+        struct Target {
+            var session: Session
+            var qos: MQTTQoS
+            var retainAsPublished: Bool
+            var identifiers: [UInt32]
+        }
+        var targets: [String: Target] = [:]
+        let size = message.queuedByteCount
+        state.withLock { state in
+            state.index.forEachMatch(topic: message.topic) { entry in
+                if entry.options.noLocal && entry.session.clientID == message.publisherClientID { return }
+                let qos = min(message.qos, entry.options.qos)
+                let id = entry.session.clientID
+                if var target = targets[id] {
+                    // Overlapping subscriptions: deliver once, at the highest QoS (MQTT-3.3.5-1).
+                    target.qos = max(target.qos, qos)
+                    target.retainAsPublished = target.retainAsPublished || entry.options.retainAsPublished
+                    if let sid = entry.subscriptionIdentifier { target.identifiers.append(sid) }
+                    targets[id] = target
+                } else {
+                    targets[id] = Target(
+                        session: entry.session,
+                        qos: qos,
+                        retainAsPublished: entry.options.retainAsPublished,
+                        identifiers: entry.subscriptionIdentifier.map { [$0] } ?? []
+                    )
+                }
+            } pickShared: { group in
+                Self.pickMember(of: &group, size: size)
+            }
+        }
+        for target in targets.values {
+            deliver(
+                QueuedMessage(
+                    message: message,
+                    qos: target.qos,
+                    retain: target.retainAsPublished && message.retain,
+                    subscriptionIdentifiers: target.identifiers
+                ),
+                to: target.session
+            )
+        }
+        return targets.count
+    }
+
+    /// Chooses the next member of a shared group in round-robin order, skipping members that are
+    /// offline or whose queue is full; if all are, the next one in turn gets it (and its policy applies).
+    private static func pickMember(of group: inout SubscriptionIndex.SharedGroup, size: Int) -> SubscriptionEntry? {
+        guard !group.order.isEmpty else { return nil }
+        let count = group.order.count
+        for step in 0..<count {
+            let index = (group.cursor + step) % count
+            if let entry = group.members[group.order[index]], entry.session.hasRoom(for: size) {
+                group.cursor = (index + 1) % count
+                return entry
+            }
+        }
+        let entry = group.members[group.order[group.cursor % count]]
+        group.cursor = (group.cursor + 1) % count
+        return entry
+    }
+
+    private func deliver(_ queued: QueuedMessage, to session: Session) {
+        let (result, startedDropping) = session.enqueue(queued)
+        switch result {
+        case .queued, .notQueuedOffline:
+            break
+        case .dropped(let reason):
+            if startedDropping {
+                logger.notice(
+                    "outbound queue full, dropping messages",
+                    metadata: ["mqtt.client.id": "\(session.clientID)", "iotgw.drop.reason": "\(reason.rawValue)"]
+                )
+            }
+        case .slowConsumer:
+            logger.notice(
+                "outbound queue full with QoS \(queued.qos.rawValue) messages, disconnecting slow consumer",
+                metadata: ["mqtt.client.id": "\(session.clientID)"]
+            )
+            session.handle?.close(reason: .quotaExceeded)
+        }
+    }
+
+    // MARK: Subscriptions
+
+    /// A subscription request that passed validation, to be applied by ``subscribe(_:to:)``.
+    struct SubscribeResult {
+        var reasonCodes: [MQTTReasonCode]
+        /// Retained messages to deliver once SUBACK has been sent.
+        var retained: [QueuedMessage]
+    }
+
+    /// Applies a SUBSCRIBE for `session`.
+    func subscribe(
+        _ packet: MQTTSubscribePacket,
+        session: Session,
+        username: String?,
+        version: MQTTProtocolVersion
+    ) -> SubscribeResult {
+        var codes: [MQTTReasonCode] = []
+        var retainedMessages: [QueuedMessage] = []
+        let now = self.now
+        let identifier = packet.properties.subscriptionIdentifiers.first
+        for var request in packet.subscriptions {
+            let key = request.topicFilter
+            var group: String?
+            switch MQTTTopic.parseShared(request.topicFilter) {
+            case .shared(let name, let inner)?:
+                group = name
+                request.topicFilter = inner
+            case .invalid?:
+                codes.append(version == .v5 ? .topicFilterInvalid : .unspecifiedError)
+                continue
+            case nil:
+                guard MQTTTopic.isValidFilter(request.topicFilter) else {
+                    codes.append(version == .v5 ? .topicFilterInvalid : .unspecifiedError)
+                    continue
+                }
+            }
+            if group != nil && request.noLocal {
+                // MQTT-3.8.3-4: No Local on a shared subscription is a protocol error; refuse the filter.
+                codes.append(.protocolError)
+                continue
+            }
+            guard authorizer.isAllowed(.subscribe, topic: request.topicFilter, clientID: session.clientID, username: username) else {
+                codes.append(version == .v5 ? .notAuthorized : .unspecifiedError)
+                continue
+            }
+            request.qos = min(request.qos, MQTTQoS(rawValue: UInt8(configuration.maxQoS)) ?? .exactlyOnce)
+            let stored = Session.StoredSubscription(options: request, subscriptionIdentifier: identifier, group: group)
+            let existed = session.storeSubscription(key: key, stored)
+            state.withLock { state in
+                _ = state.index.insert(
+                    filter: request.topicFilter,
+                    group: group,
+                    entry: SubscriptionEntry(session: session, options: request, subscriptionIdentifier: identifier)
+                )
+            }
+            codes.append(MQTTReasonCode(request.qos.rawValue))
+            // Retained messages are not sent for shared subscriptions (MQTT 5 section 4.8.2).
+            let sendRetained: Bool
+            switch request.retainHandling {
+            case .sendOnSubscribe: sendRetained = group == nil
+            case .sendIfNewSubscription: sendRetained = group == nil && !existed
+            case .doNotSend: sendRetained = false
+            }
+            if sendRetained && configuration.retainAvailable {
+                for message in retained.matching(request.topicFilter, now: now) {
+                    retainedMessages.append(
+                        QueuedMessage(
+                            message: message,
+                            qos: min(message.qos, request.qos),
+                            retain: true,
+                            subscriptionIdentifiers: identifier.map { [$0] } ?? []
+                        )
+                    )
+                }
+            }
+        }
+        return SubscribeResult(reasonCodes: codes, retained: retainedMessages)
+    }
+
+    /// Queues retained messages for a session after its SUBACK went out.
+    func deliverRetained(_ messages: [QueuedMessage], to session: Session) {
+        for message in messages { deliver(message, to: session) }
+    }
+
+    /// Applies an UNSUBSCRIBE; returns one reason code per filter.
+    func unsubscribe(_ filters: [String], session: Session) -> [MQTTReasonCode] {
+        filters.map { key in
+            guard let stored = session.removeSubscription(key: key) else { return .noSubscriptionExisted }
+            state.withLock { state in
+                _ = state.index.remove(filter: stored.options.topicFilter, group: stored.group, clientID: session.clientID)
+            }
+            return .success
+        }
+    }
+
+    /// The number of subscriptions in the index.
+    public var subscriptionCount: Int { state.withLock { $0.index.count } }
+
+    // MARK: Shutdown
+
+    /// Starts a graceful drain: no new connections or sessions are accepted and clients' new PUBLISHes
+    /// are no longer taken in, while queued messages keep flowing to connected subscribers.
+    public func beginDrain() {
+        state.withLock { $0.draining = true }
+    }
+
+    /// Whether ``beginDrain()`` was called.
+    public var isDraining: Bool { state.withLock { $0.draining } }
+
+    /// True when every connected session has nothing queued or in flight.
+    public var connectedSessionsIdle: Bool {
+        let sessions = state.withLock { Array($0.sessions.values) }
+        return sessions.allSatisfy { !$0.isConnected || $0.isIdle }
+    }
+
+    /// Messages queued or in flight for connected sessions (what a forced shutdown abandons).
+    public var undeliveredToConnected: Int {
+        let sessions = state.withLock { Array($0.sessions.values) }
+        return sessions.reduce(0) { $0 + ($1.isConnected ? $1.queuedCount : 0) }
+    }
+
+    /// Tells every connected client to go away with `reason`.
+    public func closeAllConnections(reason: ServerDisconnectReason) {
+        let handles = state.withLock { state in state.sessions.values.compactMap(\.handle) }
+        for handle in handles { handle.close(reason: reason) }
+    }
+
+    /// Disconnects `clientID`, if connected (the admin API). Returns whether it was.
+    @discardableResult
+    public func disconnect(clientID: String, reason: ServerDisconnectReason = .administrativeAction) -> Bool {
+        guard let handle = session(clientID: clientID)?.handle else { return false }
+        handle.close(reason: reason)
+        return true
+    }
+
+    /// Bytes and messages queued across all sessions.
+    public var queuedBytes: Int { budget.usedBytes }
+    public var queuedMessages: Int { budget.queuedMessages }
+
+    /// Publishes queue levels to the metrics (called periodically).
+    public func recordQueueLevels() {
+        metrics.queueLevels(messages: budget.queuedMessages, bytes: budget.usedBytes)
+    }
+}

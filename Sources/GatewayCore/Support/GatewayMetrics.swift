@@ -1,0 +1,138 @@
+import Metrics
+public import MQTTCodec
+
+/// Every metric the core records, created once and shared. Metric names follow Prometheus conventions
+/// (`_total` counters, units in the name); labels never carry client ids or topics.
+///
+/// This is the core's single observability point: the core calls these methods instead of scattering
+/// `Counter(label:)` look-ups through the code.
+public final class GatewayMetrics: Sendable {
+    private let connectionsGauges: [Transport: Gauge]
+    private let connects: Counter
+    private let connectRejections: [UInt8: Counter]
+    private let disconnects: [DisconnectReason: Counter]
+    private let received: [Int: Counter]
+    private let receivedBytes: Counter
+    private let sent: [Int: Counter]
+    private let sentBytes: Counter
+    private let dropped: [DropReason: Counter]
+    private let queuedMessagesGauge: Gauge
+    private let queuedBytesGauge: Gauge
+    private let sessionsGauge: Gauge
+    private let retainedGauge: Gauge
+    private let malformed: Counter
+
+    /// How a client reached the gateway; a label on connection and message metrics.
+    public enum Transport: String, Sendable, CaseIterable {
+        case tcp, tls, ws, wss
+    }
+
+    /// Why a connection ended; a label on `iotgw_disconnects_total`.
+    public enum DisconnectReason: String, Sendable, CaseIterable {
+        case clientDisconnect = "client_disconnect"
+        case connectionLost = "connection_lost"
+        case keepAliveTimeout = "keep_alive_timeout"
+        case protocolError = "protocol_error"
+        case takenOver = "taken_over"
+        case slowConsumer = "slow_consumer"
+        case serverShutdown = "server_shutdown"
+        case administrative
+    }
+
+    /// Why a message was not delivered to a subscriber; a label on `iotgw_messages_dropped_total`.
+    public enum DropReason: String, Sendable, CaseIterable {
+        /// A QoS 0 message pushed out of a full per-client queue.
+        case queueFullQoS0 = "queue_full_qos0"
+        /// A QoS 1/2 message that did not fit a full per-client queue (the consumer is disconnected).
+        case queueFullQoS12 = "queue_full_qos12"
+        /// A message dropped because the global queued-bytes cap was reached.
+        case globalCap = "global_cap"
+        /// A message that expired before delivery (MQTT 5 Message Expiry Interval).
+        case expired
+        /// A message larger than the subscriber's Maximum Packet Size.
+        case tooLarge = "too_large"
+        /// A session expired with messages still queued.
+        case sessionExpired = "session_expired"
+    }
+
+    public init() {
+        var gauges: [Transport: Gauge] = [:]
+        for transport in Transport.allCases {
+            gauges[transport] = Gauge(label: "iotgw_connections", dimensions: [("transport", transport.rawValue)])
+        }
+        connectionsGauges = gauges
+        connects = Counter(label: "iotgw_connects_total")
+        var rejections: [UInt8: Counter] = [:]
+        for code: UInt8 in [1, 2, 3, 4, 5] {
+            rejections[code] = Counter(label: "iotgw_connect_rejections_total", dimensions: [("code", String(code))])
+        }
+        connectRejections = rejections
+        var disconnects: [DisconnectReason: Counter] = [:]
+        for reason in DisconnectReason.allCases {
+            disconnects[reason] = Counter(label: "iotgw_disconnects_total", dimensions: [("reason", reason.rawValue)])
+        }
+        self.disconnects = disconnects
+        var received: [Int: Counter] = [:]
+        var sent: [Int: Counter] = [:]
+        for qos in 0...2 {
+            received[qos] = Counter(label: "iotgw_messages_received_total", dimensions: [("qos", String(qos))])
+            sent[qos] = Counter(label: "iotgw_messages_sent_total", dimensions: [("qos", String(qos))])
+        }
+        self.received = received
+        self.sent = sent
+        receivedBytes = Counter(label: "iotgw_received_bytes_total")
+        sentBytes = Counter(label: "iotgw_sent_bytes_total")
+        var dropped: [DropReason: Counter] = [:]
+        for reason in DropReason.allCases {
+            dropped[reason] = Counter(label: "iotgw_messages_dropped_total", dimensions: [("reason", reason.rawValue)])
+        }
+        self.dropped = dropped
+        queuedMessagesGauge = Gauge(label: "iotgw_queued_messages")
+        queuedBytesGauge = Gauge(label: "iotgw_queued_bytes")
+        sessionsGauge = Gauge(label: "iotgw_sessions")
+        retainedGauge = Gauge(label: "iotgw_retained_messages")
+        malformed = Counter(label: "iotgw_malformed_packets_total")
+    }
+
+    func connectionOpened(_ transport: Transport, current: Int) {
+        connectionsGauges[transport]?.record(current)
+    }
+
+    func connectionClosed(_ transport: Transport, current: Int) {
+        connectionsGauges[transport]?.record(current)
+    }
+
+    func connectAccepted() { connects.increment() }
+
+    func connectRejected(returnCode: UInt8) {
+        connectRejections[returnCode]?.increment()
+    }
+
+    func disconnected(_ reason: DisconnectReason) { disconnects[reason]?.increment() }
+
+    func messageReceived(qos: MQTTQoS, bytes: Int) {
+        received[Int(qos.rawValue)]?.increment()
+        receivedBytes.increment(by: bytes)
+    }
+
+    /// Records a message written to a subscriber.
+    public func messageSent(qos: MQTTQoS, bytes: Int) {
+        sent[Int(qos.rawValue)]?.increment()
+        sentBytes.increment(by: bytes)
+    }
+
+    func messageDropped(_ reason: DropReason, count: Int = 1) {
+        dropped[reason]?.increment(by: count)
+    }
+
+    func queueLevels(messages: Int, bytes: Int) {
+        queuedMessagesGauge.record(messages)
+        queuedBytesGauge.record(bytes)
+    }
+
+    func sessions(_ count: Int) { sessionsGauge.record(count) }
+    func retained(_ count: Int) { retainedGauge.record(count) }
+
+    /// Records a packet that failed to decode.
+    public func malformedPacket() { malformed.increment() }
+}

@@ -1,0 +1,46 @@
+import GatewayCore
+import MQTTCodec
+import NIOCore
+import Synchronization
+
+/// Lets the core end a connection: for an MQTT 5 client it writes DISCONNECT with the reason first.
+/// Channel operations are thread-safe, so this may be called from any task or thread.
+final class ChannelConnectionHandle: ConnectionHandle {
+    let channel: any Channel
+    private let state = Mutex<State>(State())
+
+    private struct State {
+        var version: MQTTProtocolVersion?
+        var reason: ServerDisconnectReason?
+    }
+
+    init(channel: any Channel) {
+        self.channel = channel
+    }
+
+    /// Records the version once CONNECT was accepted, so a later close can speak it.
+    func connected(version: MQTTProtocolVersion) {
+        state.withLock { $0.version = version }
+    }
+
+    /// Why the server closed the connection, if it did.
+    var closeReason: ServerDisconnectReason? { state.withLock { $0.reason } }
+
+    func close(reason: ServerDisconnectReason) {
+        let (first, version) = state.withLock { state -> (Bool, MQTTProtocolVersion?) in
+            guard state.reason == nil else { return (false, nil) }
+            state.reason = reason
+            return (true, state.version)
+        }
+        guard first else { return }
+        let channel = self.channel
+        guard version == .v5 else {
+            channel.close(promise: nil)
+            return
+        }
+        let packet = MQTTPacket.disconnect(MQTTReasonPacket(reasonCode: reason.reasonCode))
+        channel.writeAndFlush(packet.encode(version: .v5, allocator: channel.allocator)).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,166 @@
+public import GatewayCore
+public import Logging
+import MQTTCodec
+public import NIOCore
+public import NIOPosix
+public import ServiceLifecycle
+
+/// Where one listener binds.
+public struct ListenerConfiguration: Sendable, Hashable {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+}
+
+/// The gateway's network side as one `Service`: the MQTT listeners, one task per connection, and the
+/// ordered graceful shutdown of all of them.
+///
+/// On graceful shutdown: stop accepting, start the broker's drain (new PUBLISHes are no longer taken
+/// in), wait until connected subscribers have received and acknowledged what is queued for them (or
+/// the drain deadline passes), then tell every client (MQTT 5: DISCONNECT 0x8B) and close. `run()`
+/// returns once every connection task has ended.
+public final class GatewayServer: Service {
+    /// The listeners and timing of the server.
+    public struct Configuration: Sendable {
+        /// The MQTT-over-TCP listener; nil disables it.
+        public var mqtt: ListenerConfiguration?
+        /// How long the drain may take before connections are closed regardless, in seconds. Keep it
+        /// below the ServiceGroup's (and systemd's) stop timeout.
+        public var drainTimeout: Double
+        /// Seconds a socket may stay open without CONNECT.
+        public var connectTimeout: Double
+        /// The largest packet accepted, in bytes.
+        public var maxPacketSize: Int
+
+        public init(mqtt: ListenerConfiguration?, drainTimeout: Double, connectTimeout: Double, maxPacketSize: Int) {
+            self.mqtt = mqtt
+            self.drainTimeout = drainTimeout
+            self.connectTimeout = connectTimeout
+            self.maxPacketSize = maxPacketSize
+        }
+    }
+
+    /// A listener that is bound, with the port it got (useful with port 0).
+    public struct BoundListener: Sendable {
+        public var name: String
+        public var address: SocketAddress
+    }
+
+    let broker: Broker
+    let configuration: Configuration
+    let eventLoopGroup: any EventLoopGroup
+    let logger: Logger
+    let onBound: (@Sendable ([BoundListener]) -> Void)?
+    private let registry = ConnectionRegistry()
+
+    /// - Parameters:
+    ///   - onBound: called once every listener is bound (tests read ports from it; the daemon logs
+    ///     and notifies systemd).
+    public init(
+        broker: Broker,
+        configuration: Configuration,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger,
+        onBound: (@Sendable ([BoundListener]) -> Void)? = nil
+    ) {
+        self.broker = broker
+        self.configuration = configuration
+        self.eventLoopGroup = eventLoopGroup
+        self.logger = logger
+        self.onBound = onBound
+    }
+
+    public func run() async throws {
+        var listeners: [(name: String, channel: NIOAsyncChannel<NIOAsyncChannel<MQTTPacket, ByteBuffer>, Never>)] = []
+        if let mqtt = configuration.mqtt {
+            listeners.append(("mqtt", try await bindMQTT(mqtt)))
+        }
+        let bound = listeners.compactMap { listener in
+            listener.channel.channel.localAddress.map { BoundListener(name: listener.name, address: $0) }
+        }
+        for listener in bound {
+            logger.info("listening", metadata: ["iotgw.listener": "\(listener.name)", "net.local.address": "\(listener.address)"])
+        }
+        onBound?(bound)
+        let listenerChannels = listeners.map(\.channel.channel)
+
+        try await withThrowingDiscardingTaskGroup { group in
+            for listener in listeners {
+                let runner = MQTTConnectionRunner(broker: broker, transport: .tcp, registry: registry, logger: logger)
+                group.addTask {
+                    try await Self.acceptLoop(listener.channel, runner: runner)
+                }
+            }
+            group.addTask {
+                // Waits for SIGTERM/SIGINT (or the group's own graceful shutdown), then drains.
+                do {
+                    try await gracefulShutdown()
+                } catch {
+                    return  // cancelled: the service group is going down hard.
+                }
+                await self.shutDown(listeners: listenerChannels)
+            }
+        }
+        logger.info("all connections closed")
+    }
+
+    private static func acceptLoop(
+        _ server: NIOAsyncChannel<NIOAsyncChannel<MQTTPacket, ByteBuffer>, Never>,
+        runner: MQTTConnectionRunner
+    ) async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            try await server.executeThenClose { inbound in
+                for try await connection in inbound {
+                    group.addTask {
+                        await runner.run(connection)
+                    }
+                }
+            }
+        }
+    }
+
+    private func shutDown(listeners: [any Channel]) async {
+        let started = ContinuousClock.now
+        logger.info("graceful shutdown: no longer accepting connections")
+        for listener in listeners { try? await listener.close() }
+        broker.beginDrain()
+        logger.info(
+            "graceful shutdown: draining queued messages to connected subscribers",
+            metadata: ["iotgw.queued.messages": "\(broker.queuedMessages)"]
+        )
+        let deadline = started.advanced(by: .seconds(configuration.drainTimeout))
+        while !broker.connectedSessionsIdle && ContinuousClock.now < deadline {
+            // Acknowledgements arrive on other tasks; look again shortly. Bounded by the deadline.
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        let abandoned = broker.undeliveredToConnected
+        if abandoned > 0 {
+            logger.notice("graceful shutdown: drain deadline reached", metadata: ["iotgw.undelivered.messages": "\(abandoned)"])
+        }
+        logger.info("graceful shutdown: closing connections", metadata: ["iotgw.connections": "\(registry.count)"])
+        registry.closeAll(reason: .serverShuttingDown)
+    }
+
+    private func bindMQTT(_ listener: ListenerConfiguration) async throws -> NIOAsyncChannel<NIOAsyncChannel<MQTTPacket, ByteBuffer>, Never> {
+        let connectTimeout = TimeAmount.milliseconds(Int64(configuration.connectTimeout * 1000))
+        let maxPacketSize = configuration.maxPacketSize
+        return try await ServerBootstrap(group: eventLoopGroup)
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .bind(host: listener.host, port: listener.port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ByteToMessageHandler(MQTTPacketDecoder(parser: MQTTPacketParser(maximumPacketSize: maxPacketSize)))
+                    )
+                    return try NIOAsyncChannel<MQTTPacket, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+    }
+}

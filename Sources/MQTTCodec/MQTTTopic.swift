@@ -1,0 +1,45 @@
+/// Topic name and topic filter rules (MQTT 3.1.1 section 4.7, 5.0 section 4.7).
+public enum MQTTTopic {
+    /// A topic name is at least one character long and contains no wildcard (MQTT-3.3.2-2).
+    public static func isValidName(_ name: String) -> Bool {
+        guard !name.isEmpty else { return false }
+        return !name.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") })
+    }
+
+    /// A topic filter is at least one character long; `+` occupies a whole level; `#` occupies a whole
+    /// level and is the last one (MQTT-4.7.1-2, MQTT-4.7.1-3).
+    public static func isValidFilter(_ filter: String) -> Bool {
+        guard !filter.isEmpty else { return false }
+        let levels = filter.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+        for (index, level) in levels.enumerated() {
+            if level.contains(UInt8(ascii: "#")) {
+                guard level.count == 1, index == levels.count - 1 else { return false }
+            }
+            if level.contains(UInt8(ascii: "+")) {
+                guard level.count == 1 else { return false }
+            }
+        }
+        return true
+    }
+
+    /// Splits `$share/GROUP/FILTER` into its group and filter, or returns `nil` when `filter` is not a
+    /// shared subscription. A malformed share (empty group, wildcard in the group, missing filter)
+    /// returns `.invalid`.
+    public static func parseShared(_ filter: String) -> SharedFilter? {
+        guard filter.hasPrefix("$share/") else { return nil }
+        let rest = filter.dropFirst("$share/".count)
+        guard let slash = rest.firstIndex(of: "/") else { return .invalid }
+        let group = rest[..<slash]
+        let inner = String(rest[rest.index(after: slash)...])
+        guard !group.isEmpty, !group.contains("+"), !group.contains("#"), isValidFilter(inner) else {
+            return .invalid
+        }
+        return .shared(group: String(group), filter: inner)
+    }
+
+    /// The result of ``parseShared(_:)``.
+    public enum SharedFilter: Hashable, Sendable {
+        case shared(group: String, filter: String)
+        case invalid
+    }
+}

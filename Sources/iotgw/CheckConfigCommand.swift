@@ -1,0 +1,31 @@
+import ArgumentParser
+import GatewayConfig
+
+import Foundation
+
+struct CheckConfigCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate a configuration file without starting the gateway."
+    )
+
+    @Argument(help: "The configuration file (.yaml, .yml or .json).")
+    var file: String
+
+    func run() throws {
+        do {
+            _ = try ConfigLoader.load(path: file)
+            print("\(file): OK")
+        } catch {
+            printError("iotgw: invalid configuration: \(error)")
+            throw ExitCode(2)
+        }
+    }
+}
+
+/// Writes a line to standard error.
+func printError(_ line: String) {
+    var line = line
+    if !line.hasSuffix("\n") { line += "\n" }
+    FileHandle.standardError.write(Data(line.utf8))
+}

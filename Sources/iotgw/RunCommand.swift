@@ -1,0 +1,94 @@
+import ArgumentParser
+import GatewayConfig
+import GatewayCore
+import GatewayTransport
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import UnixSignals
+
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the gateway.")
+
+    @Option(name: .long, help: "The configuration file (.yaml, .yml or .json).")
+    var config: String = "Configs/iotgw.yaml"
+
+    @Option(name: .long, help: "Override log.level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String?
+
+    func run() async throws {
+        let file: GatewayConfigFile
+        do {
+            file = try ConfigLoader.load(path: config)
+        } catch {
+            printError("iotgw: invalid configuration: \(error)")
+            throw ExitCode(2)
+        }
+        let levelName = logLevel ?? file.log.level
+        guard let level = Logger.Level(rawValue: levelName) else {
+            printError("iotgw: --log-level: '\(levelName)' is not one of \(GatewayConfigFile.logLevels.joined(separator: ", "))")
+            throw ExitCode(2)
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var logger = Logger(label: "iotgw")
+        logger.logLevel = level
+        logger.info("starting iotgw", metadata: ["iotgw.version": "\(GatewayVersion.current)", "iotgw.config": "\(config)"])
+
+        let broker = Broker(configuration: file.brokerConfiguration, logger: logger)
+        let server = GatewayServer(
+            broker: broker,
+            configuration: .init(
+                mqtt: file.listeners.mqtt.enabled ? ListenerConfiguration(host: file.listeners.mqtt.host, port: file.listeners.mqtt.port) : nil,
+                // Leave a second of the shutdown budget for closing connections after the drain.
+                drainTimeout: max(file.shutdown.timeout - 1, file.shutdown.timeout / 2),
+                connectTimeout: file.limits.connectTimeout,
+                maxPacketSize: file.limits.maxPacketSize
+            ),
+            logger: logger
+        )
+        let housekeeping = HousekeepingService(broker: broker)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: housekeeping),
+                    .init(service: server),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                cancellationSignals: [],
+                logger: logger
+            )
+        )
+        do {
+            try await group.run()
+        } catch {
+            logger.error("gateway stopped with an error", metadata: ["error": "\(String(reflecting: error))"])
+            throw ExitCode(1)
+        }
+        logger.info("iotgw stopped")
+    }
+}
+
+/// Periodic upkeep: expires offline sessions and publishes queue levels. Stops on graceful shutdown.
+struct HousekeepingService: Service {
+    let broker: Broker
+
+    func run() async throws {
+        // Sleeps until the next tick; graceful shutdown cancels the sleep and ends the loop.
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                try await cancelWhenGracefulShutdown {
+                    try await Task.sleep(for: .seconds(1))
+                }
+            } catch {
+                return
+            }
+            broker.expireSessions()
+            broker.recordQueueLevels()
+        }
+    }
+}
