@@ -69,6 +69,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // glibc's malloc.h (malloc_trim), for returning memory after waves of disconnects.
+        .systemLibrary(name: "CMalloc"),
         // libmosquitto and libwebsockets, used by the simulator (and the bridge) only.
         .systemLibrary(name: "CMosquitto", pkgConfig: "libmosquitto", providers: [.apt(["libmosquitto-dev"])]),
         .systemLibrary(name: "CWebSockets", pkgConfig: "libwebsockets", providers: [.apt(["libwebsockets-dev"])]),
@@ -91,6 +93,7 @@ let package = Package(
                 "GatewayConfig",
                 "GatewayTransport",
                 "MQTTCodec",
+                "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMalloc
 import GatewayConfig
 import GatewayCore
 import GatewayTransport
@@ -73,11 +74,13 @@ struct RunCommand: AsyncParsableCommand {
     }
 }
 
-/// Periodic upkeep: expires offline sessions and publishes queue levels. Stops on graceful shutdown.
+/// Periodic upkeep: expires offline sessions, publishes queue levels and gives memory back to the
+/// system after connections went away. Stops on graceful shutdown.
 struct HousekeepingService: Service {
     let broker: Broker
 
     func run() async throws {
+        var connectionsAtLastTrim = broker.connectionCount
         // Sleeps until the next tick; graceful shutdown cancels the sleep and ends the loop.
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
@@ -89,6 +92,15 @@ struct HousekeepingService: Service {
             }
             broker.expireSessions()
             broker.recordQueueLevels()
+            // glibc keeps freed memory in its arenas; after a wave of disconnects that is hundreds of
+            // megabytes the process no longer needs. malloc_trim returns the free pages to the kernel.
+            let connections = broker.connectionCount
+            if connections + 1_000 <= connectionsAtLastTrim || (connections == 0 && connectionsAtLastTrim > 0) {
+                malloc_trim(0)
+                connectionsAtLastTrim = connections
+            } else if connections > connectionsAtLastTrim {
+                connectionsAtLastTrim = connections
+            }
         }
     }
 }

@@ -12,14 +12,9 @@ public final class ClientConnection {
     public enum Action {
         /// Encode and write a packet.
         case send(MQTTPacket)
-        /// Start the delivery task, which writes what ``OutboundSource/next()`` yields until it returns nil.
-        case startDelivery(OutboundSource)
         /// Enforce a keep-alive of this many seconds (0: none); the transport closes the connection when
         /// no packet arrives within 1.5 times that.
         case keepAlive(seconds: Int)
-        /// Run this once everything sent before it has been written (used to queue retained messages
-        /// only after their SUBACK).
-        case then(@Sendable () -> Void)
         /// Close the connection (after writing what came before).
         case close
     }
@@ -52,6 +47,9 @@ public final class ClientConnection {
     private var connectSessionExpiry: UInt32 = 0
     /// Inbound topic aliases (MQTT 5): alias → topic.
     private var topicAliases: [UInt16: String] = [:]
+    /// The client's Maximum Packet Size (MQTT 5): larger messages are not sent to it (MQTT-3.1.2-25).
+    private var clientMaximumPacketSize: Int?
+    private let clock = ContinuousClock()
     /// The Topic Alias Maximum the gateway accepts from clients.
     static let inboundTopicAliasMaximum: UInt16 = 64
 
@@ -285,15 +283,8 @@ public final class ClientConnection {
             reasonCode: .success,
             properties: properties
         )
-        let source = OutboundSource(
-            session: opened.session,
-            owner: opened.owner,
-            maximumPacketSize: connect.properties.maximumPacketSize.map(Int.init),
-            version: version,
-            metrics: broker.metrics,
-            clock: ContinuousClock()
-        )
-        return [.send(.connack(connack)), .keepAlive(seconds: keepAlive), .startDelivery(source)]
+        clientMaximumPacketSize = connect.properties.maximumPacketSize.map(Int.init)
+        return [.send(.connack(connack)), .keepAlive(seconds: keepAlive)]
     }
 
     private func rejectConnect(_ code: MQTTConnectReturnCode, v5: MQTTReasonCode, _ why: String) -> [Action] {
@@ -426,11 +417,10 @@ public final class ClientConnection {
 
     private func handleSubscribe(_ subscribe: MQTTSubscribePacket, session: Session) -> [Action] {
         let result = broker.subscribe(subscribe, session: session, username: username, version: version)
-        let suback = MQTTPacket.suback(MQTTSubAckPacket(packetIdentifier: subscribe.packetIdentifier, reasonCodes: result.reasonCodes))
-        guard !result.retained.isEmpty else { return [.send(suback)] }
-        let broker = self.broker
-        let retained = result.retained
-        return [.send(suback), .then({ broker.deliverRetained(retained, to: session) })]
+        // Retained messages go to the session queue now; the connection task writes queued messages
+        // only after performing these actions, so they follow the SUBACK on the wire.
+        broker.deliverRetained(result.retained, to: session)
+        return [.send(.suback(MQTTSubAckPacket(packetIdentifier: subscribe.packetIdentifier, reasonCodes: result.reasonCodes)))]
     }
 
     private func handleDisconnect(_ disconnect: MQTTReasonPacket, session: Session) -> [Action] {
@@ -483,40 +473,36 @@ extension Broker {
     }
 }
 
-/// Yields the packets a session's delivery task writes. `Sendable`, so it can move into a child task.
-public struct OutboundSource: Sendable {
-    let session: Session
-    let owner: UInt64
-    /// The client's Maximum Packet Size (MQTT 5): larger messages are not sent to it (MQTT-3.1.2-25).
-    let maximumPacketSize: Int?
-    let version: MQTTProtocolVersion
-    let metrics: GatewayMetrics
-    let clock: ContinuousClock
-
-    /// The next packet to write, or nil when the connection no longer owns the session.
-    public func next() async -> MQTTPacket? {
+extension ClientConnection {
+    /// The next packet the session has for this connection, or nil when there is nothing to send now
+    /// (the session then wakes the connection through ``ConnectionHandle/deliveryAvailable()`` when a
+    /// message arrives) or the session was taken over.
+    ///
+    /// The connection task calls this after every inbound packet and every wake-up, and writes what it
+    /// returns; acknowledgements free the in-flight window on the same task, so no other wake-up is needed.
+    public func nextOutboundPacket() -> MQTTPacket? {
+        guard let session else { return nil }
         while true {
-            guard let item = await session.nextOutbound(owner: owner, now: { clock.now }) else { return nil }
-            switch item {
-            case .pubrel(let id):
+            switch session.nextOutbound(owner: owner, now: clock.now) {
+            case .wait, .finished:
+                return nil
+            case .item(.pubrel(let id)):
                 return .pubrel(MQTTAckPacket(packetIdentifier: id))
-            case .publish(let publish):
-                if let maximumPacketSize, Self.encodedSize(publish, version: version) > maximumPacketSize {
-                    // Too large for this client: drop it as if delivered, and count it.
+            case .item(.publish(let publish)):
+                if let limit = clientMaximumPacketSize,
+                    MQTTPacket.publish(publish).encode(version: version, allocator: ByteBufferAllocator()).readableBytes > limit
+                {
+                    // Too large for this client: dropped as if delivered (MQTT-3.1.2-25), and counted.
                     if let id = publish.packetIdentifier {
                         _ = session.acknowledge(puback: id)
                         _ = session.acknowledge(pubrec: id)
                         _ = session.acknowledge(pubcomp: id)
                     }
-                    metrics.messageDropped(.tooLarge)
+                    broker.metrics.messageDropped(.tooLarge)
                     continue
                 }
                 return .publish(publish)
             }
         }
-    }
-
-    private static func encodedSize(_ publish: MQTTPublishPacket, version: MQTTProtocolVersion) -> Int {
-        MQTTPacket.publish(publish).encode(version: version, allocator: ByteBufferAllocator()).readableBytes
     }
 }

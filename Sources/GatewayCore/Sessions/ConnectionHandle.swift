@@ -40,4 +40,8 @@ public protocol ConnectionHandle: AnyObject, Sendable {
     /// Ends the connection: an MQTT 5 client is sent DISCONNECT with `reason` first. Must not block;
     /// may be called more than once and from any thread.
     func close(reason: ServerDisconnectReason)
+
+    /// Tells the connection's task that its session has messages to send. Called from any thread,
+    /// at most once per "nothing to send" poll; must not block.
+    func deliveryAvailable()
 }

@@ -73,7 +73,8 @@ public final class Session: Sendable {
         var handle: (any ConnectionHandle)?
         /// The client's Receive Maximum (MQTT 5): the in-flight window is the smaller of this and ours.
         var clientReceiveMaximum = Int(UInt16.max)
-        var waiter: CheckedContinuation<Void, Never>?
+        /// Set when the owner's last poll found nothing to send: the next message queued must wake it.
+        var needsWake = false
         /// Whether the session is kept after its connection ends.
         var persistent: Bool
         /// Seconds the session outlives its connection; `nil` means never expires.
@@ -103,7 +104,7 @@ public final class Session: Sendable {
         expiryInterval: Double?,
         clientReceiveMaximum: Int
     ) -> (any ConnectionHandle)? {
-        let (previous, waiter) = state.withLock { state -> ((any ConnectionHandle)?, CheckedContinuation<Void, Never>?) in
+        state.withLock { state -> (any ConnectionHandle)? in
             let previous = state.handle
             state.owner = owner
             state.handle = handle
@@ -112,28 +113,22 @@ public final class Session: Sendable {
             state.clientReceiveMaximum = clientReceiveMaximum
             state.disconnectedAt = nil
             state.resend = Deque(state.inflight.map(\.packetID))
-            let waiter = state.waiter
-            state.waiter = nil
-            return (previous, waiter)
+            state.needsWake = false
+            return previous
         }
-        waiter?.resume()
-        return previous
     }
 
     /// Releases the session from `owner`. Returns false when another connection owns it by now
     /// (it was taken over), in which case nothing changes.
     func detach(owner: UInt64, now: ContinuousClock.Instant) -> Bool {
-        let (detached, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
-            guard state.owner == owner else { return (false, nil) }
+        state.withLock { state -> Bool in
+            guard state.owner == owner else { return false }
             state.owner = nil
             state.handle = nil
             state.disconnectedAt = now
-            let waiter = state.waiter
-            state.waiter = nil
-            return (true, waiter)
+            state.needsWake = false
+            return true
         }
-        waiter?.resume()
-        return detached
     }
 
     /// The handle of the connection that owns the session, if any.
@@ -157,7 +152,7 @@ public final class Session: Sendable {
     /// the session is discarded. Returns how many messages were dropped.
     @discardableResult
     func discardQueued() -> Int {
-        let (bytes, count, waiter) = state.withLock { state -> (Int, Int, CheckedContinuation<Void, Never>?) in
+        let (bytes, count) = state.withLock { state -> (Int, Int) in
             let bytes = state.pendingBytes + state.inflightBytes
             let count = state.pending.count + state.inflight.count
             state.pending.removeAll()
@@ -165,12 +160,9 @@ public final class Session: Sendable {
             state.resend.removeAll()
             state.pendingBytes = 0
             state.inflightBytes = 0
-            let waiter = state.waiter
-            state.waiter = nil
-            return (bytes, count, waiter)
+            return (bytes, count)
         }
         budget.release(bytes, count: count)
-        waiter?.resume()
         return count
     }
 
@@ -228,7 +220,7 @@ public final class Session: Sendable {
         let size = queued.byteCount
         var evicted = 0
         var evictedBytes = 0
-        let (result, waiter, logDrop) = state.withLock { state -> (EnqueueResult, CheckedContinuation<Void, Never>?, Bool) in
+        let (result, wake, logDrop) = state.withLock { state -> (EnqueueResult, (any ConnectionHandle)?, Bool) in
             if state.owner == nil && (queued.qos == .atMostOnce || !state.persistent) {
                 return (.notQueuedOffline, nil, false)
             }
@@ -262,9 +254,12 @@ public final class Session: Sendable {
             state.dropping = false
             state.pending.append(queued)
             state.pendingBytes += size
-            let waiter = state.waiter
-            state.waiter = nil
-            return (.queued, waiter, false)
+            var wake: (any ConnectionHandle)?
+            if state.needsWake && Self.hasWork(state, limits: limits) {
+                state.needsWake = false
+                wake = state.handle
+            }
+            return (.queued, wake, false)
         }
         if evicted > 0 {
             budget.release(evictedBytes, count: evicted)
@@ -275,7 +270,7 @@ public final class Session: Sendable {
         case .slowConsumer: metrics.messageDropped(.queueFullQoS12)
         default: break
         }
-        waiter?.resume()
+        wake?.deliveryAvailable()
         return (result, logDrop)
     }
 
@@ -296,39 +291,21 @@ public final class Session: Sendable {
     /// subscriber has received everything acknowledged on its behalf.
     var isIdle: Bool { state.withLock { $0.pending.isEmpty && $0.inflight.isEmpty } }
 
-    /// Waits for the next item to send on connection `owner`, or returns `nil` once that connection no
-    /// longer owns the session (or the task is cancelled).
-    func nextOutbound(owner: UInt64, now: @Sendable () -> ContinuousClock.Instant) async -> OutboundItem? {
-        while true {
-            switch poll(owner: owner, now: now()) {
-            case .item(let item): return item
-            case .finished: return nil
-            case .wait: break
-            }
-            if Task.isCancelled { return nil }
-            await withTaskCancellationHandler {
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let ready = state.withLock { state -> Bool in
-                        if state.owner != owner || Self.hasWork(state, limits: limits) { return true }
-                        state.waiter = continuation
-                        return false
-                    }
-                    if ready { continuation.resume() }
-                }
-            } onCancel: {
-                let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-                    let waiter = state.waiter
-                    state.waiter = nil
-                    return waiter
-                }
-                waiter?.resume()
-            }
-        }
+    /// The next item to send on connection `owner`, or `nil` when there is nothing to send now. After a
+    /// `nil` the session remembers to call the owner's ``ConnectionHandle/deliveryAvailable()`` when a
+    /// message is next queued, so the connection task never polls in vain.
+    ///
+    /// - Returns: `.finished` once `owner` no longer owns the session.
+    func nextOutbound(owner: UInt64, now: ContinuousClock.Instant) -> OutboundPoll {
+        poll(owner: owner, now: now)
     }
 
-    private enum Poll {
+    /// What ``nextOutbound(owner:now:)`` found.
+    enum OutboundPoll {
         case item(OutboundItem)
+        /// Nothing to send now; the owner will be woken.
         case wait
+        /// The connection no longer owns the session.
         case finished
     }
 
@@ -338,11 +315,11 @@ public final class Session: Sendable {
         return first.qos == .atMostOnce || state.inflight.count < min(limits.maxInflight, state.clientReceiveMaximum)
     }
 
-    private func poll(owner: UInt64, now: ContinuousClock.Instant) -> Poll {
+    private func poll(owner: UInt64, now: ContinuousClock.Instant) -> OutboundPoll {
         var released = 0
         var releasedCount = 0
         var expired = 0
-        let result = state.withLock { state -> Poll in
+        let result = state.withLock { state -> OutboundPoll in
             guard state.owner == owner else { return .finished }
             // Redeliveries after a reconnect come first, in their original order.
             while let id = state.resend.popFirst() {
@@ -352,6 +329,8 @@ public final class Session: Sendable {
             }
             let window = min(limits.maxInflight, state.clientReceiveMaximum)
             while let first = state.pending.first {
+                // A full window needs no wake-up: the acknowledgement that frees it arrives on the
+                // owner's own task, which polls again after every packet.
                 if first.qos != .atMostOnce && state.inflight.count >= window { return .wait }
                 let queued = state.pending.removeFirst()
                 state.pendingBytes -= queued.byteCount
@@ -373,6 +352,7 @@ public final class Session: Sendable {
                 state.inflightBytes += queued.byteCount
                 return .item(.publish(Self.packet(for: queued, packetID: id, dup: false, now: now)))
             }
+            state.needsWake = true
             return .wait
         }
         if releasedCount > 0 { budget.release(released, count: releasedCount) }
@@ -431,19 +411,16 @@ public final class Session: Sendable {
     }
 
     private func complete(packetID: UInt16, phase: Inflight.Phase) -> Bool {
-        let (bytes, waiter) = state.withLock { state -> (Int?, CheckedContinuation<Void, Never>?) in
+        let bytes = state.withLock { state -> Int? in
             guard let index = state.inflight.firstIndex(where: { $0.packetID == packetID && $0.phase == phase }) else {
-                return (nil, nil)
+                return nil
             }
             let entry = state.inflight.remove(at: index)
             state.inflightBytes -= entry.queued.byteCount
-            let waiter = state.waiter
-            state.waiter = nil
-            return (entry.queued.byteCount, waiter)
+            return entry.queued.byteCount
         }
         guard let bytes else { return false }
         budget.release(bytes)
-        waiter?.resume()
         return true
     }
 }

@@ -26,6 +26,10 @@ final class ChannelConnectionHandle: ConnectionHandle {
     /// Why the server closed the connection, if it did.
     var closeReason: ServerDisconnectReason? { state.withLock { $0.reason } }
 
+    func deliveryAvailable() {
+        channel.pipeline.fireUserInboundEventTriggered(ConnectionInputHandler.DeliverySignal())
+    }
+
     func close(reason: ServerDisconnectReason) {
         let (first, version) = state.withLock { state -> (Bool, MQTTProtocolVersion?) in
             guard state.reason == nil else { return (false, nil) }

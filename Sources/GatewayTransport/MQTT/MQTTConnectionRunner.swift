@@ -5,16 +5,21 @@ import NIOCore
 
 /// Runs one MQTT connection: the per-connection task.
 ///
-/// The task reads packets and performs the core's actions; once CONNECT is accepted a child task
-/// writes what the session's outbound queue yields. The first of the two to finish cancels the other
-/// (a discarding task group), and every error stays inside this connection.
+/// One task both reads and writes. It reads ``ConnectionInput``: client packets, which it hands to the
+/// core and answers, and wake-ups, after which it writes what the session has queued. It writes queued
+/// messages only while the socket is writable, so a slow reader never makes the task wait: the task
+/// keeps reading (acknowledgements, pings) and its messages wait in the session's bounded queue, where
+/// the queue's policy applies. Every error stays inside this connection.
 struct MQTTConnectionRunner: Sendable {
     let broker: Broker
     let transport: GatewayMetrics.Transport
     let registry: ConnectionRegistry
     let logger: Logger
 
-    func run(_ channel: NIOAsyncChannel<MQTTPacket, ByteBuffer>) async {
+    /// The most messages written between two flushes.
+    private static let writeBatch = 64
+
+    func run(_ channel: NIOAsyncChannel<ConnectionInput, ByteBuffer>) async {
         guard broker.admitConnection(transport: transport) else {
             logger.debug("connection refused: limit reached or draining")
             try? await channel.channel.close()
@@ -34,25 +39,28 @@ struct MQTTConnectionRunner: Sendable {
         var cause = ClientConnection.CloseCause.connectionLost
         do {
             try await channel.executeThenClose { inbound, outbound in
-                try await withThrowingDiscardingTaskGroup { group in
-                    defer { group.cancelAll() }
-                    var actions: [ClientConnection.Action] = []
-                    do {
-                        for try await packet in inbound {
+                var actions: [ClientConnection.Action] = []
+                do {
+                    for try await input in inbound {
+                        if case .packet(let packet) = input {
                             actions = await connection.handle(packet)
-                            if try await perform(actions, connection: connection, handle: handle, outbound: outbound, group: &group) {
+                            if try await perform(actions, connection: connection, handle: handle, outbound: outbound) {
                                 return
                             }
                         }
-                    } catch let error as MQTTCodecError {
-                        cause = .protocolError
-                        actions = connection.handleDecodeError(error)
-                    } catch is KeepAliveHandler.KeepAliveExpired {
-                        cause = .keepAliveTimeout
-                        actions = connection.keepAliveExpired()
+                        if connection.isConnected {
+                            try await writeQueued(connection: connection, channel: handle.channel, outbound: outbound)
+                        }
                     }
-                    _ = try await perform(actions, connection: connection, handle: handle, outbound: outbound, group: &group)
+                    return
+                } catch let error as MQTTCodecError {
+                    cause = .protocolError
+                    actions = connection.handleDecodeError(error)
+                } catch is KeepAliveHandler.KeepAliveExpired {
+                    cause = .keepAliveTimeout
+                    actions = connection.keepAliveExpired()
                 }
+                _ = try await perform(actions, connection: connection, handle: handle, outbound: outbound)
             }
         } catch {
             logger.debug("connection ended with error", metadata: ["error": "\(error)"])
@@ -66,35 +74,43 @@ struct MQTTConnectionRunner: Sendable {
         _ actions: [ClientConnection.Action],
         connection: ClientConnection,
         handle: ChannelConnectionHandle,
-        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
-        group: inout ThrowingDiscardingTaskGroup<any Error>
+        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     ) async throws -> Bool {
-        let allocator = handle.channel.allocator
         for action in actions {
             switch action {
             case .send(let packet):
-                try await outbound.write(packet.encode(version: connection.version, allocator: allocator))
+                try await outbound.write(packet.encode(version: connection.version, allocator: handle.channel.allocator))
             case .keepAlive(let seconds):
-                try await handle.channel.triggerUserOutboundEvent(KeepAliveHandler.SetKeepAlive(seconds: seconds))
-            case .startDelivery(let source):
                 handle.connected(version: connection.version)
-                let version = connection.version
-                let metrics = broker.metrics
-                group.addTask {
-                    while let packet = await source.next() {
-                        let buffer = packet.encode(version: version, allocator: allocator)
-                        try await outbound.write(buffer)
-                        if case .publish(let publish) = packet {
-                            metrics.messageSent(qos: publish.qos, bytes: publish.payload.readableBytes)
-                        }
-                    }
-                }
-            case .then(let body):
-                body()
+                try await handle.channel.triggerUserOutboundEvent(KeepAliveHandler.SetKeepAlive(seconds: seconds))
             case .close:
                 return true
             }
         }
         return false
+    }
+
+    /// Writes what the session has queued, in batches, while the socket is writable. When the socket
+    /// fills up this returns; `ConnectionInputHandler` signals when it drains.
+    private func writeQueued(
+        connection: ClientConnection,
+        channel: any Channel,
+        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    ) async throws {
+        let version = connection.version
+        let metrics = broker.metrics
+        var batch: [ByteBuffer] = []
+        while channel.isWritable {
+            batch.removeAll(keepingCapacity: true)
+            while batch.count < Self.writeBatch, let packet = connection.nextOutboundPacket() {
+                batch.append(packet.encode(version: version, allocator: channel.allocator))
+                if case .publish(let publish) = packet {
+                    metrics.messageSent(qos: publish.qos, bytes: publish.payload.readableBytes)
+                }
+            }
+            if batch.isEmpty { return }
+            try await outbound.write(contentsOf: batch)
+            if batch.count < Self.writeBatch { return }
+        }
     }
 }

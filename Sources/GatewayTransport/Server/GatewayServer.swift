@@ -75,7 +75,7 @@ public final class GatewayServer: Service {
     }
 
     public func run() async throws {
-        var listeners: [(name: String, channel: NIOAsyncChannel<NIOAsyncChannel<MQTTPacket, ByteBuffer>, Never>)] = []
+        var listeners: [(name: String, channel: NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never>)] = []
         if let mqtt = configuration.mqtt {
             listeners.append(("mqtt", try await bindMQTT(mqtt)))
         }
@@ -109,7 +109,7 @@ public final class GatewayServer: Service {
     }
 
     private static func acceptLoop(
-        _ server: NIOAsyncChannel<NIOAsyncChannel<MQTTPacket, ByteBuffer>, Never>,
+        _ server: NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never>,
         runner: MQTTConnectionRunner
     ) async throws {
         try await withThrowingDiscardingTaskGroup { group in
@@ -145,7 +145,7 @@ public final class GatewayServer: Service {
         registry.closeAll(reason: .serverShuttingDown)
     }
 
-    private func bindMQTT(_ listener: ListenerConfiguration) async throws -> NIOAsyncChannel<NIOAsyncChannel<MQTTPacket, ByteBuffer>, Never> {
+    private func bindMQTT(_ listener: ListenerConfiguration) async throws -> NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never> {
         let connectTimeout = TimeAmount.milliseconds(Int64(configuration.connectTimeout * 1000))
         let maxPacketSize = configuration.maxPacketSize
         return try await ServerBootstrap(group: eventLoopGroup)
@@ -153,13 +153,15 @@ public final class GatewayServer: Service {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
             .bind(host: listener.host, port: listener.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(MQTTPacketDecoder(parser: MQTTPacketParser(maximumPacketSize: maxPacketSize)))
                     )
-                    return try NIOAsyncChannel<MQTTPacket, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    try channel.pipeline.syncOperations.addHandler(ConnectionInputHandler())
+                    return try NIOAsyncChannel<ConnectionInput, ByteBuffer>(wrappingChannelSynchronously: channel)
                 }
             }
     }

@@ -12,44 +12,84 @@ public struct MQTTUserProperty: Hashable, Sendable {
 
 /// The MQTT 5.0 properties of a packet (section 2.2.2).
 ///
-/// Modelled as one struct of optionals rather than a list, so the core reads `properties.sessionExpiryInterval`
-/// instead of searching. Decoding enforces which packet may carry which property and that a property
-/// allowed once is present at most once (``MQTTCodecError/Code/propertyNotAllowed``,
+/// Read and written like a struct of optionals (`properties.sessionExpiryInterval`), so the core never
+/// searches a list. Decoding enforces which packet may carry which property and that a property allowed
+/// once is present at most once (``MQTTCodecError/Code/propertyNotAllowed``,
 /// ``MQTTCodecError/Code/duplicateProperty``, both reason code 0x82). MQTT 3.1.1 packets carry none.
+///
+/// The values live in one immutable heap box, and an empty list is no box at all, so the struct is a
+/// single pointer. That matters: packets are held in async frames, and a task's frame memory is kept
+/// for the task's lifetime, so inline properties (about 500 bytes) multiplied every idle
+/// connection's footprint.
+@dynamicMemberLookup
 public struct MQTTProperties: Hashable, Sendable {
-    public var payloadFormatIndicator: UInt8?
-    public var messageExpiryInterval: UInt32?
-    public var contentType: String?
-    public var responseTopic: String?
-    public var correlationData: ByteBuffer?
-    /// Subscription Identifiers: one in SUBSCRIBE, any number in a PUBLISH to a client.
-    public var subscriptionIdentifiers: [UInt32] = []
-    public var sessionExpiryInterval: UInt32?
-    public var assignedClientIdentifier: String?
-    public var serverKeepAlive: UInt16?
-    public var authenticationMethod: String?
-    public var authenticationData: ByteBuffer?
-    public var requestProblemInformation: UInt8?
-    public var willDelayInterval: UInt32?
-    public var requestResponseInformation: UInt8?
-    public var responseInformation: String?
-    public var serverReference: String?
-    public var reasonString: String?
-    public var receiveMaximum: UInt16?
-    public var topicAliasMaximum: UInt16?
-    public var topicAlias: UInt16?
-    public var maximumQoS: UInt8?
-    public var retainAvailable: UInt8?
-    public var userProperties: [MQTTUserProperty] = []
-    public var maximumPacketSize: UInt32?
-    public var wildcardSubscriptionAvailable: UInt8?
-    public var subscriptionIdentifierAvailable: UInt8?
-    public var sharedSubscriptionAvailable: UInt8?
+    /// The property values, one optional (or list) per property.
+    public struct Values: Hashable, Sendable {
+        public var payloadFormatIndicator: UInt8?
+        public var messageExpiryInterval: UInt32?
+        public var contentType: String?
+        public var responseTopic: String?
+        public var correlationData: ByteBuffer?
+        /// Subscription Identifiers: one in SUBSCRIBE, any number in a PUBLISH to a client.
+        public var subscriptionIdentifiers: [UInt32] = []
+        public var sessionExpiryInterval: UInt32?
+        public var assignedClientIdentifier: String?
+        public var serverKeepAlive: UInt16?
+        public var authenticationMethod: String?
+        public var authenticationData: ByteBuffer?
+        public var requestProblemInformation: UInt8?
+        public var willDelayInterval: UInt32?
+        public var requestResponseInformation: UInt8?
+        public var responseInformation: String?
+        public var serverReference: String?
+        public var reasonString: String?
+        public var receiveMaximum: UInt16?
+        public var topicAliasMaximum: UInt16?
+        public var topicAlias: UInt16?
+        public var maximumQoS: UInt8?
+        public var retainAvailable: UInt8?
+        public var userProperties: [MQTTUserProperty] = []
+        public var maximumPacketSize: UInt32?
+        public var wildcardSubscriptionAvailable: UInt8?
+        public var subscriptionIdentifierAvailable: UInt8?
+        public var sharedSubscriptionAvailable: UInt8?
+
+        public init() {}
+    }
+
+    private final class Box: Sendable {
+        let values: Values
+        init(_ values: Values) { self.values = values }
+    }
+
+    private var box: Box?
 
     public init() {}
 
+    public init(_ values: Values) {
+        self.box = values == Values() ? nil : Box(values)
+    }
+
+    /// All values at once.
+    public var values: Values {
+        get { box?.values ?? Values() }
+        set { self = MQTTProperties(newValue) }
+    }
+
+    public subscript<T>(dynamicMember keyPath: WritableKeyPath<Values, T>) -> T {
+        get { values[keyPath: keyPath] }
+        set {
+            var values = self.values
+            values[keyPath: keyPath] = newValue
+            self = MQTTProperties(values)
+        }
+    }
+
     /// True when no property is set.
-    public var isEmpty: Bool { self == MQTTProperties() }
+    public var isEmpty: Bool { box == nil }
+
+    public static func == (lhs: MQTTProperties, rhs: MQTTProperties) -> Bool { lhs.values == rhs.values }
+    public func hash(into hasher: inout Hasher) { hasher.combine(values) }
 }
 
 /// The property identifiers of MQTT 5.0 (section 2.2.2.2).
@@ -130,7 +170,7 @@ extension MQTTProperties {
         guard var bytes = buffer.readSlice(length: Int(length)) else {
             throw MQTTCodecError(.malformedPacket, "property list longer than the packet")
         }
-        var properties = MQTTProperties()
+        var properties = MQTTProperties.Values()
         var seen: Set<UInt8> = []
         while bytes.readableBytes > 0 {
             // The identifier is a variable byte integer, but every defined identifier fits in one byte.
@@ -150,10 +190,13 @@ extension MQTTProperties {
             }
             try properties.readValue(id, from: &bytes)
         }
-        return properties
+        return MQTTProperties(properties)
     }
 
-    private mutating func readValue(_ id: MQTTPropertyIdentifier, from bytes: inout ByteBuffer) throws(MQTTCodecError) {
+}
+
+extension MQTTProperties.Values {
+    fileprivate mutating func readValue(_ id: MQTTPropertyIdentifier, from bytes: inout ByteBuffer) throws(MQTTCodecError) {
         func byte(_ allowed: ClosedRange<UInt8> = 0...1) throws(MQTTCodecError) -> UInt8 {
             let value = try bytes.readMQTTInteger(as: UInt8.self, "property \(id)")
             guard allowed.contains(value) else {
@@ -218,6 +261,9 @@ extension MQTTProperties {
         }
     }
 
+}
+
+extension MQTTProperties {
     /// The encoded size of the property list, without its length prefix.
     public var encodedLength: Int {
         var scratch = ByteBufferAllocator().buffer(capacity: 0)
@@ -238,37 +284,38 @@ extension MQTTProperties {
     }
 
     private func writeBody(to buffer: inout ByteBuffer) {
+        let v = values
         func id(_ id: MQTTPropertyIdentifier) { buffer.writeInteger(id.rawValue) }
-        if let v = payloadFormatIndicator { id(.payloadFormatIndicator); buffer.writeInteger(v) }
-        if let v = messageExpiryInterval { id(.messageExpiryInterval); buffer.writeInteger(v) }
-        if let v = contentType { id(.contentType); buffer.writeMQTTString(v) }
-        if let v = responseTopic { id(.responseTopic); buffer.writeMQTTString(v) }
-        if let v = correlationData { id(.correlationData); buffer.writeMQTTBinary(v) }
-        for v in subscriptionIdentifiers { id(.subscriptionIdentifier); buffer.writeMQTTVariableByteInteger(v) }
-        if let v = sessionExpiryInterval { id(.sessionExpiryInterval); buffer.writeInteger(v) }
-        if let v = assignedClientIdentifier { id(.assignedClientIdentifier); buffer.writeMQTTString(v) }
-        if let v = serverKeepAlive { id(.serverKeepAlive); buffer.writeInteger(v) }
-        if let v = authenticationMethod { id(.authenticationMethod); buffer.writeMQTTString(v) }
-        if let v = authenticationData { id(.authenticationData); buffer.writeMQTTBinary(v) }
-        if let v = requestProblemInformation { id(.requestProblemInformation); buffer.writeInteger(v) }
-        if let v = willDelayInterval { id(.willDelayInterval); buffer.writeInteger(v) }
-        if let v = requestResponseInformation { id(.requestResponseInformation); buffer.writeInteger(v) }
-        if let v = responseInformation { id(.responseInformation); buffer.writeMQTTString(v) }
-        if let v = serverReference { id(.serverReference); buffer.writeMQTTString(v) }
-        if let v = reasonString { id(.reasonString); buffer.writeMQTTString(v) }
-        if let v = receiveMaximum { id(.receiveMaximum); buffer.writeInteger(v) }
-        if let v = topicAliasMaximum { id(.topicAliasMaximum); buffer.writeInteger(v) }
-        if let v = topicAlias { id(.topicAlias); buffer.writeInteger(v) }
-        if let v = maximumQoS { id(.maximumQoS); buffer.writeInteger(v) }
-        if let v = retainAvailable { id(.retainAvailable); buffer.writeInteger(v) }
-        for p in userProperties {
+        if let w = v.payloadFormatIndicator { id(.payloadFormatIndicator); buffer.writeInteger(w) }
+        if let w = v.messageExpiryInterval { id(.messageExpiryInterval); buffer.writeInteger(w) }
+        if let w = v.contentType { id(.contentType); buffer.writeMQTTString(w) }
+        if let w = v.responseTopic { id(.responseTopic); buffer.writeMQTTString(w) }
+        if let w = v.correlationData { id(.correlationData); buffer.writeMQTTBinary(w) }
+        for w in v.subscriptionIdentifiers { id(.subscriptionIdentifier); buffer.writeMQTTVariableByteInteger(w) }
+        if let w = v.sessionExpiryInterval { id(.sessionExpiryInterval); buffer.writeInteger(w) }
+        if let w = v.assignedClientIdentifier { id(.assignedClientIdentifier); buffer.writeMQTTString(w) }
+        if let w = v.serverKeepAlive { id(.serverKeepAlive); buffer.writeInteger(w) }
+        if let w = v.authenticationMethod { id(.authenticationMethod); buffer.writeMQTTString(w) }
+        if let w = v.authenticationData { id(.authenticationData); buffer.writeMQTTBinary(w) }
+        if let w = v.requestProblemInformation { id(.requestProblemInformation); buffer.writeInteger(w) }
+        if let w = v.willDelayInterval { id(.willDelayInterval); buffer.writeInteger(w) }
+        if let w = v.requestResponseInformation { id(.requestResponseInformation); buffer.writeInteger(w) }
+        if let w = v.responseInformation { id(.responseInformation); buffer.writeMQTTString(w) }
+        if let w = v.serverReference { id(.serverReference); buffer.writeMQTTString(w) }
+        if let w = v.reasonString { id(.reasonString); buffer.writeMQTTString(w) }
+        if let w = v.receiveMaximum { id(.receiveMaximum); buffer.writeInteger(w) }
+        if let w = v.topicAliasMaximum { id(.topicAliasMaximum); buffer.writeInteger(w) }
+        if let w = v.topicAlias { id(.topicAlias); buffer.writeInteger(w) }
+        if let w = v.maximumQoS { id(.maximumQoS); buffer.writeInteger(w) }
+        if let w = v.retainAvailable { id(.retainAvailable); buffer.writeInteger(w) }
+        for p in v.userProperties {
             id(.userProperty)
             buffer.writeMQTTString(p.name)
             buffer.writeMQTTString(p.value)
         }
-        if let v = maximumPacketSize { id(.maximumPacketSize); buffer.writeInteger(v) }
-        if let v = wildcardSubscriptionAvailable { id(.wildcardSubscriptionAvailable); buffer.writeInteger(v) }
-        if let v = subscriptionIdentifierAvailable { id(.subscriptionIdentifierAvailable); buffer.writeInteger(v) }
-        if let v = sharedSubscriptionAvailable { id(.sharedSubscriptionAvailable); buffer.writeInteger(v) }
+        if let w = v.maximumPacketSize { id(.maximumPacketSize); buffer.writeInteger(w) }
+        if let w = v.wildcardSubscriptionAvailable { id(.wildcardSubscriptionAvailable); buffer.writeInteger(w) }
+        if let w = v.subscriptionIdentifierAvailable { id(.subscriptionIdentifierAvailable); buffer.writeInteger(w) }
+        if let w = v.sharedSubscriptionAvailable { id(.sharedSubscriptionAvailable); buffer.writeInteger(w) }
     }
 }

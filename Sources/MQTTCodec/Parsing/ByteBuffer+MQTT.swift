@@ -7,28 +7,42 @@ extension ByteBuffer {
     ///   is then left untouched).
     /// - Throws: ``MQTTCodecError/Code/malformedVariableByteInteger`` when a fourth byte still has
     ///   its continuation bit set: a server must never wait for a fifth length byte.
-    @inlinable
     public mutating func readMQTTVariableByteInteger() throws(MQTTCodecError) -> UInt32? {
+        switch peekMQTTVariableByteInteger() {
+        case .needMoreData:
+            return nil
+        case .tooLong:
+            throw MQTTCodecError(.malformedVariableByteInteger, "variable byte integer longer than 4 bytes")
+        case .value(let value, let length):
+            moveReaderIndex(forwardBy: length)
+            return value
+        }
+    }
+
+    private enum VariableByteIntegerPeek {
+        case needMoreData
+        case tooLong
+        case value(UInt32, length: Int)
+    }
+
+    // Kept non-throwing: the decoding loop lives here and the typed throw stays in the small wrapper
+    // above (Swift 6.3's optimizer crashes on a typed throw inside this loop in release builds).
+    private func peekMQTTVariableByteInteger() -> VariableByteIntegerPeek {
         var value: UInt32 = 0
         var multiplier: UInt32 = 1
         var offset = 0
         while true {
-            guard let byte = getInteger(at: readerIndex + offset, as: UInt8.self) else { return nil }
+            guard let byte = getInteger(at: readerIndex + offset, as: UInt8.self) else { return .needMoreData }
             value += UInt32(byte & 0x7F) * multiplier
             offset += 1
-            if byte & 0x80 == 0 { break }
-            if offset == 4 {
-                throw MQTTCodecError(.malformedVariableByteInteger, "variable byte integer longer than 4 bytes")
-            }
+            if byte & 0x80 == 0 { return .value(value, length: offset) }
+            if offset == 4 { return .tooLong }
             multiplier *= 128
         }
-        moveReaderIndex(forwardBy: offset)
-        return value
     }
 
     /// Writes an MQTT variable byte integer. Values above 268,435,455 cannot be encoded; callers
     /// never produce them because packet sizes are capped far below.
-    @inlinable
     @discardableResult
     public mutating func writeMQTTVariableByteInteger(_ value: UInt32) -> Int {
         precondition(value <= 268_435_455, "variable byte integer out of range")
@@ -46,7 +60,6 @@ extension ByteBuffer {
 
     /// Reads a two-byte length prefixed UTF-8 string and validates it: well-formed UTF-8 and no
     /// U+0000 (MQTT-1.5.3-1, MQTT-1.5.3-2).
-    @inlinable
     public mutating func readMQTTString(_ what: @autoclosure () -> String) throws(MQTTCodecError) -> String {
         guard let length = readInteger(as: UInt16.self) else {
             throw MQTTCodecError(.malformedPacket, "\(what()) truncated")
@@ -58,7 +71,6 @@ extension ByteBuffer {
     }
 
     /// Validates the readable bytes of this buffer as an MQTT UTF-8 string.
-    @inlinable
     public func mqttValidatedString(_ what: @autoclosure () -> String) throws(MQTTCodecError) -> String {
         let bytes = readableBytesView
         if bytes.contains(0) {
@@ -71,7 +83,6 @@ extension ByteBuffer {
     }
 
     /// Reads two-byte length prefixed binary data.
-    @inlinable
     public mutating func readMQTTBinary(_ what: @autoclosure () -> String) throws(MQTTCodecError) -> ByteBuffer {
         guard let length = readInteger(as: UInt16.self), let data = readSlice(length: Int(length)) else {
             throw MQTTCodecError(.malformedPacket, "\(what()) truncated")
@@ -80,7 +91,6 @@ extension ByteBuffer {
     }
 
     /// Writes a two-byte length prefixed UTF-8 string.
-    @inlinable
     public mutating func writeMQTTString(_ string: String) {
         let lengthIndex = writerIndex
         writeInteger(UInt16(0))
@@ -90,14 +100,12 @@ extension ByteBuffer {
     }
 
     /// Writes two-byte length prefixed binary data.
-    @inlinable
     public mutating func writeMQTTBinary(_ data: ByteBuffer) {
         precondition(data.readableBytes <= Int(UInt16.max), "MQTT binary data longer than 65535 bytes")
         writeInteger(UInt16(data.readableBytes))
         writeImmutableBuffer(data)
     }
 
-    @inlinable
     mutating func readMQTTInteger<T: FixedWidthInteger>(
         as: T.Type,
         _ what: @autoclosure () -> String
@@ -115,7 +123,6 @@ public enum MQTTVariableByteInteger {
     public static let max = 268_435_455
 
     /// The number of bytes `value` takes on the wire.
-    @inlinable
     public static func size(_ value: Int) -> Int {
         switch value {
         case ..<128: 1

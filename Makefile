@@ -1,0 +1,59 @@
+# iotgw: `make run` and `make test` work on a fresh Debian machine with Swift installed.
+# Both install what is missing (apt packages, Python test clients) before building.
+
+SWIFT ?= swift
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+CONFIG ?= Configs/iotgw.yaml
+
+# System packages: the C libraries the simulator and bridge link against, the reference broker and
+# clients the tests drive, and openssl for test certificates.
+APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl
+# Python test clients (real peers for the end-to-end suite).
+PIP_PACKAGES := paho-mqtt==2.* websockets pytest
+
+.PHONY: all deps apt-deps pip-deps build build-release run test unit-test integration-test clean
+
+all: build
+
+deps: apt-deps pip-deps
+
+apt-deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+pip-deps:
+	@$(PYTHON) -c "import paho.mqtt, websockets, pytest" 2>/dev/null || \
+		$(PYTHON) -m pip install -q $(PIP_PACKAGES) 2>/dev/null || \
+		$(PYTHON) -m pip install -q --break-system-packages $(PIP_PACKAGES)
+
+build: apt-deps
+	$(SWIFT) build
+
+build-release: apt-deps
+	$(SWIFT) build -c release
+
+# Starts the gateway in the foreground on the embedded default configuration. Ctrl-C (SIGINT) or
+# SIGTERM shuts it down gracefully.
+run: build-release
+	.build/release/iotgw run --config $(CONFIG)
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(MAKE) unit-test integration-test
+
+# Swift unit and in-process tests. MOSQUITTO_BIN lets the simulator tests start a reference broker.
+unit-test:
+	MOSQUITTO_BIN=$$(command -v mosquitto || echo /usr/sbin/mosquitto) $(SWIFT) test --skip-build
+
+# End-to-end tests: the built gateway against real clients (mosquitto_pub/sub, paho-mqtt).
+integration-test:
+	IOTGW_BIN=$(CURDIR)/.build/debug/iotgw $(PYTHON) -m pytest Tests/Integration -q
+
+clean:
+	rm -rf .build

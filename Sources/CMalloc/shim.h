@@ -1,0 +1,2 @@
+// glibc's malloc.h: malloc_trim, to hand freed arena memory back to the kernel.
+#include <malloc.h>
