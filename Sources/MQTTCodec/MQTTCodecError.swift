@@ -77,10 +77,11 @@ public struct MQTTCodecError: Error, Hashable, Sendable, CustomStringConvertible
     public var reasonCode: MQTTReasonCode {
         switch code.base {
         case .malformedVariableByteInteger, .malformedPacket, .invalidFixedHeaderFlags, .invalidUTF8,
-            .invalidPacketType, .invalidQoS:
+            .invalidPacketType, .invalidQoS, .propertyNotAllowed:
+            // MQTT 5.0 section 2.2.2.2: an identifier not valid for its packet type makes a Malformed Packet.
             return .malformedPacket
-        case .protocolError, .invalidProperty, .duplicateProperty, .propertyNotAllowed:
-            // The 5.0 spec calls a duplicated, misplaced or out-of-range property a Protocol Error.
+        case .protocolError, .invalidProperty, .duplicateProperty:
+            // A property included twice, or with a value the spec forbids, is a Protocol Error.
             return .protocolError
         case .packetTooLarge: return .packetTooLarge
         case .unsupportedProtocolVersion: return .unsupportedProtocolVersion

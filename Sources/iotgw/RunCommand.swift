@@ -91,6 +91,7 @@ struct HousekeepingService: Service {
                 return
             }
             broker.expireSessions()
+            broker.publishDueWills()
             broker.recordQueueLevels()
             // glibc keeps freed memory in its arenas; after a wave of disconnects that is hundreds of
             // megabytes the process no longer needs. malloc_trim returns the free pages to the kernel.

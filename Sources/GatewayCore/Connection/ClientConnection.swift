@@ -169,11 +169,12 @@ public final class ClientConnection {
             case .keepAliveTimeout: broker.metrics.disconnected(.keepAliveTimeout)
             case .server(let reason): broker.metrics.disconnected(reason.metricReason)
             }
-            if let will {
-                publishWill(will)
-            }
         }
         broker.closeSession(session, owner: owner)
+        if let will {
+            // After the session was released, so a takeover (the session already owned again) is seen.
+            publishWill(will, honourDelay: version == .v5)
+        }
         self.session = nil
         logger.debug("connection closed", metadata: ["iotgw.close.cause": "\(cause)"])
     }
@@ -392,30 +393,41 @@ public final class ClientConnection {
         }
     }
 
-    private func publishWill(_ will: MQTTWill) {
-        guard broker.authorizer.isAllowed(.publish, topic: will.topic, clientID: clientID ?? "", username: username) else {
-            return
-        }
-        let now = ContinuousClock().now
+    private func publishWill(_ will: MQTTWill, honourDelay: Bool) {
+        guard let clientID,
+            broker.authorizer.isAllowed(.publish, topic: will.topic, clientID: clientID, username: username)
+        else { return }
+        let now = clock.now
         var properties = will.properties
+        let delay = properties.willDelayInterval ?? 0
         properties.willDelayInterval = nil
-        broker.publish(
-            Message(
-                topic: will.topic,
-                payload: will.payload,
-                qos: will.qos,
-                retain: will.retain && broker.configuration.retainAvailable,
-                properties: properties,
-                publisherClientID: clientID,
-                expiresAt: will.properties.messageExpiryInterval.map { now.advanced(by: .seconds(Int64($0))) }
-            )
+        let message = Message(
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain && broker.configuration.retainAvailable,
+            properties: properties,
+            publisherClientID: clientID,
+            expiresAt: will.properties.messageExpiryInterval.map { now.advanced(by: .seconds(Int64($0))) }
         )
-        logger.debug("published will", metadata: ["mqtt.topic": "\(will.topic)"])
+        if honourDelay && delay > 0 {
+            // The session outlives the connection for its expiry interval; the Will waits for the
+            // delay or the end of the session, whichever comes first (MQTT 5 section 3.1.2.5).
+            let expiry: Double? = connectSessionExpiry == UInt32.max ? nil : Double(connectSessionExpiry)
+            broker.scheduleWill(message, clientID: clientID, delay: Double(delay), sessionExpiry: expiry)
+        } else {
+            broker.publish(message)
+        }
+        logger.debug("will published or scheduled", metadata: ["mqtt.topic": "\(will.topic)", "mqtt.will.delay": "\(delay)"])
     }
 
     // MARK: SUBSCRIBE, DISCONNECT
 
     private func handleSubscribe(_ subscribe: MQTTSubscribePacket, session: Session) -> [Action] {
+        if subscribe.subscriptions.contains(where: { $0.noLocal && MQTTTopic.parseShared($0.topicFilter) != nil }) {
+            // MQTT-3.8.3-4: No Local on a shared subscription is a Protocol Error.
+            return protocolViolation("No Local on a shared subscription")
+        }
         let result = broker.subscribe(subscribe, session: session, username: username, version: version)
         // Retained messages go to the session queue now; the connection task writes queued messages
         // only after performing these actions, so they follow the SUBACK on the wire.
@@ -433,13 +445,14 @@ public final class ClientConnection {
                     return disconnectForViolation(.protocolError, "session expiry set on DISCONNECT after 0 on CONNECT")
                 }
                 broker.updateSessionExpiry(session, interval: interval)
-            }
-            if disconnect.reasonCode == .disconnectWithWillMessage, let will {
-                publishWill(will)
+                connectSessionExpiry = interval
             }
         }
         broker.metrics.disconnected(.clientDisconnect)
-        will = nil
+        if !(version == .v5 && disconnect.reasonCode == .disconnectWithWillMessage) {
+            // A normal DISCONNECT discards the Will; 0x04 asks for it anyway (sent once the session is released).
+            will = nil
+        }
         logger.debug("client disconnected")
         return [.close]
     }

@@ -26,6 +26,8 @@ public final class Broker: Sendable {
         var nextOwnerID: UInt64 = 1
         var connections: [GatewayMetrics.Transport: Int] = [:]
         var draining = false
+        /// MQTT 5 Will messages waiting for their Will Delay Interval, by client id.
+        var pendingWills: [String: (message: Message, due: ContinuousClock.Instant)] = [:]
     }
 
     /// - Parameters:
@@ -111,11 +113,15 @@ public final class Broker: Sendable {
         )
         let result = state.withLock { state -> (OpenedSession, Session?)? in
             guard !state.draining else { return nil }
+            // A reconnect before the Will Delay Interval passed cancels the Will (MQTT-3.1.3-9).
+            state.pendingWills[clientID] = nil
             let owner = state.nextOwnerID
             state.nextOwnerID += 1
             var discarded: Session?
             if let existing = state.sessions[clientID] {
-                if cleanStart || existing.isExpired(now: now) {
+                // A clean session's state is never reused (MQTT-3.1.2-6), even by a takeover that asks
+                // for a persistent one.
+                if cleanStart || !existing.isPersistent || existing.isExpired(now: now) {
                     Self.removeSubscriptions(of: existing, from: &state.index)
                     state.sessions[clientID] = nil
                     discarded = existing
@@ -195,6 +201,37 @@ public final class Broker: Sendable {
             discard(session)
         }
         return expired.count
+    }
+
+    // MARK: Wills
+
+    /// Publishes `message` (a Will) after `delay` seconds, or when the session ends if that is sooner,
+    /// unless the client reconnects first. A delay of 0 publishes now.
+    func scheduleWill(_ message: Message, clientID: String, delay: Double, sessionExpiry: Double?) {
+        let wait = min(delay, sessionExpiry ?? .infinity)
+        guard wait > 0 else {
+            publish(message)
+            return
+        }
+        let due = now.advanced(by: .seconds(wait))
+        state.withLock { state in
+            // Taken over: a connection owns the session again, so the Will is not sent.
+            if let session = state.sessions[clientID], session.isConnected { return }
+            state.pendingWills[clientID] = (message, due)
+        }
+    }
+
+    /// Publishes the delayed Wills whose time has come. Called by housekeeping every second.
+    @discardableResult
+    public func publishDueWills() -> Int {
+        let now = self.now
+        let due = state.withLock { state -> [Message] in
+            let ready = state.pendingWills.filter { $0.value.due <= now }
+            for key in ready.keys { state.pendingWills[key] = nil }
+            return ready.values.map(\.message)
+        }
+        for message in due { publish(message) }
+        return due.count
     }
 
     // MARK: Routing
@@ -324,11 +361,6 @@ public final class Broker: Sendable {
                     codes.append(version == .v5 ? .topicFilterInvalid : .unspecifiedError)
                     continue
                 }
-            }
-            if group != nil && request.noLocal {
-                // MQTT-3.8.3-4: No Local on a shared subscription is a protocol error; refuse the filter.
-                codes.append(.protocolError)
-                continue
             }
             guard authorizer.isAllowed(.subscribe, topic: request.topicFilter, clientID: session.clientID, username: username) else {
                 codes.append(version == .v5 ? .notAuthorized : .unspecifiedError)

@@ -219,7 +219,6 @@ public final class Session: Sendable {
     func enqueue(_ queued: QueuedMessage) -> (result: EnqueueResult, startedDropping: Bool) {
         let size = queued.byteCount
         var evicted = 0
-        var evictedBytes = 0
         let (result, wake, logDrop) = state.withLock { state -> (EnqueueResult, (any ConnectionHandle)?, Bool) in
             if state.owner == nil && (queued.qos == .atMostOnce || !state.persistent) {
                 return (.notQueuedOffline, nil, false)
@@ -247,8 +246,9 @@ public final class Session: Sendable {
                 }
                 let old = state.pending.remove(at: index)
                 state.pendingBytes -= old.byteCount
+                // Give its bytes back to the global budget now, so the retry sees the room it made.
+                budget.release(old.byteCount)
                 evicted += 1
-                evictedBytes += old.byteCount
                 globalFull = false
             }
             state.dropping = false
@@ -262,7 +262,6 @@ public final class Session: Sendable {
             return (.queued, wake, false)
         }
         if evicted > 0 {
-            budget.release(evictedBytes, count: evicted)
             metrics.messageDropped(.queueFullQoS0, count: evicted)
         }
         switch result {

@@ -12,7 +12,7 @@ extension ByteBuffer {
         case .needMoreData:
             return nil
         case .tooLong:
-            throw MQTTCodecError(.malformedVariableByteInteger, "variable byte integer longer than 4 bytes")
+            throw MQTTCodecError(.malformedVariableByteInteger, "variable byte integer longer than 4 bytes or not minimal")
         case .value(let value, let length):
             moveReaderIndex(forwardBy: length)
             return value
@@ -35,7 +35,11 @@ extension ByteBuffer {
             guard let byte = getInteger(at: readerIndex + offset, as: UInt8.self) else { return .needMoreData }
             value += UInt32(byte & 0x7F) * multiplier
             offset += 1
-            if byte & 0x80 == 0 { return .value(value, length: offset) }
+            if byte & 0x80 == 0 {
+                // MQTT-1.5.5-1: the encoding must be minimal, so a last byte of 0 after others is invalid.
+                if offset > 1 && byte == 0 { return .tooLong }
+                return .value(value, length: offset)
+            }
             if offset == 4 { return .tooLong }
             multiplier *= 128
         }

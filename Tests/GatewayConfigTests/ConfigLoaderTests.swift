@@ -1,0 +1,89 @@
+import Foundation
+import GatewayConfig
+import GatewayCore
+import Testing
+
+/// The repository root, found from this file's path (Tests/GatewayConfigTests/ConfigLoaderTests.swift).
+private let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
+
+@Suite("Configuration loading")
+struct ConfigLoaderTests {
+    @Test("the shipped YAML and JSON defaults load to the same value, equal to the built-in defaults")
+    func shippedDefaultsAgree() throws {
+        let yaml = try ConfigLoader.load(path: repositoryRoot.appendingPathComponent("Configs/iotgw.yaml").path)
+        let json = try ConfigLoader.load(path: repositoryRoot.appendingPathComponent("Configs/iotgw.json").path)
+        #expect(yaml == json)
+        #expect(yaml == GatewayConfigFile())
+        #expect(yaml.brokerConfiguration == BrokerConfiguration())
+    }
+
+    @Test("an empty YAML file means every default")
+    func emptyYAML() throws {
+        #expect(try ConfigLoader.decode("# nothing here\n", path: "empty.yaml") == GatewayConfigFile())
+    }
+
+    @Test("values are read from YAML and mapped onto the broker configuration")
+    func valuesAreRead() throws {
+        let config = try ConfigLoader.decode(
+            """
+            listeners:
+              mqtt:
+                host: 0.0.0.0
+                port: 11883
+            limits:
+              max_inflight: 8
+              max_queued_messages: 50
+              connect_timeout: 2.5
+            mqtt:
+              max_qos: 1
+            auth:
+              anonymous: false
+            """,
+            path: "custom.yaml"
+        )
+        #expect(config.listeners.mqtt.host == "0.0.0.0")
+        #expect(config.listeners.mqtt.port == 11883)
+        let broker = config.brokerConfiguration
+        #expect(broker.maxInflight == 8)
+        #expect(broker.maxQueuedMessages == 50)
+        #expect(broker.connectTimeout == 2.5)
+        #expect(broker.maxQoS == 1)
+        #expect(broker.allowAnonymous == false)
+    }
+
+    @Test(
+        "bad files are rejected with the file, the key path and the reason",
+        arguments: [
+            ("bad.yaml", "listeners:\n  mqtt:\n    port: 70000\n", "listeners.mqtt.port", "not a port number"),
+            ("bad.yaml", "listeners:\n  mqtt:\n    port: abc\n", "listeners.mqtt.port", "expected an integer"),
+            ("bad.yaml", "limits:\n  max_conections: 5\n", "limits.max_conections", "unknown key"),
+            ("bad.yaml", "colour: blue\n", "colour", "unknown key"),
+            ("bad.yaml", "mqtt:\n  max_qos: 3\n", "mqtt.max_qos", "not a QoS"),
+            ("bad.yaml", "log:\n  level: loud\n", "log.level", "not one of"),
+            ("bad.yaml", "auth:\n  anonymous: maybe\n", "auth.anonymous", "true or false"),
+            ("bad.yaml", "limits:\n  max_inflight: 100\n  max_queued_messages: 10\n", "limits.max_queued_messages", "at least"),
+            ("bad.json", #"{"listeners": {"mqtt": {"port": "1883"}}}"#, "listeners.mqtt.port", "expected an integer"),
+            ("bad.json", #"{"shutdown": {"timeout": 0}}"#, "shutdown.timeout", "more than 0"),
+        ]
+    )
+    func rejected(file: String, text: String, key: String, reason: String) {
+        do {
+            _ = try ConfigLoader.decode(text, path: file)
+            Issue.record("\(text) was accepted")
+        } catch {
+            #expect(error.file == file)
+            #expect(error.key == key)
+            #expect(error.message.contains(reason), "message: \(error.message)")
+            #expect(error.description.hasPrefix("\(file): \(key): "))
+        }
+    }
+
+    @Test("syntax errors and unknown extensions name the file")
+    func unparsable() {
+        #expect(throws: ConfigError.self) { try ConfigLoader.decode("{not json", path: "x.json") }
+        #expect(throws: ConfigError.self) { try ConfigLoader.decode("a: [1, 2", path: "x.yaml") }
+        #expect(throws: ConfigError.self) { try ConfigLoader.decode("a = 1", path: "x.toml") }
+        #expect(throws: ConfigError.self) { try ConfigLoader.load(path: "/nonexistent/iotgw.yaml") }
+    }
+}
