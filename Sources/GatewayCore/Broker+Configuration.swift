@@ -30,6 +30,14 @@ public struct BrokerConfiguration: Sendable, Hashable {
     /// The keep-alive the server imposes on MQTT 5 clients that ask for 0 or more than this, in seconds
     /// (Server Keep Alive). MQTT 3.1.1 clients cannot be told, so for them it is not applied. Default 0 (off).
     public var maxKeepAlive: Int = 0
+    /// How many QoS 1/2 PUBLISHes a client may have unacknowledged towards the gateway (MQTT 5 Receive
+    /// Maximum; exceeding it is a protocol error 0x93). Default 65,535 (the protocol maximum, not
+    /// advertised).
+    public var receiveMaximum: Int = 65_535
+    /// The highest topic alias an MQTT 5 client may use towards the gateway. Default 64; 0 disables.
+    public var topicAliasMaximum: Int = 64
+    /// Seconds between `$SYS/broker/...` statistics publications; 0 disables them. Default 10.
+    public var sysInterval: Double = 10
     /// Seconds the graceful shutdown may take before connections are cut. Default 10.
     public var shutdownTimeout: Double = 10
 

@@ -39,7 +39,7 @@ struct MQTT5BehaviourTests {
         let broker = makeBroker()
         let cases: [(MQTTPacket, MQTTReasonCode)] = [
             (publishPacket("", ByteBuffer(string: "x")) { $0.topicAlias = 5 }, .protocolError),
-            (publishPacket("t", ByteBuffer(string: "x")) { $0.topicAlias = UInt16(ClientConnection.inboundTopicAliasMaximum) + 1 }, .topicAliasInvalid),
+            (publishPacket("t", ByteBuffer(string: "x")) { $0.topicAlias = UInt16(broker.configuration.topicAliasMaximum) + 1 }, .topicAliasInvalid),
             (publishPacket("", ByteBuffer(string: "x")), .protocolError),
         ]
         for (n, (packet, code)) in cases.enumerated() {

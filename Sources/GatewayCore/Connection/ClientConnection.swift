@@ -50,8 +50,9 @@ public final class ClientConnection {
     /// The client's Maximum Packet Size (MQTT 5): larger messages are not sent to it (MQTT-3.1.2-25).
     private var clientMaximumPacketSize: Int?
     private let clock = ContinuousClock()
-    /// The Topic Alias Maximum the gateway accepts from clients.
-    static let inboundTopicAliasMaximum: UInt16 = 64
+    /// Outbound topic aliases (MQTT 5): topic → alias, up to the client's Topic Alias Maximum.
+    private var outboundAliases: [String: UInt16] = [:]
+    private var clientTopicAliasMaximum: UInt16 = 0
 
     /// - Parameters:
     ///   - broker: the broker core.
@@ -266,7 +267,8 @@ public final class ClientConnection {
             if configuration.maxQoS < 2 { properties.maximumQoS = UInt8(configuration.maxQoS) }
             if !configuration.retainAvailable { properties.retainAvailable = 0 }
             properties.maximumPacketSize = UInt32(configuration.maxPacketSize)
-            properties.topicAliasMaximum = Self.inboundTopicAliasMaximum
+            if configuration.topicAliasMaximum > 0 { properties.topicAliasMaximum = UInt16(configuration.topicAliasMaximum) }
+            if configuration.receiveMaximum < 65_535 { properties.receiveMaximum = UInt16(configuration.receiveMaximum) }
             properties.wildcardSubscriptionAvailable = 1
             properties.subscriptionIdentifierAvailable = 1
             properties.sharedSubscriptionAvailable = 1
@@ -285,6 +287,7 @@ public final class ClientConnection {
             properties: properties
         )
         clientMaximumPacketSize = connect.properties.maximumPacketSize.map(Int.init)
+        clientTopicAliasMaximum = version == .v5 ? connect.properties.topicAliasMaximum ?? 0 : 0
         return [.send(.connack(connack)), .keepAlive(seconds: keepAlive)]
     }
 
@@ -315,7 +318,7 @@ public final class ClientConnection {
         var topic = publish.topic
         if version == .v5 {
             if let alias = publish.properties.topicAlias {
-                guard alias <= Self.inboundTopicAliasMaximum else {
+                guard alias <= configuration.topicAliasMaximum else {
                     return disconnectForViolation(.topicAliasInvalid, "topic alias \(alias) above the maximum")
                 }
                 if topic.isEmpty {
@@ -336,6 +339,11 @@ public final class ClientConnection {
                 return disconnectForViolation(.retainNotSupported, "retained PUBLISH but retain is not available")
             }
         }
+        if publish.qos == .exactlyOnce && session.inboundQoS2Count >= configuration.receiveMaximum
+            && version == .v5
+        {
+            return disconnectForViolation(.receiveMaximumExceeded, "more than \(configuration.receiveMaximum) QoS 2 messages unacknowledged")
+        }
         broker.metrics.messageReceived(qos: publish.qos, bytes: publish.payload.readableBytes)
 
         var failure: MQTTReasonCode?
@@ -343,6 +351,10 @@ public final class ClientConnection {
             && String(validating: publish.payload.readableBytesView, as: UTF8.self) == nil
         {
             failure = .payloadFormatInvalid
+        } else if topic == "$SYS" || topic.hasPrefix("$SYS/") {
+            // $SYS/ belongs to the gateway's own statistics; clients may read it, not write it.
+            logger.debug("PUBLISH to $SYS refused", metadata: ["mqtt.topic": "\(topic)"])
+            failure = .notAuthorized
         } else if !broker.authorizer.isAllowed(.publish, topic: topic, clientID: session.clientID, username: username) {
             logger.debug("PUBLISH not authorized", metadata: ["mqtt.topic": "\(topic)"])
             failure = .notAuthorized
@@ -487,6 +499,23 @@ extension Broker {
 }
 
 extension ClientConnection {
+    /// Replaces the topic by a topic alias when the MQTT 5 client accepts aliases: the first message on a
+    /// topic carries topic and new alias, later ones only the alias (MQTT 5 section 3.3.2.3.4). Aliases
+    /// are per connection, so a reconnect starts afresh.
+    private func applyingOutboundAlias(_ publish: MQTTPublishPacket) -> MQTTPublishPacket {
+        guard clientTopicAliasMaximum > 0 else { return publish }
+        var publish = publish
+        if let alias = outboundAliases[publish.topic] {
+            publish.properties.topicAlias = alias
+            publish.topic = ""
+        } else if outboundAliases.count < Int(clientTopicAliasMaximum) {
+            let alias = UInt16(outboundAliases.count + 1)
+            outboundAliases[publish.topic] = alias
+            publish.properties.topicAlias = alias
+        }
+        return publish
+    }
+
     /// The next packet the session has for this connection, or nil when there is nothing to send now
     /// (the session then wakes the connection through ``ConnectionHandle/deliveryAvailable()`` when a
     /// message arrives) or the session was taken over.
@@ -514,7 +543,7 @@ extension ClientConnection {
                     broker.metrics.messageDropped(.tooLarge)
                     continue
                 }
-                return .publish(publish)
+                return .publish(applyingOutboundAlias(publish))
             }
         }
     }

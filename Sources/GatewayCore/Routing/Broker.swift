@@ -82,6 +82,12 @@ public final class Broker: Sendable {
     /// The number of open network connections.
     public var connectionCount: Int { state.withLock { $0.connections.values.reduce(0, +) } }
 
+    /// The number of clients whose CONNECT was accepted and that are still connected.
+    public var connectedClientCount: Int {
+        let sessions = state.withLock { Array($0.sessions.values) }
+        return sessions.reduce(0) { $0 + ($1.isConnected ? 1 : 0) }
+    }
+
     /// The number of sessions, connected or not.
     public var sessionCount: Int { state.withLock { $0.sessions.count } }
 
@@ -144,7 +150,7 @@ public final class Broker: Sendable {
         if let discarded {
             // The old session's connection (if any) is taken over; its queue goes with it.
             discarded.handle?.close(reason: .sessionTakenOver)
-            discarded.discardQueued()
+            redistribute(discarded.takeAllQueued(), from: discarded)
         }
         let previous = opened.session.attach(
             owner: opened.owner,
@@ -176,13 +182,44 @@ public final class Broker: Sendable {
             Self.removeSubscriptions(of: session, from: &state.index)
             return true
         }
-        let dropped = session.discardQueued()
+        let dropped = redistribute(session.takeAllQueued(), from: session)
         if removed {
             metrics.sessions(sessionCount)
         }
         if dropped > 0 && session.isPersistent {
             metrics.messageDropped(.sessionExpired, count: dropped)
         }
+    }
+
+    /// Hands the shared-subscription deliveries of an ending session to other members of their groups
+    /// (MQTT 5 section 4.8.2); everything else ends with the session. Returns how many were not handed on.
+    @discardableResult
+    private func redistribute(_ messages: [QueuedMessage], from ending: Session) -> Int {
+        var dropped = 0
+        for var queued in messages {
+            guard let key = queued.sharedGroup else {
+                dropped += 1
+                continue
+            }
+            let size = queued.byteCount
+            let member = state.withLock { state in
+                state.index.pickSharedMember(group: key.group, filter: key.filter, excluding: ending.clientID) { group in
+                    Self.pickMember(of: &group, size: size)
+                }
+            }
+            guard let member else {
+                dropped += 1
+                continue
+            }
+            queued.qos = min(queued.message.qos, member.options.qos)
+            queued.subscriptionIdentifiers = member.subscriptionIdentifier.map { [$0] } ?? []
+            logger.debug(
+                "handing a shared-subscription message to another member",
+                metadata: ["mqtt.client.id": "\(member.session.clientID)", "iotgw.share.group": "\(key.group)"]
+            )
+            deliver(queued, to: member.session)
+        }
+        return dropped
     }
 
     private static func removeSubscriptions(of session: Session, from index: inout SubscriptionIndex) {
@@ -248,6 +285,7 @@ public final class Broker: Sendable {
             var qos: MQTTQoS
             var retainAsPublished: Bool
             var identifiers: [UInt32]
+            var sharedGroup: SharedGroupKey?
         }
         var targets: [String: Target] = [:]
         let size = message.queuedByteCount
@@ -267,7 +305,8 @@ public final class Broker: Sendable {
                         session: entry.session,
                         qos: qos,
                         retainAsPublished: entry.options.retainAsPublished,
-                        identifiers: entry.subscriptionIdentifier.map { [$0] } ?? []
+                        identifiers: entry.subscriptionIdentifier.map { [$0] } ?? [],
+                        sharedGroup: entry.sharedGroup
                     )
                 }
             } pickShared: { group in
@@ -280,7 +319,8 @@ public final class Broker: Sendable {
                     message: message,
                     qos: target.qos,
                     retain: target.retainAsPublished && message.retain,
-                    subscriptionIdentifiers: target.identifiers
+                    subscriptionIdentifiers: target.identifiers,
+                    sharedGroup: target.sharedGroup
                 ),
                 to: target.session
             )
@@ -373,7 +413,12 @@ public final class Broker: Sendable {
                 _ = state.index.insert(
                     filter: request.topicFilter,
                     group: group,
-                    entry: SubscriptionEntry(session: session, options: request, subscriptionIdentifier: identifier)
+                    entry: SubscriptionEntry(
+                        session: session,
+                        options: request,
+                        subscriptionIdentifier: identifier,
+                        sharedGroup: group.map { SharedGroupKey(group: $0, filter: request.topicFilter) }
+                    )
                 )
             }
             codes.append(MQTTReasonCode(request.qos.rawValue))

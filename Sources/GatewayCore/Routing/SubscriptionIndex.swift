@@ -6,6 +6,8 @@ struct SubscriptionEntry: Sendable {
     var options: MQTTSubscription
     /// MQTT 5 Subscription Identifier, delivered with matching messages.
     var subscriptionIdentifier: UInt32?
+    /// Set for members of a shared subscription group.
+    var sharedGroup: SharedGroupKey? = nil
 }
 
 /// A topic-level trie of subscriptions with `+` and `#` wildcards and shared groups.
@@ -34,6 +36,7 @@ struct SubscriptionIndex: Sendable {
     }
 
     private let root = Node()
+
     private(set) var count = 0
 
     /// Adds or replaces `clientID`'s subscription to `filter` (already validated). Returns whether the
@@ -150,6 +153,29 @@ struct SubscriptionIndex: Sendable {
 }
 
 extension SubscriptionIndex {
+    /// Picks a member of shared group `group` on `filter` other than `excluding`, with `pick` choosing
+    /// among the remaining members; nil when there is none.
+    func pickSharedMember(
+        group: String,
+        filter: String,
+        excluding clientID: String,
+        pick: (inout SharedGroup) -> SubscriptionEntry?
+    ) -> SubscriptionEntry? {
+        var node = root
+        for level in filter.split(separator: "/", omittingEmptySubsequences: false) {
+            guard let child = node.children[level] else { return nil }
+            node = child
+        }
+        guard var shared = node.shared[group] else { return nil }
+        shared.members[clientID] = nil
+        shared.order.removeAll { $0 == clientID }
+        guard !shared.members.isEmpty else { return nil }
+        let chosen = pick(&shared)
+        // Keep the advanced cursor, but not the removal: the leaving member unsubscribes on its own.
+        node.shared[group]?.cursor = shared.cursor
+        return chosen
+    }
+
     /// Whether `filter` matches `topic` (a direct check, used for retained messages and tests).
     static func matches(filter: String, topic: String) -> Bool {
         if topic.hasPrefix("$") && (filter.hasPrefix("+") || filter.hasPrefix("#")) { return false }

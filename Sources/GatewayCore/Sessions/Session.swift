@@ -11,7 +11,16 @@ struct QueuedMessage: Sendable {
     /// The RETAIN flag this subscriber sees.
     var retain: Bool
     var subscriptionIdentifiers: [UInt32]
+    /// The shared subscription (`$share/group/filter`) this delivery was chosen through, if any: when
+    /// the session ends with it undelivered, another member of the group gets it (MQTT 5 section 4.8.2).
+    var sharedGroup: SharedGroupKey? = nil
     var byteCount: Int { message.queuedByteCount }
+}
+
+/// Identifies one shared subscription group: its name and its (inner) topic filter.
+struct SharedGroupKey: Sendable, Hashable {
+    var group: String
+    var filter: String
 }
 
 /// What a session's writer sends next.
@@ -148,22 +157,22 @@ public final class Session: Sendable {
         }
     }
 
-    /// Drops everything queued and in flight, releasing its share of the global budget. Called when
-    /// the session is discarded. Returns how many messages were dropped.
-    @discardableResult
-    func discardQueued() -> Int {
-        let (bytes, count) = state.withLock { state -> (Int, Int) in
+    /// Empties the queue and the in-flight window, releasing their share of the global budget, and
+    /// returns what was in them (in flight first, then pending, each in order). Called when the session
+    /// is discarded, so shared-subscription deliveries can go to another member.
+    func takeAllQueued() -> [QueuedMessage] {
+        let (bytes, messages) = state.withLock { state -> (Int, [QueuedMessage]) in
             let bytes = state.pendingBytes + state.inflightBytes
-            let count = state.pending.count + state.inflight.count
+            let messages = state.inflight.map(\.queued) + Array(state.pending)
             state.pending.removeAll()
             state.inflight.removeAll()
             state.resend.removeAll()
             state.pendingBytes = 0
             state.inflightBytes = 0
-            return (bytes, count)
+            return (bytes, messages)
         }
-        budget.release(bytes, count: count)
-        return count
+        budget.release(bytes, count: messages.count)
+        return messages
     }
 
     // MARK: Subscriptions

@@ -1,5 +1,6 @@
 import Metrics
 public import MQTTCodec
+import Synchronization
 
 /// Every metric the core records, created once and shared. Metric names follow Prometheus conventions
 /// (`_total` counters, units in the name); labels never carry client ids or topics.
@@ -21,6 +22,33 @@ public final class GatewayMetrics: Sendable {
     private let sessionsGauge: Gauge
     private let retainedGauge: Gauge
     private let malformed: Counter
+    /// Totals kept in-process as well (the metrics backend may be a no-op), for `$SYS` and the stats API.
+    private let totals = Totals()
+
+    private final class Totals: Sendable {
+        let messagesReceived = Atomic<Int>(0)
+        let messagesSent = Atomic<Int>(0)
+        let bytesReceived = Atomic<Int>(0)
+        let bytesSent = Atomic<Int>(0)
+    }
+
+    /// Message and byte totals since start.
+    public struct Snapshot: Sendable, Hashable {
+        public var messagesReceived: Int
+        public var messagesSent: Int
+        public var bytesReceived: Int
+        public var bytesSent: Int
+    }
+
+    /// The totals since start.
+    public var snapshot: Snapshot {
+        Snapshot(
+            messagesReceived: totals.messagesReceived.load(ordering: .relaxed),
+            messagesSent: totals.messagesSent.load(ordering: .relaxed),
+            bytesReceived: totals.bytesReceived.load(ordering: .relaxed),
+            bytesSent: totals.bytesSent.load(ordering: .relaxed)
+        )
+    }
 
     /// How a client reached the gateway; a label on connection and message metrics.
     public enum Transport: String, Sendable, CaseIterable {
@@ -113,12 +141,16 @@ public final class GatewayMetrics: Sendable {
     func messageReceived(qos: MQTTQoS, bytes: Int) {
         received[Int(qos.rawValue)]?.increment()
         receivedBytes.increment(by: bytes)
+        totals.messagesReceived.add(1, ordering: .relaxed)
+        totals.bytesReceived.add(bytes, ordering: .relaxed)
     }
 
     /// Records a message written to a subscriber.
     public func messageSent(qos: MQTTQoS, bytes: Int) {
         sent[Int(qos.rawValue)]?.increment()
         sentBytes.increment(by: bytes)
+        totals.messagesSent.add(1, ordering: .relaxed)
+        totals.bytesSent.add(bytes, ordering: .relaxed)
     }
 
     func messageDropped(_ reason: DropReason, count: Int = 1) {
