@@ -11,11 +11,14 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
     public var mqtt = MQTT()
     public var auth = Auth()
     public var shutdown = Shutdown()
+    public var tls = TLS()
+    public var websocket = WebSocket()
+    public var admin = Admin()
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case log, listeners, limits, mqtt, auth, shutdown
+        case log, listeners, limits, mqtt, auth, shutdown, tls, websocket, admin
     }
 
     public init(from decoder: any Decoder) throws {
@@ -27,33 +30,77 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         mqtt = try c.value(.mqtt, default: MQTT())
         auth = try c.value(.auth, default: Auth())
         shutdown = try c.value(.shutdown, default: Shutdown())
+        tls = try c.value(.tls, default: TLS())
+        websocket = try c.value(.websocket, default: WebSocket())
+        admin = try c.value(.admin, default: Admin())
     }
 
     /// `log`: logging.
     public struct Log: Codable, Sendable, Equatable {
         /// `log.level`: trace, debug, info, notice, warning, error or critical. Default info.
         public var level = "info"
+        /// `log.format`: `text` (one human-readable line per entry) or `json` (one JSON object per
+        /// line). Default text.
+        public var format = "text"
 
         public init() {}
-        enum CodingKeys: String, CodingKey, CaseIterable { case level }
+        enum CodingKeys: String, CodingKey, CaseIterable { case level, format }
         public init(from decoder: any Decoder) throws {
             try decoder.rejectUnknownKeys(CodingKeys.self)
             let c = try decoder.container(keyedBy: CodingKeys.self)
             level = try c.value(.level, default: level)
+            format = try c.value(.format, default: format)
+        }
+    }
+
+    /// `admin`: the HTTP admin listener (health, readiness, Prometheus metrics, the admin API).
+    public struct Admin: Codable, Sendable, Equatable {
+        /// `admin.enabled`: whether the admin listener runs. Default true.
+        public var enabled = true
+        /// `admin.host`: address to bind. Default 127.0.0.1 (keep it off public interfaces).
+        public var host = "127.0.0.1"
+        /// `admin.port`: port to bind (0 picks a free one). Default 8080.
+        public var port = 8080
+        /// `admin.token`: when not empty, `/metrics` and `/api/...` require
+        /// `Authorization: Bearer TOKEN`; `/healthz` and `/readyz` stay open for probes. Default empty.
+        public var token = ""
+
+        public init() {}
+        enum CodingKeys: String, CodingKey, CaseIterable { case enabled, host, port, token }
+        public init(from decoder: any Decoder) throws {
+            try decoder.rejectUnknownKeys(CodingKeys.self)
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let d = Admin()
+            enabled = try c.value(.enabled, default: d.enabled)
+            host = try c.value(.host, default: d.host)
+            port = try c.value(.port, default: d.port)
+            token = try c.value(.token, default: d.token)
         }
     }
 
     /// `listeners`: where the gateway accepts connections.
     public struct Listeners: Codable, Sendable, Equatable {
-        /// `listeners.mqtt`: MQTT over TCP. Default 127.0.0.1:1883.
+        /// `listeners.mqtt`: MQTT over TCP. Default enabled, 127.0.0.1:1883.
         public var mqtt = Listener(host: "127.0.0.1", port: 1883)
+        /// `listeners.mqtts`: MQTT over TLS (needs `tls.cert_file` and `tls.key_file`). Default
+        /// disabled, 127.0.0.1:8883.
+        public var mqtts = Listener(enabled: false, host: "127.0.0.1", port: 8883)
+        /// `listeners.ws`: WebSocket (MQTT over WebSocket at `websocket.mqtt_path`, the JSON API at
+        /// `websocket.json_path`). Default enabled, 127.0.0.1:8083.
+        public var ws = Listener(host: "127.0.0.1", port: 8083)
+        /// `listeners.wss`: WebSocket over TLS, the same endpoints. Default disabled, 127.0.0.1:8084.
+        public var wss = Listener(enabled: false, host: "127.0.0.1", port: 8084)
 
         public init() {}
-        enum CodingKeys: String, CodingKey, CaseIterable { case mqtt }
+        enum CodingKeys: String, CodingKey, CaseIterable { case mqtt, mqtts, ws, wss }
         public init(from decoder: any Decoder) throws {
             try decoder.rejectUnknownKeys(CodingKeys.self)
             let c = try decoder.container(keyedBy: CodingKeys.self)
-            mqtt = try c.value(.mqtt, default: mqtt)
+            // Each listener has its own defaults: a partial entry (`ws: {port: 9000}`) keeps the rest.
+            mqtt = try c.decodeIfPresent(Listener.Partial.self, forKey: .mqtt)?.applied(to: mqtt) ?? mqtt
+            mqtts = try c.decodeIfPresent(Listener.Partial.self, forKey: .mqtts)?.applied(to: mqtts) ?? mqtts
+            ws = try c.decodeIfPresent(Listener.Partial.self, forKey: .ws)?.applied(to: ws) ?? ws
+            wss = try c.decodeIfPresent(Listener.Partial.self, forKey: .wss)?.applied(to: wss) ?? wss
         }
     }
 
@@ -63,7 +110,8 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         public var host: String
         public var port: Int
 
-        public init(host: String, port: Int) {
+        public init(enabled: Bool = true, host: String, port: Int) {
+            self.enabled = enabled
             self.host = host
             self.port = port
         }
@@ -74,6 +122,101 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
             enabled = try c.value(.enabled, default: true)
             host = try c.value(.host, default: "127.0.0.1")
             port = try c.value(.port, default: 1883)
+        }
+
+        /// A listener entry as written, before the listener's own defaults fill the gaps.
+        struct Partial: Decodable {
+            var enabled: Bool?
+            var host: String?
+            var port: Int?
+
+            init(from decoder: any Decoder) throws {
+                try decoder.rejectUnknownKeys(CodingKeys.self)
+                let c = try decoder.container(keyedBy: CodingKeys.self)
+                enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled)
+                host = try c.decodeIfPresent(String.self, forKey: .host)
+                port = try c.decodeIfPresent(Int.self, forKey: .port)
+            }
+
+            func applied(to listener: Listener) -> Listener {
+                Listener(enabled: enabled ?? listener.enabled, host: host ?? listener.host, port: port ?? listener.port)
+            }
+        }
+    }
+
+    /// `tls`: the certificate of the `mqtts` and `wss` listeners and the client-certificate policy.
+    public struct TLS: Codable, Sendable, Equatable {
+        /// `tls.cert_file`: PEM server certificate (chain). Required when a TLS listener is enabled.
+        public var certFile = ""
+        /// `tls.key_file`: PEM private key of the certificate. Required when a TLS listener is enabled.
+        public var keyFile = ""
+        /// `tls.ca_file`: PEM CA certificates that sign client certificates; empty (the default)
+        /// means client certificates are not requested.
+        public var caFile = ""
+        /// `tls.verify_client`: require a client certificate signed by `tls.ca_file` (mTLS). Default false.
+        public var verifyClient = false
+        /// `tls.use_cn_as_username`: the client certificate's subject CN replaces the CONNECT username
+        /// before authentication. Default false.
+        public var useCNAsUsername = false
+
+        public init() {}
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case certFile = "cert_file"
+            case keyFile = "key_file"
+            case caFile = "ca_file"
+            case verifyClient = "verify_client"
+            case useCNAsUsername = "use_cn_as_username"
+        }
+        public init(from decoder: any Decoder) throws {
+            try decoder.rejectUnknownKeys(CodingKeys.self)
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let d = TLS()
+            certFile = try c.value(.certFile, default: d.certFile)
+            keyFile = try c.value(.keyFile, default: d.keyFile)
+            caFile = try c.value(.caFile, default: d.caFile)
+            verifyClient = try c.value(.verifyClient, default: d.verifyClient)
+            useCNAsUsername = try c.value(.useCNAsUsername, default: d.useCNAsUsername)
+        }
+    }
+
+    /// `websocket`: the endpoints and limits of the `ws` and `wss` listeners.
+    public struct WebSocket: Codable, Sendable, Equatable {
+        /// `websocket.mqtt_path`: MQTT over WebSocket (subprotocol `mqtt` or `mqttv3.1`). Default `/mqtt`.
+        public var mqttPath = "/mqtt"
+        /// `websocket.json_path`: the JSON API. Default `/ws`.
+        public var jsonPath = "/ws"
+        /// `websocket.echo_path`: an echo endpoint for RFC 6455 conformance tools; empty (the default)
+        /// disables it.
+        public var echoPath = ""
+        /// `websocket.max_message_size`: largest message after reassembling fragments (bytes); larger
+        /// ones close the connection with 1009. Default 1048576.
+        public var maxMessageSize = 1_048_576
+        /// `websocket.ping_interval`: seconds of silence before the server pings a client; a client
+        /// silent for a second interval is disconnected. 0 disables. Default 30.
+        public var pingInterval = 30.0
+        /// `websocket.allowed_origins`: `Origin` values allowed to upgrade; empty (the default) allows
+        /// any. Requests without `Origin` (non-browser clients) are always allowed.
+        public var allowedOrigins: [String] = []
+
+        public init() {}
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case mqttPath = "mqtt_path"
+            case jsonPath = "json_path"
+            case echoPath = "echo_path"
+            case maxMessageSize = "max_message_size"
+            case pingInterval = "ping_interval"
+            case allowedOrigins = "allowed_origins"
+        }
+        public init(from decoder: any Decoder) throws {
+            try decoder.rejectUnknownKeys(CodingKeys.self)
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let d = WebSocket()
+            mqttPath = try c.value(.mqttPath, default: d.mqttPath)
+            jsonPath = try c.value(.jsonPath, default: d.jsonPath)
+            echoPath = try c.value(.echoPath, default: d.echoPath)
+            maxMessageSize = try c.value(.maxMessageSize, default: d.maxMessageSize)
+            pingInterval = try c.value(.pingInterval, default: d.pingInterval)
+            allowedOrigins = try c.value(.allowedOrigins, default: d.allowedOrigins)
         }
     }
 
@@ -126,17 +269,31 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         public var maxQoS = 2
         /// `mqtt.retain_available`: whether retained messages are kept. Default true.
         public var retainAvailable = true
+        /// `mqtt.receive_maximum`: QoS 1/2 PUBLISHes a client may have unacknowledged towards the
+        /// gateway (MQTT 5 Receive Maximum). Default 65535.
+        public var receiveMaximum = 65_535
+        /// `mqtt.topic_alias_maximum`: the highest topic alias MQTT 5 clients may use. Default 64.
+        public var topicAliasMaximum = 64
+        /// `mqtt.sys_interval`: seconds between `$SYS/broker/...` publications; 0 disables. Default 10.
+        public var sysInterval = 10.0
 
         public init() {}
         enum CodingKeys: String, CodingKey, CaseIterable {
             case maxQoS = "max_qos"
             case retainAvailable = "retain_available"
+            case receiveMaximum = "receive_maximum"
+            case topicAliasMaximum = "topic_alias_maximum"
+            case sysInterval = "sys_interval"
         }
         public init(from decoder: any Decoder) throws {
             try decoder.rejectUnknownKeys(CodingKeys.self)
             let c = try decoder.container(keyedBy: CodingKeys.self)
-            maxQoS = try c.value(.maxQoS, default: 2)
-            retainAvailable = try c.value(.retainAvailable, default: true)
+            let d = MQTT()
+            maxQoS = try c.value(.maxQoS, default: d.maxQoS)
+            retainAvailable = try c.value(.retainAvailable, default: d.retainAvailable)
+            receiveMaximum = try c.value(.receiveMaximum, default: d.receiveMaximum)
+            topicAliasMaximum = try c.value(.topicAliasMaximum, default: d.topicAliasMaximum)
+            sysInterval = try c.value(.sysInterval, default: d.sysInterval)
         }
     }
 
@@ -172,6 +329,8 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
 extension GatewayConfigFile {
     /// The log levels `log.level` accepts.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+    /// The formats `log.format` accepts.
+    public static let logFormats = ["text", "json"]
 
     /// Checks value ranges; returns (key path, message) pairs for every problem found.
     public func validationErrors() -> [(key: String, message: String)] {
@@ -180,8 +339,36 @@ extension GatewayConfigFile {
             if !ok { errors.append((key, message)) }
         }
         check(Self.logLevels.contains(log.level), "log.level", "'\(log.level)' is not one of \(Self.logLevels.joined(separator: ", "))")
-        check((0...65535).contains(listeners.mqtt.port), "listeners.mqtt.port", "\(listeners.mqtt.port) is not a port number (0-65535)")
-        check(!listeners.mqtt.host.isEmpty, "listeners.mqtt.host", "must not be empty")
+        check(Self.logFormats.contains(log.format), "log.format", "'\(log.format)' is not one of \(Self.logFormats.joined(separator: ", "))")
+        check((0...65535).contains(admin.port), "admin.port", "\(admin.port) is not a port number (0-65535)")
+        check(!admin.host.isEmpty, "admin.host", "must not be empty")
+        check(
+            admin.token.unicodeScalars.allSatisfy { (0x21...0x7E).contains($0.value) },
+            "admin.token",
+            "must be printable ASCII without spaces (it is sent in an HTTP header)"
+        )
+        for (name, listener) in [("mqtt", listeners.mqtt), ("mqtts", listeners.mqtts), ("ws", listeners.ws), ("wss", listeners.wss)] {
+            check((0...65535).contains(listener.port), "listeners.\(name).port", "\(listener.port) is not a port number (0-65535)")
+            check(!listener.host.isEmpty, "listeners.\(name).host", "must not be empty")
+        }
+        if listeners.mqtts.enabled || listeners.wss.enabled {
+            let which = listeners.mqtts.enabled ? "listeners.mqtts" : "listeners.wss"
+            check(!tls.certFile.isEmpty, "tls.cert_file", "required when \(which) is enabled")
+            check(!tls.keyFile.isEmpty, "tls.key_file", "required when \(which) is enabled")
+        }
+        check(!tls.verifyClient || !tls.caFile.isEmpty, "tls.ca_file", "required when tls.verify_client is true")
+        for (key, path) in [("websocket.mqtt_path", websocket.mqttPath), ("websocket.json_path", websocket.jsonPath)] {
+            check(path.hasPrefix("/"), key, "'\(path)' must start with /")
+        }
+        check(websocket.echoPath.isEmpty || websocket.echoPath.hasPrefix("/"), "websocket.echo_path", "'\(websocket.echoPath)' must be empty or start with /")
+        let paths = [websocket.mqttPath, websocket.jsonPath] + (websocket.echoPath.isEmpty ? [] : [websocket.echoPath])
+        check(Set(paths).count == paths.count, "websocket.json_path", "the WebSocket paths must differ from each other")
+        check(
+            (16...268_435_460).contains(websocket.maxMessageSize),
+            "websocket.max_message_size",
+            "\(websocket.maxMessageSize) is outside 16-268435460 bytes"
+        )
+        check(websocket.pingInterval >= 0, "websocket.ping_interval", "must not be negative")
         check(limits.maxConnections > 0, "limits.max_connections", "must be at least 1")
         check(
             (16...268_435_460).contains(limits.maxPacketSize),
@@ -197,6 +384,9 @@ extension GatewayConfigFile {
         check((1...65535).contains(limits.maxClientIDLength), "limits.max_client_id_length", "must be 1-65535")
         check((0...65535).contains(limits.maxKeepAlive), "limits.max_keep_alive", "must be 0-65535 seconds")
         check((0...2).contains(mqtt.maxQoS), "mqtt.max_qos", "\(mqtt.maxQoS) is not a QoS (0, 1 or 2)")
+        check((1...65535).contains(mqtt.receiveMaximum), "mqtt.receive_maximum", "must be 1-65535")
+        check((0...65535).contains(mqtt.topicAliasMaximum), "mqtt.topic_alias_maximum", "must be 0-65535")
+        check(mqtt.sysInterval >= 0, "mqtt.sys_interval", "must not be negative")
         check(shutdown.timeout > 0, "shutdown.timeout", "must be more than 0 seconds")
         return errors
     }
@@ -216,6 +406,9 @@ extension GatewayConfigFile {
         c.maxKeepAlive = limits.maxKeepAlive
         c.maxQoS = mqtt.maxQoS
         c.retainAvailable = mqtt.retainAvailable
+        c.receiveMaximum = mqtt.receiveMaximum
+        c.topicAliasMaximum = mqtt.topicAliasMaximum
+        c.sysInterval = mqtt.sysInterval
         c.allowAnonymous = auth.anonymous
         c.shutdownTimeout = shutdown.timeout
         return c

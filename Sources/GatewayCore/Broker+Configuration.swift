@@ -43,3 +43,30 @@ public struct BrokerConfiguration: Sendable, Hashable {
 
     public init() {}
 }
+
+extension BrokerConfiguration {
+    /// This configuration with the fields that may change while clients are connected taken from `new`
+    /// (a SIGHUP reload); every other field keeps its current value.
+    ///
+    /// Live: `maxConnections` (checked at accept), `allowAnonymous`, `maxClientIDLength`, `maxKeepAlive`
+    /// and `sessionExpiry` (read at CONNECT), `maxInflight`, `maxQueuedMessages` and `maxQueuedBytes`
+    /// (sessions created after the change; existing sessions keep theirs), and `sysInterval`.
+    ///
+    /// Not live, because connected clients were told them or they are fixed at bind time:
+    /// `maxPacketSize` and `connectTimeout` (in each listener's pipeline), `maxQoS`, `retainAvailable`,
+    /// `receiveMaximum` and `topicAliasMaximum` (advertised in CONNACK), `globalMaxQueuedBytes` (the
+    /// queue budget's fixed limit) and `shutdownTimeout`.
+    public func applyingLiveChanges(from new: BrokerConfiguration) -> BrokerConfiguration {
+        var result = self
+        result.maxConnections = new.maxConnections
+        result.allowAnonymous = new.allowAnonymous
+        result.maxClientIDLength = new.maxClientIDLength
+        result.maxKeepAlive = new.maxKeepAlive
+        result.sessionExpiry = new.sessionExpiry
+        result.maxInflight = new.maxInflight
+        result.maxQueuedMessages = new.maxQueuedMessages
+        result.maxQueuedBytes = new.maxQueuedBytes
+        result.sysInterval = new.sysInterval
+        return result
+    }
+}

@@ -1,5 +1,6 @@
 import ArgumentParser
 import GatewayConfig
+import GatewayTransport
 
 import Foundation
 
@@ -14,7 +15,9 @@ struct CheckConfigCommand: ParsableCommand {
 
     func run() throws {
         do {
-            _ = try ConfigLoader.load(path: file)
+            let config = try ConfigLoader.load(path: file)
+            // Loads the TLS certificate and key too: a bad file fails here as it would at start-up.
+            _ = try config.serverConfiguration(path: file)
             print("\(file): OK")
         } catch {
             printError("iotgw: invalid configuration: \(error)")

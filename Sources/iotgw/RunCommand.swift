@@ -20,8 +20,10 @@ struct RunCommand: AsyncParsableCommand {
 
     func run() async throws {
         let file: GatewayConfigFile
+        let serverConfiguration: GatewayServer.Configuration
         do {
             file = try ConfigLoader.load(path: config)
+            serverConfiguration = try file.serverConfiguration(path: config)
         } catch {
             printError("iotgw: invalid configuration: \(error)")
             throw ExitCode(2)
@@ -43,16 +45,10 @@ struct RunCommand: AsyncParsableCommand {
         let broker = Broker(configuration: file.brokerConfiguration, logger: logger)
         let server = GatewayServer(
             broker: broker,
-            configuration: .init(
-                mqtt: file.listeners.mqtt.enabled ? ListenerConfiguration(host: file.listeners.mqtt.host, port: file.listeners.mqtt.port) : nil,
-                // Leave a second of the shutdown budget for closing connections after the drain.
-                drainTimeout: max(file.shutdown.timeout - 1, file.shutdown.timeout / 2),
-                connectTimeout: file.limits.connectTimeout,
-                maxPacketSize: file.limits.maxPacketSize
-            ),
+            configuration: serverConfiguration,
             logger: logger
         )
-        let housekeeping = HousekeepingService(broker: broker)
+        let housekeeping = HousekeepingService(broker: broker, sysInterval: file.mqtt.sysInterval)
         let group = ServiceGroup(
             configuration: .init(
                 services: [
@@ -78,9 +74,17 @@ struct RunCommand: AsyncParsableCommand {
 /// system after connections went away. Stops on graceful shutdown.
 struct HousekeepingService: Service {
     let broker: Broker
+    /// Seconds between `$SYS` publications; 0 disables them.
+    let sysInterval: Double
 
     func run() async throws {
         var connectionsAtLastTrim = broker.connectionCount
+        let started = ContinuousClock.now
+        var nextSys = started
+        if sysInterval > 0 {
+            broker.publishSysTopics(uptime: 0, version: GatewayVersion.current)
+            nextSys = started.advanced(by: .seconds(sysInterval))
+        }
         // Sleeps until the next tick; graceful shutdown cancels the sleep and ends the loop.
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
@@ -93,6 +97,11 @@ struct HousekeepingService: Service {
             broker.expireSessions()
             broker.publishDueWills()
             broker.recordQueueLevels()
+            let now = ContinuousClock.now
+            if sysInterval > 0 && now >= nextSys {
+                broker.publishSysTopics(uptime: Int(started.duration(to: now).components.seconds), version: GatewayVersion.current)
+                nextSys = now.advanced(by: .seconds(sysInterval))
+            }
             // glibc keeps freed memory in its arenas; after a wave of disconnects that is hundreds of
             // megabytes the process no longer needs. malloc_trim returns the free pages to the kernel.
             let connections = broker.connectionCount

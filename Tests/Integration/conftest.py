@@ -43,7 +43,10 @@ STOP_TIMEOUT = 15.0   # seconds between SIGTERM and SIGKILL in teardown
 # parts of it; the same dict drives the mosquitto.conf translation.
 DEFAULT_CONFIG: dict[str, Any] = {
     "log": {"level": "debug"},
-    "listeners": {"mqtt": {"host": "127.0.0.1", "port": 0}},
+    # The WebSocket and TLS listeners are off unless a test turns them on (make_broker gives each
+    # enabled one a free port).
+    "listeners": {"mqtt": {"host": "127.0.0.1", "port": 0},
+                  "ws": {"enabled": False}, "mqtts": {"enabled": False}, "wss": {"enabled": False}},
     "limits": {
         "max_connections": 100000,
         "max_packet_size": 1048576,
@@ -61,7 +64,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
 
 # Keys whose override has no mosquitto equivalent that matters for the tests that set them.
 _MOSQUITTO_IGNORED = {"log.level", "shutdown.timeout", "limits.global_max_queued_bytes",
-                      "limits.session_expiry", "listeners.mqtt.host", "listeners.mqtt.port"}
+                      "limits.session_expiry", "listeners.mqtt.host", "listeners.mqtt.port",
+                      "listeners.ws.enabled", "listeners.ws.host", "listeners.ws.port"}
+
+#: Listeners make_broker gives a free port when a test enables them.
+EXTRA_LISTENERS = ("ws", "mqtts", "wss")
 
 
 def deep_merge(base: dict, overrides: dict) -> dict:
@@ -127,6 +134,9 @@ def mosquitto_conf(config: dict, overridden: set[str]) -> str:
     ]
     if flat["mqtt.max_qos"] != 2:
         lines.append(f"max_qos {flat['mqtt.max_qos']}")
+    if flat.get("listeners.ws.enabled"):
+        # mosquitto's WebSocket listener speaks MQTT over WebSocket only (no JSON API).
+        lines += [f"listener {flat['listeners.ws.port']} 127.0.0.1", "protocol websockets"]
     return "\n".join(lines) + "\n"
 
 
@@ -139,6 +149,10 @@ class Broker:
         self.dir = tmp_path
         self.config = config
         self.port: int = config["listeners"]["mqtt"]["port"]
+        #: Ports of the WebSocket/TLS listeners a test enabled (ws_port, mqtts_port, wss_port), else None.
+        for name in EXTRA_LISTENERS:
+            entry = config["listeners"].get(name, {})
+            setattr(self, f"{name}_port", entry.get("port") if entry.get("enabled") else None)
         self.log_path = tmp_path / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
@@ -169,7 +183,8 @@ class Broker:
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.dir)
         deadline = time.monotonic() + timeout
-        while not port_accepts(self.port):
+        ports = [self.port] + [p for p in (getattr(self, f"{n}_port") for n in EXTRA_LISTENERS) if p]
+        while not all(port_accepts(p) for p in ports):
             if self.proc.poll() is not None:
                 self.returncode = self.proc.returncode
                 raise AssertionError(f"{self.kind} exited with {self.proc.returncode} before listening\n"
@@ -235,6 +250,10 @@ def make_broker(request, tmp_path) -> Callable[..., Broker]:
     def factory(start: bool = True, config_format: str = "yaml", **overrides: Any) -> Broker:
         overrides = dict(overrides)
         overrides.setdefault("listeners", {}).setdefault("mqtt", {})["port"] = free_port()
+        for name in EXTRA_LISTENERS:
+            entry = overrides["listeners"].get(name)
+            if entry and entry.get("enabled") and "port" not in entry:
+                entry["port"] = free_port()
         config = deep_merge(DEFAULT_CONFIG, overrides)
         overridden = set(flatten(overrides))
         if config_format != "yaml" and BROKER_KIND == "mosquitto":

@@ -429,11 +429,18 @@ class PahoClient:
     """
 
     def __init__(self, port: int, client_id: str = "", clean_session: bool = True,
-                 keepalive: int = 30, auto_reconnect: bool = False):
+                 keepalive: int = 30, auto_reconnect: bool = False, transport: str = "tcp",
+                 protocol: int = mqtt.MQTTv311, ws_path: str = "/mqtt", tls: dict | None = None):
+        """``transport="websockets"`` connects to ``ws_path``; ``tls`` holds ``tls_set`` arguments."""
         self.port = port
         self.keepalive = keepalive
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=clean_session, protocol=mqtt.MQTTv311)
+                                  clean_session=None if protocol == mqtt.MQTTv5 else clean_session,
+                                  protocol=protocol, transport=transport)
+        if transport == "websockets":
+            self.client.ws_set_options(path=ws_path)
+        if tls is not None:
+            self.client.tls_set(**tls)
         self.messages: "queue.Queue[Received]" = queue.Queue()
         self.connected = threading.Event()
         self.disconnected = threading.Event()
@@ -682,3 +689,410 @@ def mosquitto_pub(port: int, topic: str, *, message: bytes | None = None, file: 
     assert result.returncode == 0, (f"{' '.join(argv)} exited {result.returncode}: "
                                     f"{result.stdout.decode(errors='replace')}{result.stderr.decode(errors='replace')}")
     return result
+
+
+# --------------------------------------------------------------------------------------
+# MQTT 5.0 (written from the spec, OASIS mqtt-v5.0-os): packets with properties, a raw
+# MQTT 5 client, and a paho-mqtt MQTTv5 client.
+
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
+from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
+
+# Property identifiers (spec 2.2.2.2) and their wire types.
+P_PAYLOAD_FORMAT, P_MESSAGE_EXPIRY, P_CONTENT_TYPE = 0x01, 0x02, 0x03
+P_RESPONSE_TOPIC, P_CORRELATION_DATA, P_SUBSCRIPTION_ID = 0x08, 0x09, 0x0B
+P_SESSION_EXPIRY, P_ASSIGNED_CLIENT_ID, P_SERVER_KEEP_ALIVE = 0x11, 0x12, 0x13
+P_REASON_STRING, P_RECEIVE_MAXIMUM, P_TOPIC_ALIAS_MAXIMUM, P_TOPIC_ALIAS = 0x1F, 0x21, 0x22, 0x23
+P_USER_PROPERTY, P_MAXIMUM_PACKET_SIZE = 0x26, 0x27
+_PROPERTY_TYPES = {
+    0x01: "byte", 0x02: "u32", 0x03: "str", 0x08: "str", 0x09: "bin", 0x0B: "varint", 0x11: "u32",
+    0x12: "str", 0x13: "u16", 0x15: "str", 0x16: "bin", 0x17: "byte", 0x18: "u32", 0x19: "byte",
+    0x1A: "str", 0x1C: "str", 0x1F: "str", 0x21: "u16", 0x22: "u16", 0x23: "u16", 0x24: "byte",
+    0x25: "byte", 0x26: "pair", 0x27: "u32", 0x28: "byte", 0x29: "byte", 0x2A: "byte",
+}
+
+#: Properties as an ordered list of (identifier, value): duplicates and order stay visible.
+PropertyList = list[tuple[int, object]]
+
+
+def encode_properties(props: Iterable[tuple[int, object]] = ()) -> bytes:
+    """Property Length (variable byte integer) followed by the properties, in the given order."""
+    out = bytearray()
+    for ident, value in props:
+        kind = _PROPERTY_TYPES[ident]
+        out.append(ident)
+        if kind == "byte":
+            out.append(value)
+        elif kind == "u16":
+            out += struct.pack("!H", value)
+        elif kind == "u32":
+            out += struct.pack("!I", value)
+        elif kind == "varint":
+            out += encode_remaining_length(value)
+        elif kind in ("str", "bin"):
+            out += encode_string(value)
+        else:  # pair
+            out += encode_string(value[0]) + encode_string(value[1])
+    return encode_remaining_length(len(out)) + bytes(out)
+
+
+def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, mult = 0, 1
+    while True:
+        b = data[pos]
+        pos += 1
+        value += (b & 0x7F) * mult
+        mult *= 128
+        if not b & 0x80:
+            return value, pos
+
+
+def decode_properties(data: bytes, pos: int) -> tuple[PropertyList, int]:
+    """Decode a property block at ``pos``; returns (properties, position after the block)."""
+    length, pos = decode_varint(data, pos)
+    end = pos + length
+    props: PropertyList = []
+    while pos < end:
+        ident = data[pos]
+        pos += 1
+        kind = _PROPERTY_TYPES.get(ident)
+        assert kind is not None, f"unknown property identifier 0x{ident:02x} in {data.hex(' ')}"
+        if kind == "byte":
+            value, pos = data[pos], pos + 1
+        elif kind == "u16":
+            (value,), pos = struct.unpack_from("!H", data, pos), pos + 2
+        elif kind == "u32":
+            (value,), pos = struct.unpack_from("!I", data, pos), pos + 4
+        elif kind == "varint":
+            value, pos = decode_varint(data, pos)
+        else:
+            fields = []
+            for _ in range(2 if kind == "pair" else 1):
+                (n,) = struct.unpack_from("!H", data, pos)
+                fields.append(data[pos + 2:pos + 2 + n])
+                pos += 2 + n
+            value = (fields[0].decode(), fields[1].decode()) if kind == "pair" else (
+                fields[0] if kind == "bin" else fields[0].decode())
+        props.append((ident, value))
+    assert pos == end, f"property block overran its length in {data.hex(' ')}"
+    return props, end
+
+
+def prop(props: PropertyList, ident: int, default: object = None) -> object:
+    """The first value of property ``ident``, or ``default``."""
+    return next((v for i, v in props if i == ident), default)
+
+
+def connect5_packet(client_id: str, *, clean_start: bool = True, keepalive: int = 60,
+                    properties: Iterable[tuple[int, object]] = ()) -> bytes:
+    """An MQTT 5 CONNECT (spec 3.1) without will or credentials."""
+    variable = encode_string("MQTT") + bytes([5, 0x02 if clean_start else 0]) + struct.pack("!H", keepalive)
+    return fixed(0x10, variable + encode_properties(properties) + encode_string(client_id))
+
+
+def publish5_packet(topic: str, payload: bytes, *, qos: int = 0, packet_id: int | None = None,
+                    retain: bool = False, properties: Iterable[tuple[int, object]] = ()) -> bytes:
+    first = 0x30 | (qos << 1) | (0x01 if retain else 0)
+    body = encode_string(topic)
+    if qos > 0:
+        body += struct.pack("!H", packet_id)
+    return fixed(first, body + encode_properties(properties) + payload)
+
+
+def subscribe5_packet(packet_id: int, subscriptions: Iterable[tuple[str, int]],
+                      properties: Iterable[tuple[int, object]] = ()) -> bytes:
+    """SUBSCRIBE; each subscription is (filter, options byte) where options = QoS | NL<<2 | RAP<<3 | RH<<4."""
+    body = struct.pack("!H", packet_id) + encode_properties(properties)
+    for topic, options in subscriptions:
+        body += encode_string(topic) + bytes([options])
+    return fixed(0x82, body)
+
+
+def ack5_packet(kind: int, packet_id: int, reason: int = 0) -> bytes:
+    """PUBACK/PUBREC/PUBREL/PUBCOMP with a reason code and no properties."""
+    first = (kind << 4) | (0x02 if kind == PUBREL else 0)
+    return bytes([first, 0x03]) + struct.pack("!HB", packet_id, reason)
+
+
+def disconnect5_packet(reason: int = 0, properties: Iterable[tuple[int, object]] = ()) -> bytes:
+    return fixed(0xE0, bytes([reason]) + encode_properties(properties))
+
+
+@dataclass
+class Publish5:
+    topic: str
+    packet_id: int | None
+    properties: PropertyList
+    payload: bytes
+    qos: int
+    retain: bool
+    dup: bool
+
+
+def parse_publish5(p: Packet) -> Publish5:
+    assert p.type == PUBLISH, f"expected PUBLISH, got {p!r}"
+    (tlen,) = struct.unpack_from("!H", p.body, 0)
+    topic = p.body[2:2 + tlen].decode("utf-8")
+    pos, packet_id = 2 + tlen, None
+    if p.qos > 0:
+        (packet_id,) = struct.unpack_from("!H", p.body, pos)
+        pos += 2
+    props, pos = decode_properties(p.body, pos)
+    return Publish5(topic, packet_id, props, p.body[pos:], p.qos, p.retain, p.dup)
+
+
+def parse_ack5(p: Packet) -> tuple[int, int, PropertyList]:
+    """(packet id, reason code, properties) of a PUBACK/PUBREC/PUBREL/PUBCOMP (reason 0 if omitted)."""
+    (packet_id,) = struct.unpack_from("!H", p.body, 0)
+    if len(p.body) == 2:
+        return packet_id, 0, []
+    props: PropertyList = []
+    if len(p.body) > 3:
+        props, _ = decode_properties(p.body, 3)
+    return packet_id, p.body[2], props
+
+
+def parse_disconnect5(p: Packet) -> tuple[int, PropertyList]:
+    """(reason code, properties) of a DISCONNECT (reason 0 if the body is empty)."""
+    assert p.type == DISCONNECT, f"expected DISCONNECT, got {p!r}"
+    if not p.body:
+        return 0, []
+    props: PropertyList = []
+    if len(p.body) > 1:
+        props, _ = decode_properties(p.body, 1)
+    return p.body[0], props
+
+
+@dataclass
+class Connack5:
+    session_present: bool
+    reason: int
+    properties: PropertyList
+
+
+class RawClient5(RawClient):
+    """``RawClient`` speaking MQTT 5: CONNECT/SUBSCRIBE with properties, parsed replies."""
+
+    def connect5(self, client_id: str, *, expect_reason: int = 0, timeout: float = DEFAULT_TIMEOUT,
+                 **kwargs) -> Connack5:
+        self.send(connect5_packet(client_id, **kwargs))
+        p = self.expect_packet(timeout, what="CONNACK")
+        assert p.type == CONNACK, f"expected CONNACK, got {p!r}"
+        props, _ = decode_properties(p.body, 2)
+        ack = Connack5(bool(p.body[0] & 1), p.body[1], props)
+        assert ack.reason == expect_reason, f"CONNACK reason 0x{ack.reason:02x}, expected 0x{expect_reason:02x}"
+        return ack
+
+    def subscribe5(self, packet_id: int, subscriptions: list[tuple[str, int]],
+                   properties: Iterable[tuple[int, object]] = (), timeout: float = DEFAULT_TIMEOUT) -> list[int]:
+        """SUBSCRIBE and wait for its SUBACK; returns the reason codes."""
+        self.send(subscribe5_packet(packet_id, subscriptions, properties))
+        p = self.expect_packet(timeout, what="SUBACK")
+        assert p.type == SUBACK, f"expected SUBACK, got {p!r}"
+        (pid,) = struct.unpack_from("!H", p.body, 0)
+        assert pid == packet_id, f"SUBACK for {pid}, expected {packet_id}"
+        _, pos = decode_properties(p.body, 2)
+        return list(p.body[pos:])
+
+    def expect_publish5(self, timeout: float = DEFAULT_TIMEOUT, what: str = "a PUBLISH") -> Publish5:
+        p = self.expect_packet(timeout, what=what)
+        assert p.type == PUBLISH, f"expected {what}, got {p!r}"
+        return parse_publish5(p)
+
+    def publishes_within(self, timeout: float) -> list[Publish5]:
+        """Every PUBLISH that arrives within ``timeout`` seconds (a deliberate, bounded silence)."""
+        out: list[Publish5] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                p = self.read_packet(max(deadline - time.monotonic(), 0.001))
+            except socket.timeout:
+                return out
+            assert p.type == PUBLISH, f"expected only PUBLISH, got {p!r}"
+            out.append(parse_publish5(p))
+
+    def expect_disconnect(self, timeout: float = DEFAULT_TIMEOUT, what: str = "") -> tuple[int, PropertyList]:
+        """Read until the server's DISCONNECT (other packets are skipped), then expect the close."""
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            try:
+                p = self.read_packet(max(deadline - time.monotonic(), 0.001))
+            except ConnectionClosed:
+                raise AssertionError(f"connection closed without DISCONNECT {what}; before it: {seen}") from None
+            except socket.timeout:
+                raise AssertionError(f"no DISCONNECT within {timeout}s {what}; got {seen}") from None
+            if p.type == DISCONNECT:
+                result = parse_disconnect5(p)
+                self.assert_closed(DEFAULT_TIMEOUT, f"after DISCONNECT 0x{result[0]:02x}")
+                return result
+            seen.append(p)
+
+
+def raw5_connected(port: int, client_id: str | None = None, **kwargs) -> RawClient5:
+    c = RawClient5(port)
+    try:
+        c.connect5(client_id or unique("raw5"), **kwargs)
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+def paho_properties(packet_type: int, values: dict[str, object]) -> Properties:
+    """``Properties(packet_type)`` with attributes set from ``values`` (paho names, e.g. ``UserProperty``)."""
+    p = Properties(packet_type)
+    for name, value in values.items():
+        setattr(p, name, value)
+    return p
+
+
+def properties_dict(p: Properties | None) -> dict[str, object]:
+    """The properties paho decoded, by paho name (``CorrelationData`` stays bytes)."""
+    if p is None:
+        return {}
+    out = {}
+    for name in p.names:
+        key = name.replace(" ", "")
+        if hasattr(p, key):
+            out[key] = getattr(p, key)
+    return out
+
+
+@dataclass
+class Received5:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: dict[str, object]
+
+
+class PahoV5Client:
+    """paho-mqtt with ``protocol=MQTTv5`` (callback API v2), network loop on a background thread.
+
+    Received messages go to ``self.messages`` (``Received5``); CONNACK lands in ``connack``
+    (session present, reason code) and ``connack_properties``; a DISCONNECT from the server
+    (or a lost connection) in ``disconnect_reason``.
+    """
+
+    def __init__(self, port: int, client_id: str = "", *, clean_start: bool = True, keepalive: int = 30,
+                 session_expiry: int | None = None, connect_properties: dict[str, object] | None = None):
+        self.port = port
+        self.keepalive = keepalive
+        self.clean_start = clean_start
+        values = dict(connect_properties or {})
+        if session_expiry is not None:
+            values["SessionExpiryInterval"] = session_expiry
+        self.connect_properties = paho_properties(PacketTypes.CONNECT, values) if values else None
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.messages: "queue.Queue[Received5]" = queue.Queue()
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.connack: tuple[bool, int] | None = None
+        self.connack_properties: dict[str, object] = {}
+        self.disconnect_reason: int | None = None
+        self._subacks: dict[int, list[int]] = {}
+        self._suback_cv = threading.Condition()
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self._started = False
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self.connack = (bool(flags.session_present), reason_code.value)
+        self.connack_properties = properties_dict(properties)
+        self.disconnected.clear()
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.disconnect_reason = reason_code.value
+        self.connected.clear()
+        self.disconnected.set()
+        client.disconnect()  # no automatic reconnect: the test decides
+
+    def _on_message(self, client, userdata, msg):
+        self.messages.put(Received5(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain),
+                                    properties_dict(getattr(msg, "properties", None))))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        with self._suback_cv:
+            self._subacks[mid] = [rc.value for rc in reason_codes]
+            self._suback_cv.notify_all()
+
+    def start(self, timeout: float = DEFAULT_TIMEOUT) -> "PahoV5Client":
+        """Connect and wait for a successful CONNACK."""
+        self.connected.clear()
+        self.client.connect("127.0.0.1", self.port, keepalive=self.keepalive, clean_start=self.clean_start,
+                            properties=self.connect_properties)
+        if not self._started:
+            self.client.loop_start()
+            self._started = True
+        assert self.connected.wait(timeout), f"paho v5 client did not get CONNACK within {timeout}s"
+        assert self.connack is not None and self.connack[1] == 0, f"CONNACK refused: {self.connack}"
+        return self
+
+    def subscribe(self, topic: str, qos: int = 1, *, no_local: bool = False, retain_as_published: bool = False,
+                  retain_handling: int = 0, subscription_id: int | None = None,
+                  timeout: float = DEFAULT_TIMEOUT) -> list[int]:
+        """Subscribe to one filter and wait for SUBACK; returns the reason codes."""
+        options = SubscribeOptions(qos=qos, noLocal=no_local, retainAsPublished=retain_as_published,
+                                   retainHandling=retain_handling)
+        props = (paho_properties(PacketTypes.SUBSCRIBE, {"SubscriptionIdentifier": subscription_id})
+                 if subscription_id is not None else None)
+        rc, mid = self.client.subscribe(topic, options=options, properties=props)
+        assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe failed to send: {rc}"
+        with self._suback_cv:
+            assert self._suback_cv.wait_for(lambda: mid in self._subacks, timeout), f"no SUBACK within {timeout}s"
+            return self._subacks.pop(mid)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                properties: dict[str, object] | None = None,
+                timeout: float | None = DEFAULT_TIMEOUT) -> mqtt.MQTTMessageInfo:
+        """Publish (with paho-named PUBLISH properties); for QoS > 0 wait for the handshake."""
+        props = paho_properties(PacketTypes.PUBLISH, properties) if properties else None
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if timeout is not None and qos > 0:
+            info.wait_for_publish(timeout)
+            assert info.is_published(), f"publish to {topic!r} not acknowledged within {timeout}s"
+        return info
+
+    def get(self, timeout: float = DEFAULT_TIMEOUT, what: str = "a message") -> Received5:
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"expected {what} within {timeout}s, got none") from None
+
+    def get_n(self, n: int, timeout: float = DEFAULT_TIMEOUT) -> list[Received5]:
+        deadline = time.monotonic() + timeout
+        return [self.get(max(deadline - time.monotonic(), 0.001), what=f"message {i + 1} of {n}") for i in range(n)]
+
+    def until(self, payload: bytes, timeout: float = DEFAULT_TIMEOUT) -> list[Received5]:
+        """Messages received before the one with ``payload`` (which must arrive in time)."""
+        deadline = time.monotonic() + timeout
+        before: list[Received5] = []
+        while True:
+            m = self.get(max(deadline - time.monotonic(), 0.001), what=f"message {payload!r}")
+            if m.payload == payload:
+                return before
+            before.append(m)
+
+    def drain(self) -> list[Received5]:
+        out = []
+        while True:
+            try:
+                out.append(self.messages.get_nowait())
+            except queue.Empty:
+                return out
+
+    def stop(self) -> None:
+        """DISCONNECT (if connected) and stop the network thread. Safe to call twice."""
+        try:
+            self.client.disconnect()
+        except Exception:
+            pass
+        if self._started:
+            self.client.loop_stop()
+            self._started = False

@@ -10,10 +10,21 @@ import Synchronization
 /// `Mutex`; every critical section is short and synchronous. Per-session state has its own lock, always
 /// taken after (never while holding) the broker's, so the two cannot deadlock.
 public final class Broker: Sendable {
-    public let configuration: BrokerConfiguration
+    /// The current limits and switches. A read of the live holder: ``reconfigure(_:)`` (SIGHUP) may
+    /// change the fields listed in ``BrokerConfiguration/applyingLiveChanges(from:)`` at any time, so
+    /// read it once per decision rather than caching it.
+    public var configuration: BrokerConfiguration { live.withLock { $0 } }
     public let metrics: GatewayMetrics
     let logger: Logger
-    let authenticator: any Authenticator
+    /// The authenticator given at init; nil means the built-in one, which follows the live
+    /// `allowAnonymous` setting.
+    private let customAuthenticator: (any Authenticator)?
+    /// Decides CONNECTs: the configured authenticator, or anonymous access per the live configuration.
+    var authenticator: any Authenticator {
+        customAuthenticator ?? AnonymousAuthenticator(allowAnonymous: configuration.allowAnonymous)
+    }
+    /// The configuration behind ``configuration``; short critical sections, never held while calling out.
+    private let live: Mutex<BrokerConfiguration>
     let authorizer: any Authorizer
     let budget: QueueBudget
     let retained = RetainedStore()
@@ -43,8 +54,8 @@ public final class Broker: Sendable {
         metrics: GatewayMetrics = GatewayMetrics(),
         logger: Logger
     ) {
-        self.configuration = configuration
-        self.authenticator = authenticator ?? AnonymousAuthenticator(allowAnonymous: configuration.allowAnonymous)
+        self.live = Mutex(configuration)
+        self.customAuthenticator = authenticator
         self.authorizer = authorizer
         self.metrics = metrics
         self.logger = logger
@@ -499,6 +510,66 @@ public final class Broker: Sendable {
         guard let handle = session(clientID: clientID)?.handle else { return false }
         handle.close(reason: reason)
         return true
+    }
+
+    // MARK: Operations (live configuration, admin API)
+
+    /// Applies the fields of `new` that may change while clients are connected (see
+    /// ``BrokerConfiguration/applyingLiveChanges(from:)``); the rest stay as they are. Connections stay
+    /// up. Returns the configuration now in effect.
+    @discardableResult
+    public func reconfigure(_ new: BrokerConfiguration) -> BrokerConfiguration {
+        live.withLock { current in
+            current = current.applyingLiveChanges(from: new)
+            return current
+        }
+    }
+
+    /// Open network connections by transport (transports without connections are absent).
+    public var connectionsByTransport: [GatewayMetrics.Transport: Int] {
+        state.withLock { $0.connections.filter { $0.value > 0 } }
+    }
+
+    /// The number of retained messages.
+    public var retainedCount: Int { retained.count }
+
+    /// One session as the admin API lists it.
+    public struct ClientSummary: Sendable, Hashable {
+        public var clientID: String
+        /// Whether a connection owns the session now.
+        public var connected: Bool
+        /// Whether the session outlives its connection.
+        public var persistent: Bool
+        /// Subscriptions the session holds.
+        public var subscriptions: Int
+        /// Messages queued or in flight for the session.
+        public var queuedMessages: Int
+    }
+
+    /// A page of sessions whose client id starts with `prefix`, in client-id order, starting after the
+    /// client id `after` (a cursor: pass the last id of the previous page).
+    /// - Parameters:
+    ///   - prefix: the client-id prefix; empty matches every session.
+    ///   - after: return only ids greater than this; nil starts at the beginning.
+    ///   - limit: the most summaries returned.
+    /// - Returns: the page and how many sessions match `prefix` in all.
+    public func clients(prefix: String, after: String?, limit: Int) -> (page: [ClientSummary], total: Int) {
+        // Only references are copied under the lock; sorting and per-session reads happen outside it.
+        let matching = state.withLock { state in
+            state.sessions.values.filter { prefix.isEmpty || $0.clientID.hasPrefix(prefix) }
+        }
+        let ordered = matching.sorted { $0.clientID < $1.clientID }
+        let start = after.map { cursor in ordered.firstIndex { $0.clientID > cursor } ?? ordered.endIndex } ?? ordered.startIndex
+        let page = ordered[start...].prefix(max(0, limit)).map { session in
+            ClientSummary(
+                clientID: session.clientID,
+                connected: session.isConnected,
+                persistent: session.isPersistent,
+                subscriptions: session.subscriptions.count,
+                queuedMessages: session.queuedCount
+            )
+        }
+        return (page, ordered.count)
     }
 
     /// Bytes and messages queued across all sessions.

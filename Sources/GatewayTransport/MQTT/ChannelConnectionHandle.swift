@@ -3,10 +3,13 @@ import MQTTCodec
 import NIOCore
 import Synchronization
 
-/// Lets the core end a connection: for an MQTT 5 client it writes DISCONNECT with the reason first.
+/// Lets the core end a connection: for an MQTT 5 client it writes DISCONNECT with the reason first;
+/// on a WebSocket it then chooses the close code (1001 on shutdown) before closing.
 /// Channel operations are thread-safe, so this may be called from any task or thread.
 final class ChannelConnectionHandle: ConnectionHandle {
     let channel: any Channel
+    /// Whether ``WebSocketProtocolHandler`` is in the pipeline (it turns the close into a close handshake).
+    let isWebSocket: Bool
     private let state = Mutex<State>(State())
 
     private struct State {
@@ -14,8 +17,9 @@ final class ChannelConnectionHandle: ConnectionHandle {
         var reason: ServerDisconnectReason?
     }
 
-    init(channel: any Channel) {
+    init(channel: any Channel, isWebSocket: Bool = false) {
         self.channel = channel
+        self.isWebSocket = isWebSocket
     }
 
     /// Records the version once CONNECT was accepted, so a later close can speak it.
@@ -38,13 +42,21 @@ final class ChannelConnectionHandle: ConnectionHandle {
         }
         guard first else { return }
         let channel = self.channel
+        let isWebSocket = self.isWebSocket
         guard version == .v5 else {
-            channel.close(promise: nil)
+            Self.closeChannel(channel, reason: reason, isWebSocket: isWebSocket)
             return
         }
         let packet = MQTTPacket.disconnect(MQTTReasonPacket(reasonCode: reason.reasonCode))
         channel.writeAndFlush(packet.encode(version: .v5, allocator: channel.allocator)).whenComplete { _ in
-            channel.close(promise: nil)
+            Self.closeChannel(channel, reason: reason, isWebSocket: isWebSocket)
         }
+    }
+
+    private static func closeChannel(_ channel: any Channel, reason: ServerDisconnectReason, isWebSocket: Bool) {
+        if isWebSocket {
+            channel.triggerUserOutboundEvent(WebSocketProtocolHandler.CloseRequest(reason), promise: nil)
+        }
+        channel.close(promise: nil)
     }
 }

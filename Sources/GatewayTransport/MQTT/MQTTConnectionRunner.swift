@@ -15,6 +15,11 @@ struct MQTTConnectionRunner: Sendable {
     let transport: GatewayMetrics.Transport
     let registry: ConnectionRegistry
     let logger: Logger
+    /// Whether the client certificate's CN replaces the username of CONNECT (TLS listeners with
+    /// `tls.use_cn_as_username`).
+    var useCertificateCommonName = false
+    /// Whether the connection runs over WebSocket (closing it is a close handshake).
+    var isWebSocket = false
 
     /// The most messages written between two flushes.
     private static let writeBatch = 64
@@ -26,7 +31,7 @@ struct MQTTConnectionRunner: Sendable {
             return
         }
         defer { broker.releaseConnection(transport: transport) }
-        let handle = ChannelConnectionHandle(channel: channel.channel)
+        let handle = ChannelConnectionHandle(channel: channel.channel, isWebSocket: isWebSocket)
         let token = registry.add(handle)
         defer { registry.remove(token) }
 
@@ -42,7 +47,13 @@ struct MQTTConnectionRunner: Sendable {
                 var actions: [ClientConnection.Action] = []
                 do {
                     for try await input in inbound {
-                        if case .packet(let packet) = input {
+                        if case .packet(var packet) = input {
+                            if useCertificateCommonName, case .connect(var connect) = packet,
+                                let name = await TLSContext.peerCommonName(of: handle.channel)
+                            {
+                                connect.username = name
+                                packet = .connect(connect)
+                            }
                             actions = await connection.handle(packet)
                             if try await perform(actions, connection: connection, handle: handle, outbound: outbound) {
                                 return

@@ -2,7 +2,9 @@ public import GatewayCore
 public import Logging
 import MQTTCodec
 public import NIOCore
+import NIOHTTP1
 public import NIOPosix
+import NIOWebSocket
 public import ServiceLifecycle
 
 /// Where one listener binds.
@@ -16,8 +18,9 @@ public struct ListenerConfiguration: Sendable, Hashable {
     }
 }
 
-/// The gateway's network side as one `Service`: the MQTT listeners, one task per connection, and the
-/// ordered graceful shutdown of all of them.
+/// The gateway's network side as one `Service`: the MQTT listeners (TCP and TLS), the WebSocket
+/// listeners (ws and wss: MQTT over WebSocket, the JSON API, the optional echo endpoint), one task per
+/// connection, and the ordered graceful shutdown of all of them.
 ///
 /// On graceful shutdown: stop accepting, start the broker's drain (new PUBLISHes are no longer taken
 /// in), wait until connected subscribers have received and acknowledged what is queued for them (or
@@ -28,6 +31,16 @@ public final class GatewayServer: Service {
     public struct Configuration: Sendable {
         /// The MQTT-over-TCP listener; nil disables it.
         public var mqtt: ListenerConfiguration?
+        /// The MQTT-over-TLS listener; nil disables it. Needs ``tls``.
+        public var mqtts: ListenerConfiguration?
+        /// The plain WebSocket listener; nil disables it.
+        public var ws: ListenerConfiguration?
+        /// The WebSocket-over-TLS listener; nil disables it. Needs ``tls``.
+        public var wss: ListenerConfiguration?
+        /// The server certificate and client-certificate policy of the TLS listeners.
+        public var tls: TLSContext?
+        /// The WebSocket endpoints and limits of the ws and wss listeners.
+        public var webSocket: WebSocketConfiguration
         /// How long the drain may take before connections are closed regardless, in seconds. Keep it
         /// below the ServiceGroup's (and systemd's) stop timeout.
         public var drainTimeout: Double
@@ -36,8 +49,23 @@ public final class GatewayServer: Service {
         /// The largest packet accepted, in bytes.
         public var maxPacketSize: Int
 
-        public init(mqtt: ListenerConfiguration?, drainTimeout: Double, connectTimeout: Double, maxPacketSize: Int) {
+        public init(
+            mqtt: ListenerConfiguration?,
+            mqtts: ListenerConfiguration? = nil,
+            ws: ListenerConfiguration? = nil,
+            wss: ListenerConfiguration? = nil,
+            tls: TLSContext? = nil,
+            webSocket: WebSocketConfiguration = WebSocketConfiguration(),
+            drainTimeout: Double,
+            connectTimeout: Double,
+            maxPacketSize: Int
+        ) {
             self.mqtt = mqtt
+            self.mqtts = mqtts
+            self.ws = ws
+            self.wss = wss
+            self.tls = tls
+            self.webSocket = webSocket
             self.drainTimeout = drainTimeout
             self.connectTimeout = connectTimeout
             self.maxPacketSize = maxPacketSize
@@ -55,44 +83,107 @@ public final class GatewayServer: Service {
     let eventLoopGroup: any EventLoopGroup
     let logger: Logger
     let onBound: (@Sendable ([BoundListener]) -> Void)?
+    let onShutdown: (@Sendable () -> Void)?
     private let registry = ConnectionRegistry()
 
     /// - Parameters:
     ///   - onBound: called once every listener is bound (tests read ports from it; the daemon logs
     ///     and notifies systemd).
+    ///   - onShutdown: called when graceful shutdown starts, before the listeners close (the daemon
+    ///     turns readiness off and tells systemd it is stopping).
     public init(
         broker: Broker,
         configuration: Configuration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
-        onBound: (@Sendable ([BoundListener]) -> Void)? = nil
+        onBound: (@Sendable ([BoundListener]) -> Void)? = nil,
+        onShutdown: (@Sendable () -> Void)? = nil
     ) {
         self.broker = broker
         self.configuration = configuration
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
         self.onBound = onBound
+        self.onShutdown = onShutdown
+    }
+
+    /// A TLS listener was configured without ``Configuration/tls``.
+    public struct MissingTLSContext: Error, CustomStringConvertible {
+        public var listener: String
+        public var description: String { "listener \(listener) needs a TLS certificate and key" }
     }
 
     public func run() async throws {
-        var listeners: [(name: String, channel: NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never>)] = []
+        typealias MQTTListener = (name: String, channel: NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never>, runner: MQTTConnectionRunner)
+        typealias WebSocketListener = (name: String, channel: NIOAsyncChannel<PendingWebSocket, Never>, transport: GatewayMetrics.Transport, tls: TLSContext?)
+        var mqttListeners: [MQTTListener] = []
+        var webSocketListeners: [WebSocketListener] = []
         if let mqtt = configuration.mqtt {
-            listeners.append(("mqtt", try await bindMQTT(mqtt)))
+            let runner = MQTTConnectionRunner(broker: broker, transport: .tcp, registry: registry, logger: logger)
+            mqttListeners.append(("mqtt", try await bindMQTT(mqtt, tls: nil), runner))
         }
-        let bound = listeners.compactMap { listener in
-            listener.channel.channel.localAddress.map { BoundListener(name: listener.name, address: $0) }
+        if let mqtts = configuration.mqtts {
+            guard let tls = configuration.tls else { throw MissingTLSContext(listener: "mqtts") }
+            var runner = MQTTConnectionRunner(broker: broker, transport: .tls, registry: registry, logger: logger)
+            runner.useCertificateCommonName = tls.useCommonNameAsUsername
+            mqttListeners.append(("mqtts", try await bindMQTT(mqtts, tls: tls), runner))
+        }
+        if let ws = configuration.ws {
+            webSocketListeners.append(("ws", try await bindWebSocket(ws, tls: nil), .ws, nil))
+        }
+        if let wss = configuration.wss {
+            guard let tls = configuration.tls else { throw MissingTLSContext(listener: "wss") }
+            webSocketListeners.append(("wss", try await bindWebSocket(wss, tls: tls), .wss, tls))
+        }
+        let named: [(String, any Channel)] = mqttListeners.map { ($0.name, $0.channel.channel) } + webSocketListeners.map { ($0.name, $0.channel.channel) }
+        let bound = named.compactMap { name, channel in
+            channel.localAddress.map { BoundListener(name: name, address: $0) }
         }
         for listener in bound {
             logger.info("listening", metadata: ["iotgw.listener": "\(listener.name)", "net.local.address": "\(listener.address)"])
         }
         onBound?(bound)
-        let listenerChannels = listeners.map(\.channel.channel)
+        let listenerChannels = named.map(\.1)
 
         try await withThrowingDiscardingTaskGroup { group in
-            for listener in listeners {
-                let runner = MQTTConnectionRunner(broker: broker, transport: .tcp, registry: registry, logger: logger)
+            for listener in mqttListeners {
                 group.addTask {
-                    try await Self.acceptLoop(listener.channel, runner: runner)
+                    try await Self.acceptLoop(listener.channel, runner: listener.runner)
+                }
+            }
+            for listener in webSocketListeners {
+                var mqttRunner = MQTTConnectionRunner(broker: broker, transport: listener.transport, registry: registry, logger: logger)
+                mqttRunner.isWebSocket = true
+                mqttRunner.useCertificateCommonName = listener.tls?.useCommonNameAsUsername ?? false
+                let jsonRunner = JSONAPIConnectionRunner(
+                    broker: broker,
+                    transport: listener.transport,
+                    registry: registry,
+                    logger: logger,
+                    maxPacketSize: configuration.maxPacketSize
+                )
+                let registry = self.registry
+                let logger = self.logger
+                let useCommonName = listener.tls?.useCommonNameAsUsername ?? false
+                let channel = listener.channel
+                let webSocketMQTTRunner = mqttRunner
+                group.addTask {
+                    try await withThrowingDiscardingTaskGroup { connections in
+                        try await channel.executeThenClose { inbound in
+                            for try await pending in inbound {
+                                connections.addTask {
+                                    await Self.runWebSocket(
+                                        pending,
+                                        mqttRunner: webSocketMQTTRunner,
+                                        jsonRunner: jsonRunner,
+                                        useCommonName: useCommonName,
+                                        registry: registry,
+                                        logger: logger
+                                    )
+                                }
+                            }
+                        }
+                    }
                 }
             }
             group.addTask {
@@ -125,6 +216,7 @@ public final class GatewayServer: Service {
 
     private func shutDown(listeners: [any Channel]) async {
         let started = ContinuousClock.now
+        onShutdown?()
         logger.info("graceful shutdown: no longer accepting connections")
         for listener in listeners { try? await listener.close() }
         broker.beginDrain()
@@ -145,7 +237,7 @@ public final class GatewayServer: Service {
         registry.closeAll(reason: .serverShuttingDown)
     }
 
-    private func bindMQTT(_ listener: ListenerConfiguration) async throws -> NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never> {
+    private func bindMQTT(_ listener: ListenerConfiguration, tls: TLSContext?) async throws -> NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never> {
         let connectTimeout = TimeAmount.milliseconds(Int64(configuration.connectTimeout * 1000))
         let maxPacketSize = configuration.maxPacketSize
         return try await ServerBootstrap(group: eventLoopGroup)
@@ -156,6 +248,9 @@ public final class GatewayServer: Service {
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
             .bind(host: listener.host, port: listener.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(tls.makeServerHandler())
+                    }
                     try channel.pipeline.syncOperations.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(MQTTPacketDecoder(parser: MQTTPacketParser(maximumPacketSize: maxPacketSize)))

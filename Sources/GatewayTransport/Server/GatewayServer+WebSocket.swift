@@ -1,0 +1,181 @@
+import GatewayCore
+import Logging
+import MQTTCodec
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+
+/// Where an upgraded (or refused) WebSocket connection goes.
+enum WebSocketRoute: Sendable {
+    /// MQTT over WebSocket: the same pipeline tail and connection task as TCP.
+    case mqtt(NIOAsyncChannel<ConnectionInput, ByteBuffer>)
+    /// The JSON API, with what the upgrade request said about the client.
+    case json(NIOAsyncChannel<JSONAPIInput, ByteBuffer>, JSONAPIRequest)
+    /// The echo endpoint: handled entirely in the pipeline.
+    case echo(any Channel)
+    /// Not upgraded: ``HTTPRefusalHandler`` answers and closes.
+    case refused
+}
+
+/// A connection accepted by a WebSocket listener, before its HTTP upgrade has finished.
+struct PendingWebSocket: Sendable {
+    let channel: any Channel
+    let route: EventLoopFuture<WebSocketRoute>
+}
+
+extension GatewayServer {
+    /// Binds a ws or wss listener: (TLS), HTTP/1.1, and the typed WebSocket upgrade that routes by path.
+    func bindWebSocket(_ listener: ListenerConfiguration, tls: TLSContext?) async throws -> NIOAsyncChannel<PendingWebSocket, Never> {
+        let webSocket = configuration.webSocket
+        let connectTimeout = TimeAmount.milliseconds(Int64(configuration.connectTimeout * 1000))
+        let maxPacketSize = configuration.maxPacketSize
+        let pingInterval: TimeAmount? = webSocket.pingInterval > 0 ? .milliseconds(Int64(webSocket.pingInterval * 1000)) : nil
+        // One frame may carry a whole MQTT packet or a whole message; anything larger is refused with 1009
+        // before it is buffered.
+        let maxFrameSize = min(max(webSocket.maxMessageSize, maxPacketSize), Int(UInt32.max))
+        return try await ServerBootstrap(group: eventLoopGroup)
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
+            .bind(host: listener.host, port: listener.port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if let tls { try sync.addHandler(tls.makeServerHandler()) }
+                    // Why an upgrade was refused, for the HTTP answer (only touched on this channel's loop).
+                    let refusal = NIOLoopBoundBox<WebSocketConfiguration.Decision?>(nil, eventLoop: channel.eventLoop)
+                    let upgrader = NIOTypedWebSocketServerUpgrader<WebSocketRoute>(
+                        maxFrameSize: maxFrameSize,
+                        // WebSocketProtocolHandler answers decoder errors with the right close code.
+                        enableAutomaticErrorHandling: false,
+                        shouldUpgrade: { channel, head in
+                            let decision = webSocket.decide(head)
+                            switch decision {
+                            case .upgrade(let subprotocol):
+                                var headers = HTTPHeaders()
+                                if let subprotocol { headers.add(name: "Sec-WebSocket-Protocol", value: subprotocol) }
+                                return channel.eventLoop.makeSucceededFuture(headers)
+                            case .refuse:
+                                refusal.value = decision
+                                return channel.eventLoop.makeSucceededFuture(nil)
+                            }
+                        },
+                        upgradePipelineHandler: { channel, head in
+                            channel.eventLoop.makeCompletedFuture {
+                                try Self.setUpUpgraded(
+                                    channel: channel,
+                                    head: head,
+                                    webSocket: webSocket,
+                                    pingInterval: pingInterval,
+                                    connectTimeout: connectTimeout,
+                                    maxPacketSize: maxPacketSize
+                                )
+                            }
+                        }
+                    )
+                    let route = try sync.configureUpgradableHTTPServerPipeline(
+                        configuration: .init(
+                            upgradeConfiguration: .init(
+                                upgraders: [upgrader],
+                                notUpgradingCompletionHandler: { channel in
+                                    channel.eventLoop.makeCompletedFuture {
+                                        try channel.pipeline.syncOperations.addHandler(HTTPRefusalHandler(configuration: webSocket, refusal: refusal.value))
+                                        return WebSocketRoute.refused
+                                    }
+                                }
+                            )
+                        )
+                    )
+                    // A client that never finishes the handshake is closed after the connect timeout.
+                    let timeout = channel.eventLoop.scheduleTask(in: connectTimeout) {
+                        channel.close(promise: nil)
+                    }
+                    route.whenSuccess { route in
+                        if case .refused = route { return }
+                        timeout.cancel()
+                    }
+                    return PendingWebSocket(channel: channel, route: route)
+                }
+            }
+    }
+
+    /// Adds the handlers of the endpoint the request reached, after the HTTP handlers are gone.
+    private static func setUpUpgraded(
+        channel: any Channel,
+        head: HTTPRequestHead,
+        webSocket: WebSocketConfiguration,
+        pingInterval: TimeAmount?,
+        connectTimeout: TimeAmount,
+        maxPacketSize: Int
+    ) throws -> WebSocketRoute {
+        let sync = channel.pipeline.syncOperations
+        func protocolHandler(_ endpoint: WebSocketStateMachine.Endpoint) -> WebSocketProtocolHandler {
+            WebSocketProtocolHandler(
+                configuration: .init(endpoint: endpoint, maxMessageSize: webSocket.maxMessageSize),
+                pingInterval: pingInterval
+            )
+        }
+        switch webSocket.endpoint(forURI: head.uri) {
+        case .mqtt:
+            try sync.addHandler(protocolHandler(.mqttStream))
+            try sync.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
+            try sync.addHandler(ByteToMessageHandler(MQTTPacketDecoder(parser: MQTTPacketParser(maximumPacketSize: maxPacketSize))))
+            try sync.addHandler(ConnectionInputHandler())
+            return .mqtt(try NIOAsyncChannel<ConnectionInput, ByteBuffer>(wrappingChannelSynchronously: channel))
+        case .json:
+            try sync.addHandler(protocolHandler(.textMessages))
+            try sync.addHandler(JSONAPIInputHandler())
+            return .json(try NIOAsyncChannel<JSONAPIInput, ByteBuffer>(wrappingChannelSynchronously: channel), JSONAPIRequest(head: head))
+        case .echo:
+            try sync.addHandler(protocolHandler(.echo))
+            try sync.addHandler(WebSocketEchoHandler())
+            return .echo(channel)
+        case nil:
+            // shouldUpgrade refused unknown paths; nothing else gets here.
+            channel.close(promise: nil)
+            return .refused
+        }
+    }
+
+    /// One WebSocket connection's task: wait for the upgrade, then run the endpoint's connection task.
+    static func runWebSocket(
+        _ pending: PendingWebSocket,
+        mqttRunner: MQTTConnectionRunner,
+        jsonRunner: JSONAPIConnectionRunner,
+        useCommonName: Bool,
+        registry: ConnectionRegistry,
+        logger: Logger
+    ) async {
+        // Until the upgrade is done the connection is only a channel; registering it lets a shutdown
+        // close it too.
+        let token = registry.add(ChannelConnectionHandle(channel: pending.channel))
+        let route: WebSocketRoute
+        do {
+            route = try await pending.route.get()
+        } catch {
+            registry.remove(token)
+            logger.debug("WebSocket handshake failed", metadata: ["error": "\(error)"])
+            return
+        }
+        registry.remove(token)
+        switch route {
+        case .mqtt(let channel):
+            await mqttRunner.run(channel)
+        case .json(let channel, let request):
+            let name = useCommonName ? await TLSContext.peerCommonName(of: channel.channel) : nil
+            await jsonRunner.run(channel, request: request, certificateName: name)
+        case .echo(let channel):
+            let token = registry.add(ChannelConnectionHandle(channel: channel, isWebSocket: true))
+            defer { registry.remove(token) }
+            do {
+                try await channel.closeFuture.get()
+            } catch {
+                logger.debug("echo connection ended with error", metadata: ["error": "\(error)"])
+            }
+        case .refused:
+            return
+        }
+    }
+}

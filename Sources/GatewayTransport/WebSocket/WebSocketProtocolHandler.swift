@@ -1,0 +1,217 @@
+import GatewayCore
+import NIOCore
+import NIOWebSocket
+
+/// The WebSocket layer of an upgraded connection: turns frames into data for the handlers above it and
+/// data from them into frames, and performs what ``WebSocketStateMachine`` decides (pong, ping, the close
+/// handshake, failing the connection with a close code).
+///
+/// Above it the pipeline sees plain `ByteBuffer`s both ways: for MQTT over WebSocket the binary byte
+/// stream that feeds the same `MQTTPacketDecoder` as TCP, for the JSON API whole text messages. Closing
+/// the channel from above (the connection task ending, or ``ChannelConnectionHandle``) starts the close
+/// handshake instead of dropping the socket: a close frame (1000, or the code a preceding
+/// ``CloseRequest`` asked for: 1001 on shutdown), then the TCP close once the peer answers or after
+/// ``closeTimeout``.
+final class WebSocketProtocolHandler: ChannelDuplexHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = WebSocketFrame
+
+    /// Sent down the pipeline (`triggerUserOutboundEvent`) before closing, to choose the close code.
+    struct CloseRequest: Sendable {
+        var code: WebSocketErrorCode
+        var reason: String
+
+        init(code: WebSocketErrorCode, reason: String = "") {
+            self.code = code
+            self.reason = reason
+        }
+
+        /// The close code that goes with a server-side disconnect reason.
+        init(_ reason: ServerDisconnectReason) {
+            switch reason {
+            case .serverShuttingDown: self.init(code: .goingAway, reason: "server shutting down")
+            case .sessionTakenOver: self.init(code: .policyViolation, reason: "session taken over")
+            case .quotaExceeded: self.init(code: .policyViolation, reason: "slow consumer: queue full")
+            case .administrativeAction: self.init(code: .policyViolation, reason: "administrative action")
+            case .keepAliveTimeout: self.init(code: .policyViolation, reason: "keep alive timeout")
+            }
+        }
+    }
+
+    /// How long to wait for the peer's close frame after sending ours.
+    static let closeTimeout = TimeAmount.seconds(2)
+
+    private var machine: WebSocketStateMachine
+    private let pingInterval: TimeAmount?
+    private var pingTimer: Scheduled<Void>?
+    private var closeTimer: Scheduled<Void>?
+    private var pendingClose: CloseRequest?
+    private var closePromise: EventLoopPromise<Void>?
+    /// The opcode of the last message received: the echo endpoint answers with it.
+    private var lastOpcode = WebSocketOpcode.binary
+    private let outboundOpcode: WebSocketOpcode?
+
+    /// - Parameters:
+    ///   - configuration: the endpoint kind and message size limit.
+    ///   - pingInterval: how long a connection may be silent before the server pings it (a second
+    ///     silent interval closes it); nil disables pings.
+    init(configuration: WebSocketStateMachine.Configuration, pingInterval: TimeAmount?) {
+        self.machine = WebSocketStateMachine(configuration: configuration)
+        self.pingInterval = pingInterval
+        switch configuration.endpoint {
+        case .mqttStream: outboundOpcode = .binary
+        case .textMessages: outboundOpcode = .text
+        case .echo: outboundOpcode = nil
+        }
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { schedulePing(context: context) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        cancelTimers()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        machine.closed()
+        cancelTimers()
+        closePromise?.succeed()
+        closePromise = nil
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch machine.receive(frame) {
+        case .none:
+            break
+        case .deliver(let buffer, let opcode):
+            lastOpcode = opcode
+            context.fireChannelRead(wrapInboundOut(buffer))
+        case .sendPong(let payload):
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
+        case .sendCloseAndDisconnect(let code, let reason):
+            sendCloseAndDisconnect(context: context, code: code, reason: reason)
+        case .disconnect:
+            disconnect(context: context)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let error = error as? NIOWebSocketError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        switch machine.decoderFailed(error) {
+        case .sendCloseAndDisconnect(let code, let reason):
+            sendCloseAndDisconnect(context: context, code: code, reason: reason)
+        default:
+            disconnect(context: context)
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard machine.canSendData else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        let frame = WebSocketFrame(fin: true, opcode: outboundOpcode ?? lastOpcode, data: unwrapOutboundIn(data))
+        context.write(wrapOutboundOut(frame), promise: promise)
+    }
+
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        if let request = event as? CloseRequest {
+            if pendingClose == nil { pendingClose = request }
+            promise?.succeed()
+        } else {
+            context.triggerUserOutboundEvent(event, promise: promise)
+        }
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard mode == .all else {
+            context.close(mode: mode, promise: promise)
+            return
+        }
+        let request = pendingClose ?? CloseRequest(code: .normalClosure)
+        switch machine.close(code: request.code) {
+        case .sendClose(let code):
+            if let promise {
+                if let closePromise { closePromise.futureResult.cascade(to: promise) } else { closePromise = promise }
+            }
+            var payload = context.channel.allocator.buffer(capacity: 2 + request.reason.utf8.count)
+            payload.write(webSocketErrorCode: code)
+            payload.writeString(request.reason)
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)), promise: nil)
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            closeTimer = context.eventLoop.scheduleTask(in: Self.closeTimeout) {
+                // The peer did not answer the close frame in time.
+                loopBound.value.close(promise: nil)
+            }
+        case .alreadyClosing:
+            if closeTimer != nil {
+                // Our close frame is out; the timer (or the peer's answer) ends the connection.
+                if let promise { context.channel.closeFuture.cascade(to: promise) }
+            } else {
+                context.close(mode: mode, promise: promise)
+            }
+        }
+    }
+
+    // MARK: Actions
+
+    private func sendCloseAndDisconnect(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String) {
+        var payload = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
+        payload.write(webSocketErrorCode: code)
+        // Control frames carry at most 125 bytes: the reason is truncated to fit.
+        payload.writeString(String(decoding: reason.utf8.prefix(100), as: UTF8.self))
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)))
+            .whenComplete { _ in
+                loopBound.value.close(promise: nil)
+            }
+    }
+
+    private func disconnect(context: ChannelHandlerContext) {
+        cancelTimers()
+        context.close(promise: nil)
+    }
+
+    private func schedulePing(context: ChannelHandlerContext) {
+        guard let pingInterval, pingTimer == nil else { return }
+        let loopBound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
+        pingTimer = context.eventLoop.scheduleTask(in: pingInterval) {
+            let (handler, context) = loopBound.value
+            handler.pingTimer = nil
+            handler.pingTick(context: context)
+        }
+    }
+
+    private func pingTick(context: ChannelHandlerContext) {
+        switch machine.tick() {
+        case .none:
+            break
+        case .sendPing:
+            let frame = WebSocketFrame(fin: true, opcode: .ping, data: context.channel.allocator.buffer(capacity: 0))
+            context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
+        case .disconnect:
+            // Two intervals without a frame, not even a pong: the peer is gone (close 1006 on its side).
+            disconnect(context: context)
+            return
+        }
+        if context.channel.isActive { schedulePing(context: context) }
+    }
+
+    private func cancelTimers() {
+        pingTimer?.cancel()
+        pingTimer = nil
+        closeTimer?.cancel()
+        closeTimer = nil
+    }
+}
+
+@available(*, unavailable)
+extension WebSocketProtocolHandler: Sendable {}

@@ -1,0 +1,57 @@
+import GatewayConfig
+import GatewayTransport
+
+extension GatewayConfigFile {
+    /// The network side's configuration: listeners, TLS context and WebSocket endpoints.
+    ///
+    /// Loads the TLS certificate, key and CA files when a TLS listener is enabled (or a certificate is
+    /// configured), so `check-config` and start-up fail the same way on a bad file. Reads files: call
+    /// it before the event loops serve traffic.
+    /// - Parameter path: the configuration file, for error messages.
+    /// - Throws: ``ConfigError`` naming the `tls.*` key of the file at fault.
+    func serverConfiguration(path: String) throws(ConfigError) -> GatewayServer.Configuration {
+        func listener(_ entry: Listener) -> ListenerConfiguration? {
+            entry.enabled ? ListenerConfiguration(host: entry.host, port: entry.port) : nil
+        }
+        var context: TLSContext?
+        if listeners.mqtts.enabled || listeners.wss.enabled || !tls.certFile.isEmpty {
+            let settings = TLSSettings(
+                certificateFile: tls.certFile,
+                keyFile: tls.keyFile,
+                caFile: tls.caFile.isEmpty ? nil : tls.caFile,
+                verifyClient: tls.verifyClient,
+                useCommonNameAsUsername: tls.useCNAsUsername
+            )
+            do {
+                context = try TLSContext(settings: settings)
+            } catch {
+                let key =
+                    switch error.field {
+                    case .certificateFile: "tls.cert_file"
+                    case .keyFile: "tls.key_file"
+                    case .caFile: "tls.ca_file"
+                    }
+                throw ConfigError(file: path, key: key, message: error.description)
+            }
+        }
+        return GatewayServer.Configuration(
+            mqtt: listener(listeners.mqtt),
+            mqtts: listener(listeners.mqtts),
+            ws: listener(listeners.ws),
+            wss: listener(listeners.wss),
+            tls: context,
+            webSocket: WebSocketConfiguration(
+                mqttPath: websocket.mqttPath,
+                jsonPath: websocket.jsonPath,
+                echoPath: websocket.echoPath.isEmpty ? nil : websocket.echoPath,
+                maxMessageSize: websocket.maxMessageSize,
+                pingInterval: websocket.pingInterval,
+                allowedOrigins: websocket.allowedOrigins
+            ),
+            // Leave a second of the shutdown budget for closing connections after the drain.
+            drainTimeout: max(shutdown.timeout - 1, shutdown.timeout / 2),
+            connectTimeout: limits.connectTimeout,
+            maxPacketSize: limits.maxPacketSize
+        )
+    }
+}
