@@ -10,9 +10,9 @@ CONFIG ?= Configs/iotgw.yaml
 # clients the tests drive, and openssl for test certificates.
 APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl
 # Python test clients (real peers for the end-to-end suite).
-PIP_PACKAGES := paho-mqtt==2.* websockets pytest
+PIP_PACKAGES := paho-mqtt==2.* websockets pytest prometheus_client jsonschema pyyaml
 
-.PHONY: all deps apt-deps pip-deps build build-release run test unit-test integration-test clean
+.PHONY: all deps apt-deps pip-deps build build-release run test unit-test integration-test clean bench microbench
 
 all: build
 
@@ -28,7 +28,7 @@ apt-deps:
 	fi
 
 pip-deps:
-	@$(PYTHON) -c "import paho.mqtt, websockets, pytest" 2>/dev/null || \
+	@$(PYTHON) -c "import paho.mqtt, websockets, pytest, prometheus_client, jsonschema, yaml" 2>/dev/null || \
 		$(PYTHON) -m pip install -q $(PIP_PACKAGES) 2>/dev/null || \
 		$(PYTHON) -m pip install -q --break-system-packages $(PIP_PACKAGES)
 
@@ -54,6 +54,24 @@ unit-test:
 # End-to-end tests: the built gateway against real clients (mosquitto_pub/sub, paho-mqtt).
 integration-test:
 	IOTGW_BIN=$(CURDIR)/.build/debug/iotgw $(PYTHON) -m pytest Tests/Integration -q
+
+# Benchmarks: the release build against Debian's mosquitto through `iotgw simulate` (three rounds per scenario,
+# medians) plus the micro-benchmarks, written to BENCHMARKS.md. About 20 minutes. Release builds go to
+# .build-release/ and the micro-benchmarks build in Benchmarks/.build/, so neither touches the debug build.
+BENCH_IOTGW := .build-release/release/iotgw
+MICROBENCH_OUTPUT := Benchmarks/.build/microbench.md
+
+bench: apt-deps
+	$(SWIFT) build -c release --scratch-path .build-release --product iotgw
+	$(MAKE) microbench
+	$(PYTHON) Benchmarks/run_bench.py --iotgw $(BENCH_IOTGW) --micro $(MICROBENCH_OUTPUT)
+
+# Codec and topic-matching micro-benchmarks (Benchmarks/Package.swift, ordo-one/benchmark), as markdown.
+microbench:
+	mkdir -p Benchmarks/.build
+	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark --no-progress --format markdown --path stdout > .build/microbench.md.tmp
+	mv Benchmarks/.build/microbench.md.tmp $(MICROBENCH_OUTPUT)
+	cat $(MICROBENCH_OUTPUT)
 
 clean:
 	rm -rf .build

@@ -13,7 +13,10 @@ let package = Package(
     name: "iotgw",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "iotgw", targets: ["iotgw"])
+        .executable(name: "iotgw", targets: ["iotgw"]),
+        // For the micro-benchmarks in Benchmarks/ (a separate package, so its dependencies never reach the daemon).
+        .library(name: "MQTTCodec", targets: ["MQTTCodec"]),
+        .library(name: "GatewayCore", targets: ["GatewayCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -25,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
@@ -48,11 +52,28 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Telemetry storage: SQLite (embedded default) behind a small connection pool, migrations.
+        .target(
+            name: "GatewayStorage",
+            dependencies: [
+                "GatewayCore",
+                "MQTTCodec",
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The configuration file model (YAML or JSON) and its validation.
         .target(
             name: "GatewayConfig",
             dependencies: [
                 "GatewayCore",
+                "MQTTCodec",
                 .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: swiftSettings
@@ -98,6 +119,7 @@ let package = Package(
                 "GatewayCore",
                 "GatewayConfig",
                 "GatewayTransport",
+                "GatewayStorage",
                 "MQTTCodec",
                 "CMalloc",
                 "Simulator",
@@ -141,9 +163,13 @@ let package = Package(
             name: "GatewayTransportTests",
             dependencies: [
                 "GatewayTransport",
+                "GatewayCore",
                 "MQTTCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

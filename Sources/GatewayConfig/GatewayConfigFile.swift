@@ -14,11 +14,12 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
     public var tls = TLS()
     public var websocket = WebSocket()
     public var admin = Admin()
+    public var storage = Storage()
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case log, listeners, limits, mqtt, auth, shutdown, tls, websocket, admin
+        case log, listeners, limits, mqtt, auth, shutdown, tls, websocket, admin, storage
     }
 
     public init(from decoder: any Decoder) throws {
@@ -33,6 +34,7 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         tls = try c.value(.tls, default: TLS())
         websocket = try c.value(.websocket, default: WebSocket())
         admin = try c.value(.admin, default: Admin())
+        storage = try c.value(.storage, default: Storage())
     }
 
     /// `log`: logging.
@@ -388,6 +390,7 @@ extension GatewayConfigFile {
         check((0...65535).contains(mqtt.topicAliasMaximum), "mqtt.topic_alias_maximum", "must be 0-65535")
         check(mqtt.sysInterval >= 0, "mqtt.sys_interval", "must not be negative")
         check(shutdown.timeout > 0, "shutdown.timeout", "must be more than 0 seconds")
+        errors += storageValidationErrors()
         return errors
     }
 

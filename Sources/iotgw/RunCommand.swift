@@ -1,16 +1,27 @@
 import ArgumentParser
 import CMalloc
+import Foundation
 import GatewayConfig
 import GatewayCore
+import GatewayStorage
 import GatewayTransport
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
+import Prometheus
 import ServiceLifecycle
 import UnixSignals
 
 struct RunCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the gateway.")
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run the gateway.",
+        discussion: """
+            Signals: SIGTERM/SIGINT drain and stop (exit 0); a second one, or shutdown.timeout passing, \
+            forces the exit (status 3). SIGHUP reloads the live settings of the configuration file.
+            """
+    )
 
     @Option(name: .long, help: "The configuration file (.yaml, .yml or .json).")
     var config: String = "Configs/iotgw.yaml"
@@ -19,6 +30,7 @@ struct RunCommand: AsyncParsableCommand {
     var logLevel: String?
 
     func run() async throws {
+        let startedAt = ContinuousClock.now
         let file: GatewayConfigFile
         let serverConfiguration: GatewayServer.Configuration
         do {
@@ -28,65 +40,233 @@ struct RunCommand: AsyncParsableCommand {
             printError("iotgw: invalid configuration: \(error)")
             throw ExitCode(2)
         }
-        let levelName = logLevel ?? file.log.level
-        guard let level = Logger.Level(rawValue: levelName) else {
-            printError("iotgw: --log-level: '\(levelName)' is not one of \(GatewayConfigFile.logLevels.joined(separator: ", "))")
-            throw ExitCode(2)
+        var commandLineLevel: Logger.Level?
+        if let logLevel {
+            guard let level = Logger.Level(rawValue: logLevel) else {
+                printError("iotgw: --log-level: '\(logLevel)' is not one of \(GatewayConfigFile.logLevels.joined(separator: ", "))")
+                throw ExitCode(2)
+            }
+            commandLineLevel = level
         }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        var logger = Logger(label: "iotgw")
-        logger.logLevel = level
-        logger.info("starting iotgw", metadata: ["iotgw.version": "\(GatewayVersion.current)", "iotgw.config": "\(config)"])
+        // Validated by ConfigLoader: both parse.
+        let level = commandLineLevel ?? Logger.Level(rawValue: file.log.level) ?? .info
+        let format = LogControl.Format(rawValue: file.log.format) ?? .text
 
-        let broker = Broker(configuration: file.brokerConfiguration, logger: logger)
+        // Metrics first: the broker's GatewayMetrics creates its counters when it is made, and the log
+        // writer its dropped-lines counter.
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let logWriter = LogWriter()
+        logWriter.start()
+        let logControl = LogControl(level: level, format: format)
+        LoggingSystem.bootstrap { label in
+            GatewayLogHandler(label: label, control: logControl, writer: logWriter)
+        }
+        let logger = Logger(label: "iotgw")
+        // Trap the signals before anything slow happens, so that an early SIGTERM is already graceful.
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup)
+        let environment = ProcessInfo.processInfo.environment
+        let notifier = SystemdNotifier(environment: environment)
+        notifier.notify("STATUS=starting")
+        logger.info("starting iotgw", metadata: ["iotgw.version": "\(GatewayVersion.current)", "iotgw.config": "\(config)"])
+        logFileLimit(ProcessResources.raiseOpenFileLimit(), maxConnections: file.limits.maxConnections, logger: logger)
+
+        // Storage opens before anything listens: a gateway that cannot keep its promise refuses to start.
+        var ingestService: IngestService?
+        var ingest: IngestQueue?
+        if file.storage.enabled {
+            let store: SQLiteStore
+            do {
+                store = try await SQLiteStore.open(
+                    dataDirectory: file.storage.dataDir,
+                    file: file.storage.sqlite.file,
+                    synchronous: file.storage.sqlite.synchronous,
+                    poolSize: file.storage.pool.size,
+                    acquireTimeout: file.storage.pool.acquireTimeout,
+                    logger: logger
+                )
+            } catch {
+                logger.critical("cannot open the telemetry store", metadata: ["error": "\(String(reflecting: error))"])
+                printError("iotgw: cannot open storage in \(file.storage.dataDir): \(error)")
+                throw ExitCode(1)
+            }
+            let queue = IngestQueue(configuration: file.ingestConfiguration, store: store, logger: logger)
+            ingest = queue
+            ingestService = IngestService(queue: queue, logger: logger, close: { await store.close() })
+        }
+        let broker = Broker(configuration: file.brokerConfiguration, ingest: ingest, logger: logger)
+        let readiness = ReadinessRegistry()
+        readiness.set("listeners", .notReady("starting"))
+        readiness.set("shutdown", .ready)
+        let coordinator = ShutdownCoordinator(readiness: readiness, notifier: notifier, broker: broker, logWriter: logWriter, logger: logger)
         let server = GatewayServer(
             broker: broker,
             configuration: serverConfiguration,
+            logger: logger,
+            onBound: { listeners in
+                readiness.set("listeners", .ready)
+                let addresses = listeners.map { "\($0.name) \($0.address)" }.joined(separator: ", ")
+                notifier.notify("READY=1\nSTATUS=accepting connections: \(addresses)")
+                logger.notice(
+                    "ready",
+                    metadata: ["iotgw.startup.seconds": "\(Self.seconds(startedAt.duration(to: .now)))"]
+                )
+            },
+            onShutdown: { coordinator.beginShutdown(reason: "graceful shutdown") }
+        )
+        let reloader = ConfigReloader(
+            path: config,
+            initial: file,
+            commandLineLevel: commandLineLevel,
+            broker: broker,
+            logControl: logControl,
+            notifier: notifier,
             logger: logger
         )
-        let housekeeping = HousekeepingService(broker: broker, sysInterval: file.mqtt.sysInterval)
+        let probe = EventLoopProbe(group: MultiThreadedEventLoopGroup.singleton)
+
+        // ServiceGroup shuts services down in reverse order: the gateway first (stop accepting, drain,
+        // close), then the admin listener (which answers /readyz 503 during the drain), housekeeping,
+        // the watchdog, and the signal handler last (it still forces the exit on a second signal).
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(
+                service: SignalService(
+                    signals: signals,
+                    coordinator: coordinator,
+                    reloader: reloader,
+                    shutdownDeadline: .milliseconds(Int64(file.shutdown.timeout * 1000)),
+                    logger: logger
+                )
+            )
+        ]
+        if let interval = SystemdNotifier.watchdogInterval(environment: environment), notifier.isEnabled {
+            logger.info("systemd watchdog enabled", metadata: ["iotgw.watchdog.seconds": "\(Self.seconds(interval))"])
+            services.append(.init(service: WatchdogService(notifier: notifier, interval: interval, probe: probe, logger: logger)))
+        }
+        services.append(
+            .init(service: HousekeepingService(broker: broker, probe: probe, notifier: notifier, startedAt: startedAt))
+        )
+        if file.admin.enabled {
+            let admin = AdminServer(
+                configuration: AdminServer.Configuration(
+                    listener: ListenerConfiguration(host: file.admin.host, port: file.admin.port),
+                    token: file.admin.token.isEmpty ? nil : file.admin.token
+                ),
+                broker: broker,
+                readiness: readiness,
+                metricsText: { registry.emitToBuffer() },
+                startedAt: startedAt,
+                logger: logger
+            )
+            services.append(.init(service: admin))
+        }
+        if let ingestService {
+            // Before the server: shut down after it, so the queue is flushed once connections drained.
+            services.append(.init(service: ingestService))
+        }
+        services.append(.init(service: server))
         let group = ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(service: housekeeping),
-                    .init(service: server),
-                ],
-                gracefulShutdownSignals: [.sigterm, .sigint],
+                services: services,
+                // SignalService owns SIGTERM, SIGINT and SIGHUP: it orders readiness and STOPPING=1
+                // before the group's shutdown, and forces the exit on a second signal.
+                gracefulShutdownSignals: [],
                 cancellationSignals: [],
                 logger: logger
             )
         )
+        coordinator.attach(group)
         do {
             try await group.run()
         } catch {
             logger.error("gateway stopped with an error", metadata: ["error": "\(String(reflecting: error))"])
+            notifier.notify("STATUS=stopped with an error: \(error)")
+            logWriter.flush(timeout: .seconds(2))
             throw ExitCode(1)
         }
-        logger.info("iotgw stopped")
+        logger.info("iotgw stopped", metadata: ["iotgw.uptime.seconds": "\(Self.seconds(startedAt.duration(to: .now)))"])
+        logWriter.flush(timeout: .seconds(2))
+    }
+
+    /// Logs the open-file limit and the connections it allows; warns when `limits.max_connections`
+    /// is above that.
+    private func logFileLimit(_ limit: ProcessResources.FileLimit, maxConnections: Int, logger: Logger) {
+        if let error = limit.error {
+            logger.warning("could not read or raise the open-file limit", metadata: ["error": "\(String(cString: strerror(error)))"])
+        }
+        let capacity = limit.soft > ProcessResources.reservedDescriptors ? limit.soft - ProcessResources.reservedDescriptors : 0
+        logger.info(
+            "open-file limit",
+            metadata: [
+                "iotgw.nofile.soft": "\(limit.soft)",
+                "iotgw.nofile.hard": "\(limit.hard)",
+                "iotgw.nofile.raised": "\(limit.raised)",
+                "iotgw.connections.capacity": "\(capacity)",
+            ]
+        )
+        if UInt64(maxConnections) > capacity {
+            logger.notice(
+                "limits.max_connections is above what the open-file limit allows; raise LimitNOFILE (systemd) or ulimit -n",
+                metadata: ["iotgw.connections.max": "\(maxConnections)", "iotgw.connections.capacity": "\(capacity)"]
+            )
+        }
+    }
+
+    static func seconds(_ duration: Duration) -> String {
+        let value = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        return String(format: "%.3f", value)
     }
 }
 
-/// Periodic upkeep: expires offline sessions, publishes queue levels and gives memory back to the
-/// system after connections went away. Stops on graceful shutdown.
-struct HousekeepingService: Service {
+/// Periodic upkeep: expires offline sessions, publishes due Wills, queue levels and `$SYS` topics
+/// (at the live `mqtt.sys_interval`), samples event-loop lag, resident memory and open descriptors
+/// into metrics, updates the systemd status line, and gives memory back to the system after
+/// connections went away. Stops on graceful shutdown.
+struct HousekeepingService: Service, CustomStringConvertible {
     let broker: Broker
-    /// Seconds between `$SYS` publications; 0 disables them.
-    let sysInterval: Double
+    let probe: EventLoopProbe
+    let notifier: SystemdNotifier
+    let startedAt: ContinuousClock.Instant
+
+    /// Process gauges under the Prometheus client-library names, so standard dashboards find them.
+    private let residentMemory = Gauge(label: "process_resident_memory_bytes")
+    private let openDescriptors = Gauge(label: "process_open_fds")
+    private let maxDescriptors = Gauge(label: "process_max_fds")
+
+    var description: String { "HousekeepingService" }
+
+    init(broker: Broker, probe: EventLoopProbe, notifier: SystemdNotifier, startedAt: ContinuousClock.Instant) {
+        self.broker = broker
+        self.probe = probe
+        self.notifier = notifier
+        self.startedAt = startedAt
+    }
 
     func run() async throws {
         var connectionsAtLastTrim = broker.connectionCount
-        let started = ContinuousClock.now
-        var nextSys = started
-        if sysInterval > 0 {
-            broker.publishSysTopics(uptime: 0, version: GatewayVersion.current)
-            nextSys = started.advanced(by: .seconds(sysInterval))
-        }
+        var lastSys: ContinuousClock.Instant?
+        let lagGauges = (0..<probe.loopCount).map { Gauge(label: "iotgw_event_loop_lag_seconds", dimensions: [("loop", String($0))]) }
+        var tick = 0
         // Sleeps until the next tick; graceful shutdown cancels the sleep and ends the loop.
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            let now = ContinuousClock.now
+            let sysInterval = broker.configuration.sysInterval
+            if sysInterval > 0 && (lastSys.map { now >= $0.advanced(by: .seconds(sysInterval)) } ?? true) {
+                broker.publishSysTopics(uptime: Int(startedAt.duration(to: now).components.seconds), version: GatewayVersion.current)
+                lastSys = now
+            }
+            // A loop that does not answer within a second shows a lag of (at least) a second.
+            for sample in await probe.probe(timeout: .seconds(1)) {
+                lagGauges[sample.index].record(AdminMetrics.seconds(sample.lag ?? .seconds(1)))
+            }
+            if tick % 5 == 0 {
+                if let rss = ProcessResources.residentBytes() { residentMemory.record(rss) }
+                if let fds = ProcessResources.openDescriptors() { openDescriptors.record(fds) }
+                let limit = ProcessResources.currentOpenFileLimit()
+                if limit > 0 { maxDescriptors.record(Int(clamping: limit)) }
+                notifier.notify("STATUS=\(broker.connectionCount) connections, \(broker.sessionCount) sessions, \(broker.queuedMessages) queued messages")
+            }
+            tick += 1
             do {
                 try await cancelWhenGracefulShutdown {
                     try await Task.sleep(for: .seconds(1))
@@ -97,11 +277,6 @@ struct HousekeepingService: Service {
             broker.expireSessions()
             broker.publishDueWills()
             broker.recordQueueLevels()
-            let now = ContinuousClock.now
-            if sysInterval > 0 && now >= nextSys {
-                broker.publishSysTopics(uptime: Int(started.duration(to: now).components.seconds), version: GatewayVersion.current)
-                nextSys = now.advanced(by: .seconds(sysInterval))
-            }
             // glibc keeps freed memory in its arenas; after a wave of disconnects that is hundreds of
             // megabytes the process no longer needs. malloc_trim returns the free pages to the kernel.
             let connections = broker.connectionCount
@@ -112,5 +287,12 @@ struct HousekeepingService: Service {
                 connectionsAtLastTrim = connections
             }
         }
+    }
+}
+
+/// Unit conversions for metrics.
+enum AdminMetrics {
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 }

@@ -136,8 +136,11 @@ final class TestClient {
 
     /// Hands `packet` to the connection and returns its actions.
     @discardableResult
+    /// Hands `packet` to the connection and returns its actions followed by the acknowledgements it made
+    /// ready, as the transport writes them right after handling a packet.
     func send(_ packet: MQTTPacket) async -> [ClientConnection.Action] {
-        await connection.handle(packet)
+        let actions = await connection.handle(packet)
+        return actions + connection.takeReadyAcknowledgements().map { .send($0) }
     }
 
     /// Subscribes and returns the SUBACK's reason codes.

@@ -60,6 +60,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "mqtt": {"max_qos": 2, "retain_available": True},
     "auth": {"anonymous": True},
     "shutdown": {"timeout": 10},
+    # The admin HTTP listener is off unless a test turns it on (make_broker gives it a free port).
+    "admin": {"enabled": False},
 }
 
 # Keys whose override has no mosquitto equivalent that matters for the tests that set them.
@@ -144,15 +146,20 @@ class Broker:
     """One broker process on a loopback port."""
 
     def __init__(self, kind: str, tmp_path: Path, config: dict, overridden: set[str], name: str,
-                 config_format: str = "yaml"):
+                 config_format: str = "yaml", env: dict[str, str] | None = None):
         self.kind = kind
+        #: Extra environment variables for the process (e.g. NOTIFY_SOCKET, WATCHDOG_USEC).
+        self.env = env
         self.dir = tmp_path
         self.config = config
         self.port: int = config["listeners"]["mqtt"]["port"]
         #: Ports of the WebSocket/TLS listeners a test enabled (ws_port, mqtts_port, wss_port), else None.
-        for name in EXTRA_LISTENERS:
-            entry = config["listeners"].get(name, {})
-            setattr(self, f"{name}_port", entry.get("port") if entry.get("enabled") else None)
+        for listener in EXTRA_LISTENERS:  # not `name`: that names the log and config files below
+            entry = config["listeners"].get(listener, {})
+            setattr(self, f"{listener}_port", entry.get("port") if entry.get("enabled") else None)
+        #: The admin HTTP listener's port when a test enabled it, else None.
+        admin = config.get("admin", {})
+        self.admin_port: int | None = admin.get("port") if admin.get("enabled") else None
         self.log_path = tmp_path / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
@@ -180,10 +187,13 @@ class Broker:
             pytest.fail(f"iotgw binary not found at {IOTGW_BIN} (build with `swift build` or set IOTGW_BIN)",
                         pytrace=False)
         self._log = open(self.log_path, "ab")
+        env = {**os.environ, **self.env} if self.env else None
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.dir)
+                                     stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
         deadline = time.monotonic() + timeout
         ports = [self.port] + [p for p in (getattr(self, f"{n}_port") for n in EXTRA_LISTENERS) if p]
+        if self.admin_port:
+            ports.append(self.admin_port)
         while not all(port_accepts(p) for p in ports):
             if self.proc.poll() is not None:
                 self.returncode = self.proc.returncode
@@ -242,14 +252,22 @@ class Broker:
 def make_broker(request, tmp_path) -> Callable[..., Broker]:
     """Factory: ``make_broker(limits={"max_connections": 5})`` starts a broker with overrides.
 
-    ``config_format="json"`` writes the iotgw config as JSON instead of YAML.
+    ``config_format="json"`` writes the iotgw config as JSON instead of YAML. ``admin={"enabled": True}``
+    gives the admin listener a free port; ``env={...}`` adds environment variables to the process.
     """
     brokers: list[Broker] = []
     request.node.stash[_BROKERS_KEY] = brokers
 
-    def factory(start: bool = True, config_format: str = "yaml", **overrides: Any) -> Broker:
+    def factory(start: bool = True, config_format: str = "yaml", env: dict[str, str] | None = None,
+                **overrides: Any) -> Broker:
         overrides = dict(overrides)
+        admin = overrides.get("admin")
+        if admin and admin.get("enabled") and "port" not in admin:
+            admin["port"] = free_port()
         overrides.setdefault("listeners", {}).setdefault("mqtt", {})["port"] = free_port()
+        if BROKER_KIND == "iotgw":
+            # Each gateway keeps its database in the test's own directory (never in the checkout).
+            overrides.setdefault("storage", {}).setdefault("data_dir", str(tmp_path / f"data{len(brokers)}"))
         for name in EXTRA_LISTENERS:
             entry = overrides["listeners"].get(name)
             if entry and entry.get("enabled") and "port" not in entry:
@@ -259,7 +277,7 @@ def make_broker(request, tmp_path) -> Callable[..., Broker]:
         if config_format != "yaml" and BROKER_KIND == "mosquitto":
             pytest.skip(f"mosquitto has no {config_format} config format")
         broker = Broker(BROKER_KIND, tmp_path, config, overridden, name=f"broker{len(brokers)}",
-                        config_format=config_format)
+                        config_format=config_format, env=env)
         brokers.append(broker)
         if start:
             broker.start()

@@ -2,6 +2,10 @@ public import Logging
 public import MQTTCodec
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The MQTT protocol logic of one client connection, without I/O.
 ///
 /// The transport feeds it decoded packets and performs the ``Action``s it returns, in order. It owns no
@@ -53,6 +57,8 @@ public final class ClientConnection {
     /// Outbound topic aliases (MQTT 5): topic → alias, up to the client's Topic Alias Maximum.
     private var outboundAliases: [String: UInt16] = [:]
     private var clientTopicAliasMaximum: UInt16 = 0
+    /// PUBACK/PUBREC packets in receive order; some wait for a storage commit.
+    private let acks = AckQueue()
 
     /// - Parameters:
     ///   - broker: the broker core.
@@ -85,7 +91,7 @@ public final class ClientConnection {
         case .connect:
             return protocolViolation("second CONNECT")
         case .publish(let publish):
-            return handlePublish(publish, session: session)
+            return await handlePublish(publish, session: session)
         case .puback(let ack):
             if !session.acknowledge(puback: ack.packetIdentifier) {
                 logger.debug("PUBACK for unknown packet id", metadata: ["mqtt.packet.id": "\(ack.packetIdentifier)"])
@@ -307,7 +313,7 @@ public final class ClientConnection {
 
     // MARK: PUBLISH
 
-    private func handlePublish(_ publish: MQTTPublishPacket, session: Session) -> [Action] {
+    private func handlePublish(_ publish: MQTTPublishPacket, session: Session) async -> [Action] {
         let configuration = broker.configuration
         if broker.isDraining {
             // Draining: take in nothing new. The PUBLISH is neither routed nor acknowledged, so the
@@ -361,48 +367,105 @@ public final class ClientConnection {
         }
 
         var matched = 0
+        let payload = publish.payload.compacted()
+        // The acknowledgement's slot is taken now, so acknowledgements leave in receive order even when
+        // this one waits for a storage commit.
+        let ackSlot: UInt64? = publish.qos == .atMostOnce ? nil : acks.reserve()
+        var waitsForCommit = false
         if failure == nil {
             var properties = publish.properties
             properties.topicAlias = nil
             properties.subscriptionIdentifiers = []
-            let now = ContinuousClock().now
+            let now = clock.now
             let message = Message(
                 topic: topic,
-                payload: publish.payload,
+                payload: payload,
                 qos: publish.qos,
                 retain: publish.retain && configuration.retainAvailable,
                 properties: properties,
                 publisherClientID: session.clientID,
                 expiresAt: publish.properties.messageExpiryInterval.map { now.advanced(by: .seconds(Int64($0))) }
             )
-            switch publish.qos {
-            case .atMostOnce, .atLeastOnce:
-                matched = broker.publish(message)
-            case .exactlyOnce:
-                // Route on first receipt only; a retransmission (same id before PUBREL) is just re-acknowledged.
-                if session.receivedQoS2(packetID: publish.packetIdentifier!) {
-                    matched = broker.publish(message)
-                } else {
-                    matched = 1
+            // Route (and store) on first receipt only; a QoS 2 retransmission (same id before PUBREL)
+            // is just acknowledged again.
+            let isNew = publish.qos != .exactlyOnce || session.receivedQoS2(packetID: publish.packetIdentifier!)
+            var accepted = true
+            if isNew, let ingest = broker.ingest, ingest.stores(topic: topic) {
+                let persisted = ingest.configuration.ack == .persisted && ackSlot != nil
+                let record = TelemetryRecord(
+                    receivedAt: Self.epochMilliseconds(),
+                    clientID: session.clientID,
+                    topic: topic,
+                    qos: publish.qos,
+                    retain: publish.retain,
+                    payload: payload,
+                    properties: version == .v5 && !properties.isEmpty ? Self.encoded(properties) : nil
+                )
+                var onCommit: (@Sendable () -> Void)?
+                if persisted, let slot = ackSlot {
+                    let acks = self.acks
+                    let handle = self.handle
+                    onCommit = {
+                        if acks.complete(slot) { handle.deliveryAvailable() }
+                    }
                 }
+                let result = await ingest.submit(record, onCommit: onCommit)
+                if result == .rejected {
+                    if publish.qos != .atMostOnce {
+                        accepted = false
+                        failure = .quotaExceeded
+                        if version == .v3_1_1 {
+                            // 3.1.1 cannot refuse a message; the publisher is disconnected instead and
+                            // will send it again when it reconnects (nothing was acknowledged).
+                            _ = session.releasedQoS2(packetID: publish.packetIdentifier!)
+                            logger.notice("ingest queue full: disconnecting publisher (overflow: reject)")
+                            broker.metrics.disconnected(.slowConsumer)
+                            return [.close]
+                        }
+                    }
+                } else {
+                    waitsForCommit = persisted
+                }
+            }
+            if accepted {
+                matched = isNew ? broker.publish(message) : 1
             }
         }
         // MQTT 3.1.1 has no negative acknowledgement: a refused message is acknowledged and dropped
         // (section 3.3.5); MQTT 5 says why in the reason code.
         let code: MQTTReasonCode =
             version == .v5 ? (failure ?? (matched == 0 ? .noMatchingSubscribers : .success)) : .success
-        switch publish.qos {
-        case .atMostOnce:
-            return []
-        case .atLeastOnce:
-            return [.send(.puback(MQTTAckPacket(packetIdentifier: publish.packetIdentifier!, reasonCode: code)))]
-        case .exactlyOnce:
+        guard let ackSlot, let packetID = publish.packetIdentifier else { return [] }
+        let ack: MQTTPacket
+        if publish.qos == .atLeastOnce {
+            ack = .puback(MQTTAckPacket(packetIdentifier: packetID, reasonCode: code))
+        } else {
             if failure != nil {
                 // A failed PUBREC ends the exchange: forget the id so a new message may reuse it.
-                _ = session.releasedQoS2(packetID: publish.packetIdentifier!)
+                _ = session.releasedQoS2(packetID: packetID)
             }
-            return [.send(.pubrec(MQTTAckPacket(packetIdentifier: publish.packetIdentifier!, reasonCode: code)))]
+            ack = .pubrec(MQTTAckPacket(packetIdentifier: packetID, reasonCode: code))
         }
+        if waitsForCommit {
+            // The batch writer marks the slot committed (possibly already has); until then it holds
+            // the acknowledgement's place in line.
+            acks.setPacket(ackSlot, ack)
+        } else {
+            _ = acks.complete(ackSlot, with: ack)
+        }
+        return []
+    }
+
+    private static func epochMilliseconds() -> Int64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000
+    }
+
+    private static func encoded(_ properties: MQTTProperties) -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: 64)
+        properties.write(to: &buffer)
+        return buffer
     }
 
     private func publishWill(_ will: MQTTWill, honourDelay: Bool) {
@@ -522,7 +585,16 @@ extension ClientConnection {
     ///
     /// The connection task calls this after every inbound packet and every wake-up, and writes what it
     /// returns; acknowledgements free the in-flight window on the same task, so no other wake-up is needed.
+    /// Removes and returns the acknowledgements ready to be written (in order). ``nextOutboundPacket()``
+    /// returns these first too; this variant lets tests see acknowledgements apart from deliveries.
+    package func takeReadyAcknowledgements() -> [MQTTPacket] {
+        var packets: [MQTTPacket] = []
+        while let ack = acks.popReady() { packets.append(ack) }
+        return packets
+    }
+
     public func nextOutboundPacket() -> MQTTPacket? {
+        if let ack = acks.popReady() { return ack }
         guard let session else { return nil }
         while true {
             switch session.nextOutbound(owner: owner, now: clock.now) {

@@ -28,6 +28,8 @@ public final class Broker: Sendable {
     let authorizer: any Authorizer
     let budget: QueueBudget
     let retained = RetainedStore()
+    /// The telemetry ingest queue, when storage is configured.
+    public let ingest: IngestQueue?
     private let state: Mutex<State>
     private let clock = ContinuousClock()
 
@@ -52,8 +54,10 @@ public final class Broker: Sendable {
         authenticator: (any Authenticator)? = nil,
         authorizer: any Authorizer = AllowAllAuthorizer(),
         metrics: GatewayMetrics = GatewayMetrics(),
+        ingest: IngestQueue? = nil,
         logger: Logger
     ) {
+        self.ingest = ingest
         self.live = Mutex(configuration)
         self.customAuthenticator = authenticator
         self.authorizer = authorizer
@@ -486,8 +490,10 @@ public final class Broker: Sendable {
     /// Whether ``beginDrain()`` was called.
     public var isDraining: Bool { state.withLock { $0.draining } }
 
-    /// True when every connected session has nothing queued or in flight.
+    /// True when every connected session has nothing queued or in flight, and nothing waits to be
+    /// stored (so every acknowledgement that depends on a commit has been sent).
     public var connectedSessionsIdle: Bool {
+        if let ingest, !ingest.isEmpty { return false }
         let sessions = state.withLock { Array($0.sessions.values) }
         return sessions.allSatisfy { !$0.isConnected || $0.isIdle }
     }

@@ -84,6 +84,9 @@ struct JSONAPIConnectionRunner: Sendable {
         let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
         let maxPacketSize: Int
         var nextPacketID: UInt16 = 0
+        /// QoS 1 publishes awaiting their PUBACK (which may wait for a storage commit): packet id →
+        /// the request id to answer.
+        var pendingPublishes: [UInt16: [UInt8]] = [:]
 
         init(broker: Broker, connection: ClientConnection, channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, maxPacketSize: Int) {
             self.broker = broker
@@ -170,16 +173,23 @@ struct JSONAPIConnectionRunner: Sendable {
                     try await send(JSONAPIProtocol.error(id: id, reason: "server shutting down"))
                     return false
                 }
+                let packetIdentifier = qos == .atMostOnce ? nil : packetID()
                 let publish = MQTTPublishPacket(
                     topic: topic,
                     payload: ByteBuffer(bytes: payload),
                     qos: qos,
                     retain: retain,
-                    packetIdentifier: qos == .atMostOnce ? nil : packetID()
+                    packetIdentifier: packetIdentifier
                 )
                 let actions = await connection.handle(.publish(publish))
-                if qos == .atMostOnce && actions.isEmpty {
-                    try await send(JSONAPIProtocol.ack(id: id))
+                if actions.isEmpty {
+                    if let packetIdentifier {
+                        // Answered when the core's PUBACK comes out of the connection's queue
+                        // (`writeQueued`), after the storage commit when `ack: persisted`.
+                        pendingPublishes[packetIdentifier] = id
+                    } else {
+                        try await send(JSONAPIProtocol.ack(id: id))
+                    }
                     return false
                 }
                 return try await perform(actions, id: id) { packet in
@@ -235,7 +245,7 @@ struct JSONAPIConnectionRunner: Sendable {
 
         /// Pushes what the session has queued while the socket is writable, and acknowledges QoS 1/2
         /// deliveries to the core once they are written.
-        func writeQueued() async throws {
+        mutating func writeQueued() async throws {
             guard connection.isConnected else { return }
             var batch: [ByteBuffer] = []
             var delivered: [(UInt16, MQTTQoS)] = []
@@ -253,6 +263,14 @@ struct JSONAPIConnectionRunner: Sendable {
                         if let id = publish.packetIdentifier { delivered.append((id, publish.qos)) }
                     case .pubrel(let release):
                         delivered.append((release.packetIdentifier, .exactlyOnce))
+                    case .puback(let ack):
+                        // The acknowledgement of one of this client's own QoS 1 publishes.
+                        if let id = pendingPublishes.removeValue(forKey: ack.packetIdentifier) {
+                            let reply = ack.reasonCode.isFailure
+                                ? JSONAPIProtocol.error(id: id, reason: JSONAPIProtocol.describe(ack.reasonCode))
+                                : JSONAPIProtocol.ack(id: id)
+                            batch.append(channel.allocator.buffer(bytes: reply))
+                        }
                     default:
                         break
                     }

@@ -13,6 +13,8 @@ struct Ledger {
     var streams: [Int: [Int: SequenceTracker]] = [:]
     /// publisher index → messages accepted for sending.
     var sent: [Int: UInt64] = [:]
+    /// When the last new telemetry message arrived (monotonic ns), 0 before the first.
+    var lastDelivery: UInt64 = 0
     /// Request ids answered so far, so a duplicated reply is not counted twice.
     private var replies = SequenceTracker()
     private let maximumSequence: UInt64
@@ -61,6 +63,7 @@ struct Ledger {
         let isNew = streams[receiver, default: [:]][probe.publisher, default: SequenceTracker()].record(probe.sequence)
         if isNew {
             counters.delivered += 1
+            lastDelivery = now
             _ = latency.record(now >= probe.timestamp ? now - probe.timestamp : 0)
         } else {
             counters.duplicates += 1
@@ -83,7 +86,7 @@ struct Ledger {
 
     /// Freezes the ledger for the orchestrator.
     func result() -> EngineResult {
-        EngineResult(counters: counters, latency: latency, roundTrips: roundTrips, streams: streams, sent: sent)
+        EngineResult(counters: counters, latency: latency, roundTrips: roundTrips, streams: streams, sent: sent, lastDelivery: lastDelivery)
     }
 }
 
@@ -94,4 +97,5 @@ struct EngineResult: Sendable {
     var roundTrips: Histogram<UInt64>
     var streams: [Int: [Int: SequenceTracker]]
     var sent: [Int: UInt64]
+    var lastDelivery: UInt64
 }

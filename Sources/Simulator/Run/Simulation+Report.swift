@@ -8,6 +8,7 @@ extension Simulation {
         readySet: [Bool],
         streams expectedStreams: Int,
         connectSeconds: Double,
+        publishStart: UInt64,
         publishSeconds: Double
     ) -> SimulationReport {
         var counters = LiveCounters()
@@ -15,7 +16,9 @@ extension Simulation {
         var roundTrips = Ledger.makeHistogram()
         var sent: [Int: UInt64] = [:]
         var received: [Int: [Int: SequenceTracker]] = [:]
+        var lastDelivery: UInt64 = 0
         for result in results {
+            lastDelivery = Swift.max(lastDelivery, result.lastDelivery)
             counters.add(result.counters)
             latency.add(result.latency)
             roundTrips.add(result.roundTrips)
@@ -74,6 +77,8 @@ extension Simulation {
             failures.append("internal: \(expectedStreams) streams planned but \(streams) counted")
         }
 
+        // From the first publish to the last delivery: with the drain, how long the deliveries really took.
+        let deliverySeconds = lastDelivery > publishStart ? Double(lastDelivery - publishStart) / 1e9 : 0
         var byTransport: [String: Int] = [:]
         for client in plan.clients { byTransport[client.transport.rawValue, default: 0] += 1 }
         return SimulationReport(
@@ -92,7 +97,9 @@ extension Simulation {
                 unexpected: unexpected, retainedIgnored: counters.retainedIgnored, lossRatio: lossRatio,
                 publishSeconds: publishSeconds,
                 publishRate: publishSeconds > 0 ? Double(counters.published) / publishSeconds : 0,
-                deliveryRate: publishSeconds > 0 ? Double(delivered) / publishSeconds : 0
+                deliveryRate: publishSeconds > 0 ? Double(delivered) / publishSeconds : 0,
+                deliverySeconds: deliverySeconds,
+                sustainedDeliveryRate: deliverySeconds > 0 ? Double(delivered) / deliverySeconds : 0
             ),
             latency: summary(latency),
             requests: .init(sent: counters.requestsSent, answered: counters.repliesReceived, lost: requestsLost, roundTrip: summary(roundTrips))

@@ -197,6 +197,7 @@ public struct Simulation: Sendable {
         return Self.report(
             plan: plan, results: engineResults, readySet: readySet, streams: streams,
             connectSeconds: Double(connectEnd - connectStart) / 1e9,
+            publishStart: publishStart,
             publishSeconds: Double(publishEnd - publishStart) / 1e9
         )
     }

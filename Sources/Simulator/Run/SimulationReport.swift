@@ -68,6 +68,11 @@ public struct SimulationReport: Sendable, Codable, Equatable {
         public var publishRate: Double
         /// Delivered messages per publishing second.
         public var deliveryRate: Double
+        /// Seconds from the first publish to the last delivery (publishing plus however much of the drain was used).
+        public var deliverySeconds: Double
+        /// Delivered messages per delivery second: the rate the broker sustained, backlog included. The figure
+        /// `make bench` reports as throughput.
+        public var sustainedDeliveryRate: Double
     }
 
     /// A latency distribution in milliseconds.

@@ -1,5 +1,9 @@
 import CWebSockets
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One simulated WebSocket device (or consumer): its libwebsockets connection and its protocol state, for either the
 /// MQTT subprotocol or iotgw's JSON API. Owned by the ``WebSocketEngine``; only its service thread touches it.
 final class WebSocketClient {
@@ -28,6 +32,9 @@ final class WebSocketClient {
     /// QoS 2 packet ids received and not yet released.
     var awaitingRelease: Set<UInt16> = []
     var lastSent: UInt64 = 0
+    /// The JSON API path with this client's id as the `client_id` query parameter, kept alive (C string) for
+    /// as long as the client: libwebsockets may read it again when it follows a redirect or retries.
+    private var jsonPathCString: UnsafeMutablePointer<CChar>?
 
     init(plan: ClientPlan, slot: Int, version: Scenario.ProtocolVersion) {
         self.plan = plan
@@ -55,6 +62,20 @@ final class WebSocketClient {
     func allocateRequestID() -> Int {
         nextPacketID = nextPacketID &+ 1
         return Int(nextPacketID) | (Int(slot) << 16)
+    }
+
+    /// `base?client_id=ID` (or `&client_id=` when `base` has a query already), as a C string owned by the client.
+    func jsonPath(base: String) -> UnsafeMutablePointer<CChar> {
+        if let jsonPathCString { return jsonPathCString }
+        // Client ids are `sim-TAG-N`: letters, digits and dashes, nothing to percent-encode.
+        let path = base + (base.contains("?") ? "&" : "?") + "client_id=" + plan.clientID
+        let pointer = strdup(path)!
+        jsonPathCString = pointer
+        return pointer
+    }
+
+    deinit {
+        free(jsonPathCString)
     }
 
     func queueMQTT(_ bytes: [UInt8]) {

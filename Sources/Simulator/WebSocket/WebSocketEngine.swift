@@ -21,7 +21,6 @@ final class WebSocketEngine: EngineTransport {
     private let subprotocolMQTT: UnsafeMutablePointer<CChar>
     private let hostString: UnsafeMutablePointer<CChar>
     private let mqttPath: UnsafeMutablePointer<CChar>
-    private let jsonPath: UnsafeMutablePointer<CChar>
     private let caFile: UnsafeMutablePointer<CChar>?
     /// The timer: an `lws_sorted_usec_list_t` followed by a pointer back to this engine.
     private let timer: UnsafeMutableRawPointer
@@ -46,7 +45,6 @@ final class WebSocketEngine: EngineTransport {
         subprotocolMQTT = strdup("mqtt")
         hostString = strdup(plan.target.host)
         mqttPath = strdup(plan.target.webSocketMQTTPath)
-        jsonPath = strdup(plan.target.webSocketJSONPath)
         caFile = plan.target.tls.map { strdup($0.caFile) }
         // A zero-filled terminator entry ends the protocol list.
         protocols = .allocate(capacity: 2)
@@ -65,7 +63,7 @@ final class WebSocketEngine: EngineTransport {
         context = nil
         protocols.deallocate()
         timer.deallocate()
-        for pointer in [protocolName, subprotocolMQTT, hostString, mqttPath, jsonPath] { free(pointer) }
+        for pointer in [protocolName, subprotocolMQTT, hostString, mqttPath] { free(pointer) }
         if let caFile { free(caFile) }
     }
 
@@ -201,10 +199,9 @@ final class WebSocketEngine: EngineTransport {
                 clientID: client.plan.clientID, keepAlive: plan.scenario.connect.keepAlive, version: plan.scenario.protocolVersion,
                 username: plan.target.username, password: plan.target.password
             ))
-        } else {
-            startSubscribing(client)
+            requestWrite(client)
         }
-        requestWrite(client)
+        // A JSON API client waits for the gateway's `{"op":"connected",...}`, its CONNACK, before subscribing.
     }
 
     private func startSubscribing(_ client: WebSocketClient) {
@@ -392,6 +389,10 @@ final class WebSocketEngine: EngineTransport {
         }
         let id = (object["id"] as? NSNumber)?.intValue
         switch op {
+        case "connected":
+            // The gateway opened the session: `{"op":"connected","client_id":"..."}`, always the first message.
+            guard client.state == .handshaking else { return protocolFailure(client, "unexpected connected message") }
+            startSubscribing(client)
         case "ack":
             guard let id else { return }
             if client.pendingSubscriptions.remove(id) != nil {
@@ -401,7 +402,11 @@ final class WebSocketEngine: EngineTransport {
             }
         case "error":
             let reason = object["reason"] as? String ?? "unspecified"
-            if let id, client.pendingSubscriptions.contains(id) {
+            if client.state == .handshaking {
+                // The session was refused (`{"op":"error","id":null,"reason":"connection refused: ..."}`).
+                fail(client, reason: reason)
+                closeConnection(client)
+            } else if let id, client.pendingSubscriptions.contains(id) {
                 fail(client, reason: "subscribe refused: \(reason)")
                 closeConnection(client)
             } else {
@@ -438,7 +443,7 @@ final class WebSocketEngine: EngineTransport {
         info.context = context
         info.address = UnsafePointer(hostString)
         info.port = Int32(plan.target.webSocketPort)
-        info.path = UnsafePointer(client.isMQTT ? mqttPath : jsonPath)
+        info.path = UnsafePointer(client.isMQTT ? mqttPath : client.jsonPath(base: plan.target.webSocketJSONPath))
         info.host = UnsafePointer(hostString)
         info.origin = UnsafePointer(hostString)
         // Ask for the `mqtt` subprotocol on /mqtt; bind every connection to our one local protocol handler.

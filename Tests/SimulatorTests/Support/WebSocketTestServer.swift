@@ -1,6 +1,8 @@
 import Foundation
 
-/// The Python WebSocket servers the WebSocket tests run against (iotgw's own WebSocket listener is not built yet).
+/// The Python WebSocket servers the mosquitto-backed WebSocket tests run against: a relay from MQTT over WebSocket to
+/// mosquitto's TCP port, and a small JSON API server with iotgw's message shapes (`GatewaySimulationTests` runs the
+/// simulator against iotgw's real WebSocket listener).
 ///
 /// The script lives in this Swift string rather than in a `.py` file next to the tests, because SwiftPM warns about
 /// files in a test target it does not know what to do with. It is written to a temporary file and run with
@@ -118,9 +120,13 @@ class JSONBroker:
         self.subscriptions = {}  # connection -> list of (filter, qos)
 
     async def handle(self, connection):
-        if connection.request.path != "/ws":
+        path, _, query = connection.request.path.partition("?")
+        if path != "/ws":
             await connection.close(1008, "unknown path")
             return
+        # Like iotgw: the client id comes from the query (or is generated) and is announced first.
+        client_id = dict(part.partition("=")[::2] for part in query.split("&") if part).get("client_id") or f"gen-{id(connection)}"
+        await connection.send(json.dumps({"op": "connected", "client_id": client_id}))
         self.subscriptions[connection] = []
         try:
             async for text in connection:
@@ -153,8 +159,7 @@ class JSONBroker:
                         await subscriber.send(json.dumps(push))
                     except Exception:
                         pass
-            if qos == 1:
-                await connection.send(json.dumps({"op": "ack", "id": request_id}))
+            await connection.send(json.dumps({"op": "ack", "id": request_id}))
         else:
             await connection.send(json.dumps({"op": "error", "id": request_id, "reason": "unknown op"}))
 

@@ -1,0 +1,162 @@
+public import GatewayCore
+import MQTTCodec
+
+extension GatewayConfigFile {
+    /// `storage`: where telemetry is persisted and how it gets there.
+    public struct Storage: Codable, Sendable, Equatable {
+        /// `storage.enabled`: persist telemetry. Default true.
+        public var enabled = true
+        /// `storage.backend`: `sqlite` (embedded). Default sqlite.
+        public var backend = "sqlite"
+        /// `storage.data_dir`: directory of the database file (created if missing). Default `data`
+        /// (relative to the working directory; the systemd unit uses its StateDirectory).
+        public var dataDir = "data"
+        public var sqlite = SQLite()
+        public var pool = Pool()
+        /// `storage.topics`: topic filters of the messages stored. Default `["#"]` (every topic except
+        /// `$`-topics such as `$SYS/...`, which `#` never matches).
+        public var topics = ["#"]
+        /// `storage.ack`: `persisted` (QoS 1/2 acknowledged after the commit) or `received`. Default persisted.
+        public var ack = "persisted"
+        /// `storage.overflow`: `backpressure` (stop reading publishers) or `reject`. Default backpressure.
+        public var overflow = "backpressure"
+        public var queue = Queue()
+        public var batch = Batch()
+
+        public init() {}
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case enabled, backend, sqlite, pool, topics, ack, overflow, queue, batch
+            case dataDir = "data_dir"
+        }
+        public init(from decoder: any Decoder) throws {
+            try decoder.rejectUnknownKeys(CodingKeys.self)
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let d = Storage()
+            enabled = try c.value(.enabled, default: d.enabled)
+            backend = try c.value(.backend, default: d.backend)
+            dataDir = try c.value(.dataDir, default: d.dataDir)
+            sqlite = try c.value(.sqlite, default: d.sqlite)
+            pool = try c.value(.pool, default: d.pool)
+            topics = try c.value(.topics, default: d.topics)
+            ack = try c.value(.ack, default: d.ack)
+            overflow = try c.value(.overflow, default: d.overflow)
+            queue = try c.value(.queue, default: d.queue)
+            batch = try c.value(.batch, default: d.batch)
+        }
+
+        /// `storage.sqlite`: the embedded backend.
+        public struct SQLite: Codable, Sendable, Equatable {
+            /// `storage.sqlite.file`: file name inside `data_dir`. Default `iotgw.db`.
+            public var file = "iotgw.db"
+            /// `storage.sqlite.synchronous`: `full` (survives power loss) or `normal` (survives crashes). Default full.
+            public var synchronous = "full"
+
+            public init() {}
+            enum CodingKeys: String, CodingKey, CaseIterable { case file, synchronous }
+            public init(from decoder: any Decoder) throws {
+                try decoder.rejectUnknownKeys(CodingKeys.self)
+                let c = try decoder.container(keyedBy: CodingKeys.self)
+                file = try c.value(.file, default: "iotgw.db")
+                synchronous = try c.value(.synchronous, default: "full")
+            }
+        }
+
+        /// `storage.pool`: database connections shared by every client.
+        public struct Pool: Codable, Sendable, Equatable {
+            /// `storage.pool.size`: connections, whatever the number of devices. Default 4.
+            public var size = 4
+            /// `storage.pool.acquire_timeout`: seconds a caller waits for a free connection. Default 5.
+            public var acquireTimeout = 5.0
+
+            public init() {}
+            enum CodingKeys: String, CodingKey, CaseIterable {
+                case size
+                case acquireTimeout = "acquire_timeout"
+            }
+            public init(from decoder: any Decoder) throws {
+                try decoder.rejectUnknownKeys(CodingKeys.self)
+                let c = try decoder.container(keyedBy: CodingKeys.self)
+                size = try c.value(.size, default: 4)
+                acquireTimeout = try c.value(.acquireTimeout, default: 5.0)
+            }
+        }
+
+        /// `storage.queue`: the bounded ingest queue.
+        public struct Queue: Codable, Sendable, Equatable {
+            /// `storage.queue.max_messages`. Default 10000.
+            public var maxMessages = 10_000
+            /// `storage.queue.max_bytes`. Default 16777216 (16 MiB).
+            public var maxBytes = 16 * 1_048_576
+
+            public init() {}
+            enum CodingKeys: String, CodingKey, CaseIterable {
+                case maxMessages = "max_messages"
+                case maxBytes = "max_bytes"
+            }
+            public init(from decoder: any Decoder) throws {
+                try decoder.rejectUnknownKeys(CodingKeys.self)
+                let c = try decoder.container(keyedBy: CodingKeys.self)
+                let d = Queue()
+                maxMessages = try c.value(.maxMessages, default: d.maxMessages)
+                maxBytes = try c.value(.maxBytes, default: d.maxBytes)
+            }
+        }
+
+        /// `storage.batch`: group commit.
+        public struct Batch: Codable, Sendable, Equatable {
+            /// `storage.batch.max_rows`: rows per transaction. Default 500.
+            public var maxRows = 500
+            /// `storage.batch.max_delay`: seconds a message waits for its batch to fill. Default 0.01.
+            public var maxDelay = 0.01
+
+            public init() {}
+            enum CodingKeys: String, CodingKey, CaseIterable {
+                case maxRows = "max_rows"
+                case maxDelay = "max_delay"
+            }
+            public init(from decoder: any Decoder) throws {
+                try decoder.rejectUnknownKeys(CodingKeys.self)
+                let c = try decoder.container(keyedBy: CodingKeys.self)
+                maxRows = try c.value(.maxRows, default: 500)
+                maxDelay = try c.value(.maxDelay, default: 0.01)
+            }
+        }
+    }
+
+    /// Range and value checks of `storage`.
+    func storageValidationErrors() -> [(key: String, message: String)] {
+        var errors: [(String, String)] = []
+        func check(_ ok: Bool, _ key: String, _ message: String) {
+            if !ok { errors.append((key, message)) }
+        }
+        check(storage.backend == "sqlite", "storage.backend", "'\(storage.backend)' is not supported (sqlite)")
+        check(!storage.dataDir.isEmpty, "storage.data_dir", "must not be empty")
+        check(!storage.sqlite.file.isEmpty && !storage.sqlite.file.contains("/"), "storage.sqlite.file", "must be a file name without '/'")
+        check(["full", "normal"].contains(storage.sqlite.synchronous), "storage.sqlite.synchronous", "'\(storage.sqlite.synchronous)' is not one of full, normal")
+        check((1...64).contains(storage.pool.size), "storage.pool.size", "must be 1-64")
+        check(storage.pool.acquireTimeout > 0, "storage.pool.acquire_timeout", "must be more than 0 seconds")
+        for (index, filter) in storage.topics.enumerated() {
+            check(MQTTTopic.isValidFilter(filter), "storage.topics[\(index)]", "'\(filter)' is not a valid topic filter")
+        }
+        check(IngestConfiguration.AckMode(rawValue: storage.ack) != nil, "storage.ack", "'\(storage.ack)' is not one of persisted, received")
+        check(IngestConfiguration.Overflow(rawValue: storage.overflow) != nil, "storage.overflow", "'\(storage.overflow)' is not one of backpressure, reject")
+        check(storage.queue.maxMessages >= 1, "storage.queue.max_messages", "must be at least 1")
+        check(storage.queue.maxBytes >= 1024, "storage.queue.max_bytes", "must be at least 1024")
+        check((1...10_000).contains(storage.batch.maxRows), "storage.batch.max_rows", "must be 1-10000")
+        check((0...10).contains(storage.batch.maxDelay), "storage.batch.max_delay", "must be 0-10 seconds")
+        return errors
+    }
+
+    /// The ingest queue's configuration.
+    public var ingestConfiguration: IngestConfiguration {
+        var c = IngestConfiguration()
+        c.topics = storage.topics
+        c.maxQueuedMessages = storage.queue.maxMessages
+        c.maxQueuedBytes = storage.queue.maxBytes
+        c.batchMaxRows = storage.batch.maxRows
+        c.batchMaxDelay = storage.batch.maxDelay
+        c.ack = IngestConfiguration.AckMode(rawValue: storage.ack) ?? .persisted
+        c.overflow = IngestConfiguration.Overflow(rawValue: storage.overflow) ?? .backpressure
+        return c
+    }
+}

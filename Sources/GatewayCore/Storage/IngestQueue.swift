@@ -1,0 +1,226 @@
+import DequeModule
+public import Logging
+import Metrics
+import Synchronization
+
+/// The bounded queue between publishers and the telemetry store, and the batch writer that empties it.
+///
+/// Publishers ``submit(_:onCommit:)`` records; one writer task (``run()``) commits them in transactions
+/// of up to `batchMaxRows`, waiting at most `batchMaxDelay` for a batch to fill (group commit). A record
+/// counts against the queue's caps until its batch has committed, so the bound covers the batch being
+/// written too. When the store is unreachable the writer keeps its batch and retries with backoff;
+/// publishers then meet a full queue and the overflow policy applies — nothing is dropped silently.
+public final class IngestQueue: Sendable {
+    public let configuration: IngestConfiguration
+    let store: any TelemetryStore
+    let logger: Logger
+    private let state = Mutex(State())
+    private let filters: [String]
+
+    private let depthGauge = Gauge(label: "iotgw_ingest_queue_messages")
+    private let bytesGauge = Gauge(label: "iotgw_ingest_queue_bytes")
+    private let batchSize = Recorder(label: "iotgw_ingest_batch_rows")
+    private let commitLatency = Timer(label: "iotgw_ingest_commit_seconds", preferredDisplayUnit: .seconds)
+    private let committed = Counter(label: "iotgw_ingest_committed_total")
+    private let rejected = Counter(label: "iotgw_ingest_rejected_total")
+    private let backpressureWaits = Counter(label: "iotgw_ingest_backpressure_waits_total")
+    private let commitFailures = Counter(label: "iotgw_ingest_commit_failures_total")
+
+    private struct Entry: Sendable {
+        var record: TelemetryRecord
+        var onCommit: (@Sendable () -> Void)?
+    }
+
+    private struct State: Sendable {
+        var pending: Deque<Entry> = []
+        /// Records handed to the writer and not yet committed (still counted against the caps).
+        var writing = 0
+        var writingBytes = 0
+        var pendingBytes = 0
+        var spaceWaiters: Deque<CheckedContinuation<Void, Never>> = []
+        var writerWaiter: CheckedContinuation<Void, Never>?
+        var closed = false
+        var storeDown = false
+    }
+
+    /// - Parameters:
+    ///   - configuration: caps, batching, policies and the stored topic filters.
+    ///   - store: where batches are committed.
+    ///   - logger: the gateway's logger.
+    public init(configuration: IngestConfiguration, store: any TelemetryStore, logger: Logger) {
+        self.configuration = configuration
+        self.store = store
+        self.logger = logger
+        self.filters = configuration.topics
+    }
+
+    /// Whether messages on `topic` are stored.
+    public func stores(topic: String) -> Bool {
+        filters.contains { SubscriptionIndex.matches(filter: $0, topic: topic) }
+    }
+
+    /// What ``submit(_:onCommit:)`` did with a record.
+    public enum SubmitResult: Sendable, Equatable {
+        /// Queued; `onCommit` runs once its batch has committed.
+        case accepted
+        /// The queue was full and the overflow policy is `reject`, or the gateway is shutting down.
+        case rejected
+    }
+
+    /// Queues `record` for the store. With `overflow: backpressure` a full queue suspends the caller
+    /// (its connection stops being read) until there is room.
+    public func submit(_ record: TelemetryRecord, onCommit: (@Sendable () -> Void)?) async -> SubmitResult {
+        let size = record.byteCount
+        var waited = false
+        while true {
+            enum Step { case accepted(CheckedContinuation<Void, Never>?), rejected, wait }
+            let step = state.withLock { state -> Step in
+                if state.closed { return .rejected }
+                let count = state.pending.count + state.writing
+                let bytes = state.pendingBytes + state.writingBytes
+                if count < configuration.maxQueuedMessages && bytes + size <= configuration.maxQueuedBytes {
+                    state.pending.append(Entry(record: record, onCommit: onCommit))
+                    state.pendingBytes += size
+                    let writer = state.writerWaiter
+                    state.writerWaiter = nil
+                    return .accepted(writer)
+                }
+                return configuration.overflow == .reject ? .rejected : .wait
+            }
+            switch step {
+            case .accepted(let writer):
+                writer?.resume()
+                return .accepted
+            case .rejected:
+                rejected.increment()
+                return .rejected
+            case .wait:
+                if !waited {
+                    backpressureWaits.increment()
+                    waited = true
+                }
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let resumeNow = state.withLock { state -> Bool in
+                        let count = state.pending.count + state.writing
+                        let bytes = state.pendingBytes + state.writingBytes
+                        if state.closed || (count < configuration.maxQueuedMessages && bytes + size <= configuration.maxQueuedBytes) {
+                            return true
+                        }
+                        state.spaceWaiters.append(continuation)
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
+                }
+            }
+        }
+    }
+
+    /// Records queued or being written.
+    public var depth: Int { state.withLock { $0.pending.count + $0.writing } }
+
+    /// True when nothing is queued or being written.
+    public var isEmpty: Bool { depth == 0 }
+
+    /// True while commits fail (the store is unreachable); readiness reports it.
+    public var isDegraded: Bool { state.withLock { $0.storeDown } }
+
+    /// Stops accepting records; ``run()`` returns once everything queued is committed.
+    public func close() {
+        let (writer, waiters) = state.withLock { state -> (CheckedContinuation<Void, Never>?, Deque<CheckedContinuation<Void, Never>>) in
+            state.closed = true
+            let writer = state.writerWaiter
+            state.writerWaiter = nil
+            let waiters = state.spaceWaiters
+            state.spaceWaiters.removeAll()
+            return (writer, waiters)
+        }
+        writer?.resume()
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// The batch writer. Runs until ``close()`` was called and the queue is empty.
+    public func run() async {
+        var backoff = Duration.milliseconds(100)
+        while true {
+            // Wait for the first record (or the end).
+            let hasWork = await waitForWork()
+            guard hasWork else { return }
+            // Group commit: give the batch up to batchMaxDelay to fill, unless it is full already.
+            if state.withLock({ $0.pending.count < configuration.batchMaxRows && !$0.closed }) && configuration.batchMaxDelay > 0 {
+                try? await Task.sleep(for: .seconds(configuration.batchMaxDelay))
+            }
+            let batch = state.withLock { state -> [Entry] in
+                let n = min(configuration.batchMaxRows, state.pending.count)
+                let batch = Array(state.pending.prefix(n))
+                state.pending.removeFirst(n)
+                let bytes = batch.reduce(0) { $0 + $1.record.byteCount }
+                state.pendingBytes -= bytes
+                state.writing = n
+                state.writingBytes = bytes
+                return batch
+            }
+            if batch.isEmpty { continue }
+            // Retry this batch until it commits: an outage back-pressures publishers instead of losing
+            // what may already have been promised to them.
+            while true {
+                let started = ContinuousClock.now
+                do {
+                    try await store.insert(batch.map(\.record))
+                    let elapsed = started.duration(to: .now).components
+                    commitLatency.recordNanoseconds(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
+                    break
+                } catch {
+                    commitFailures.increment()
+                    let wasDown = state.withLock { state -> Bool in
+                        let was = state.storeDown
+                        state.storeDown = true
+                        return was
+                    }
+                    if !wasDown {
+                        logger.warning("telemetry store unavailable; retrying with backoff", metadata: ["error": "\(String(reflecting: error))"])
+                    }
+                    try? await Task.sleep(for: backoff)
+                    backoff = min(backoff * 2, .seconds(5))
+                }
+            }
+            backoff = .milliseconds(100)
+            let (waiters, recovered) = state.withLock { state -> (Deque<CheckedContinuation<Void, Never>>, Bool) in
+                state.writing = 0
+                state.writingBytes = 0
+                let recovered = state.storeDown
+                state.storeDown = false
+                let waiters = state.spaceWaiters
+                state.spaceWaiters.removeAll()
+                return (waiters, recovered)
+            }
+            if recovered { logger.notice("telemetry store available again") }
+            batchSize.record(batch.count)
+            committed.increment(by: batch.count)
+            for entry in batch { entry.onCommit?() }
+            for waiter in waiters { waiter.resume() }
+            let (depth, bytes) = state.withLock { ($0.pending.count, $0.pendingBytes) }
+            depthGauge.record(depth)
+            bytesGauge.record(bytes)
+        }
+    }
+
+    /// Suspends until a record is queued; returns false once closed and empty.
+    private func waitForWork() async -> Bool {
+        while true {
+            let ready = state.withLock { state -> Bool? in
+                if !state.pending.isEmpty { return true }
+                if state.closed { return false }
+                return nil
+            }
+            if let ready { return ready }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { state -> Bool in
+                    if !state.pending.isEmpty || state.closed { return true }
+                    state.writerWaiter = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        }
+    }
+}

@@ -1,0 +1,238 @@
+import GatewayCore
+import NIOHTTP1
+
+/// An HTTP request as the admin routes see it.
+struct AdminRequest: Sendable {
+    var method: HTTPMethod
+    /// The percent-decoded path, without the query.
+    var path: String
+    /// Query parameters, percent-decoded (`+` is a space); the last of repeated names wins.
+    var query: [String: String]
+    /// The `Authorization` header, if any.
+    var authorization: String?
+
+    init(method: HTTPMethod, uri: String, authorization: String?) {
+        self.method = method
+        self.authorization = authorization
+        let parts = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        path = Self.percentDecoded(parts.first.map(String.init) ?? "/", plusIsSpace: false) ?? ""
+        var query: [String: String] = [:]
+        if parts.count > 1 {
+            for pair in parts[1].split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                guard let name = Self.percentDecoded(String(kv[0]), plusIsSpace: true) else { continue }
+                query[name] = kv.count > 1 ? Self.percentDecoded(String(kv[1]), plusIsSpace: true) : ""
+            }
+        }
+        self.query = query
+    }
+
+    /// Decodes `%XX` escapes (and `+` in queries); nil when an escape is malformed or the result is not UTF-8.
+    static func percentDecoded(_ text: String, plusIsSpace: Bool) -> String? {
+        var bytes: [UInt8] = []
+        var iterator = Array(text.utf8)[...]
+        while let byte = iterator.popFirst() {
+            if byte == UInt8(ascii: "%") {
+                guard iterator.count >= 2, let high = hexValue(iterator.removeFirst()), let low = hexValue(iterator.removeFirst()) else {
+                    return nil
+                }
+                bytes.append(high << 4 | low)
+            } else if byte == UInt8(ascii: "+") && plusIsSpace {
+                bytes.append(UInt8(ascii: " "))
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}
+
+/// An HTTP response of the admin listener.
+struct AdminResponse: Sendable {
+    var status: HTTPResponseStatus
+    var contentType: String
+    var body: [UInt8]
+    var headers: [(String, String)] = []
+
+    static func json(_ status: HTTPResponseStatus, _ value: AdminJSON, headers: [(String, String)] = []) -> AdminResponse {
+        AdminResponse(status: status, contentType: "application/json", body: value.bytes, headers: headers)
+    }
+
+    static func error(_ status: HTTPResponseStatus, _ message: String, headers: [(String, String)] = []) -> AdminResponse {
+        json(status, .object([("error", .string(message))]), headers: headers)
+    }
+}
+
+/// What the admin endpoints answer. Pure request-to-response logic over the broker, the readiness
+/// registry and the event-loop probe, so it can be tested without sockets.
+struct AdminRoutes: Sendable {
+    let broker: Broker
+    let readiness: ReadinessRegistry
+    let probe: EventLoopProbe
+    /// The Prometheus text exposition of every metric.
+    let metricsText: @Sendable () -> [UInt8]
+    /// When not nil, `/metrics` and `/api/...` require `Authorization: Bearer <token>`.
+    let token: String?
+    /// How long an event loop may take to run a no-op before `/healthz` answers 503.
+    let healthTimeout: Duration
+    let startedAt: ContinuousClock.Instant
+
+    /// The most clients one `/api/v1/clients` page returns.
+    static let maxPageSize = 1000
+    /// The page size when `limit` is not given.
+    static let defaultPageSize = 100
+
+    func respond(to request: AdminRequest) async -> AdminResponse {
+        let path = request.path
+        switch path {
+        case "/healthz":
+            guard request.method == .GET else { return methodNotAllowed("GET") }
+            return await health()
+        case "/readyz":
+            guard request.method == .GET else { return methodNotAllowed("GET") }
+            return ready()
+        case "/metrics":
+            guard request.method == .GET else { return methodNotAllowed("GET") }
+            if let refusal = authorize(request) { return refusal }
+            return AdminResponse(status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metricsText())
+        case "/api/v1/stats":
+            guard request.method == .GET else { return methodNotAllowed("GET") }
+            if let refusal = authorize(request) { return refusal }
+            return stats()
+        case "/api/v1/clients":
+            guard request.method == .GET else { return methodNotAllowed("GET") }
+            if let refusal = authorize(request) { return refusal }
+            return clients(request)
+        default:
+            let prefix = "/api/v1/clients/"
+            if path.hasPrefix(prefix) && path.count > prefix.count {
+                guard request.method == .DELETE else { return methodNotAllowed("DELETE") }
+                if let refusal = authorize(request) { return refusal }
+                return disconnect(clientID: String(path.dropFirst(prefix.count)))
+            }
+            return .error(.notFound, "no such endpoint")
+        }
+    }
+
+    // MARK: Endpoints
+
+    private func health() async -> AdminResponse {
+        let samples = await probe.probe(timeout: healthTimeout)
+        let ok = EventLoopProbe.allResponding(samples)
+        let loops: [AdminJSON] = samples.map { sample in
+            .object([
+                ("index", .int(sample.index)),
+                ("responding", .bool(sample.lag != nil)),
+                ("lag_seconds", sample.lag.map { .double(Self.seconds($0)) } ?? .null),
+            ])
+        }
+        return .json(ok ? .ok : .serviceUnavailable, .object([("status", .string(ok ? "ok" : "unresponsive")), ("event_loops", .array(loops))]))
+    }
+
+    private func ready() -> AdminResponse {
+        let components = readiness.snapshot
+        let ready = !components.isEmpty && components.allSatisfy(\.state.isReady)
+        let list: [AdminJSON] = components.map { component in
+            switch component.state {
+            case .ready:
+                .object([("name", .string(component.name)), ("state", .string("ready"))])
+            case .notReady(let reason):
+                .object([("name", .string(component.name)), ("state", .string("not_ready")), ("reason", .string(reason))])
+            }
+        }
+        return .json(ready ? .ok : .serviceUnavailable, .object([("status", .string(ready ? "ready" : "not_ready")), ("components", .array(list))]))
+    }
+
+    private func stats() -> AdminResponse {
+        let byTransport = broker.connectionsByTransport
+        let totals = broker.metrics.snapshot
+        let transports: [(String, AdminJSON)] = GatewayMetrics.Transport.allCases.map { ($0.rawValue, .int(byTransport[$0] ?? 0)) }
+        return .json(
+            .ok,
+            .object([
+                ("uptime_seconds", .double(Self.seconds(startedAt.duration(to: .now)))),
+                ("draining", .bool(broker.isDraining)),
+                ("connections", .object([("total", .int(byTransport.values.reduce(0, +))), ("by_transport", .object(transports))])),
+                ("clients_connected", .int(broker.connectedClientCount)),
+                ("sessions", .int(broker.sessionCount)),
+                ("subscriptions", .int(broker.subscriptionCount)),
+                ("retained_messages", .int(broker.retainedCount)),
+                ("queued", .object([("messages", .int(broker.queuedMessages)), ("bytes", .int(broker.queuedBytes))])),
+                (
+                    "totals",
+                    .object([
+                        ("messages_received", .int(totals.messagesReceived)),
+                        ("messages_sent", .int(totals.messagesSent)),
+                        ("bytes_received", .int(totals.bytesReceived)),
+                        ("bytes_sent", .int(totals.bytesSent)),
+                    ])
+                ),
+            ])
+        )
+    }
+
+    private func clients(_ request: AdminRequest) -> AdminResponse {
+        var limit = Self.defaultPageSize
+        if let text = request.query["limit"] {
+            guard let value = Int(text), (1...Self.maxPageSize).contains(value) else {
+                return .error(.badRequest, "limit must be an integer from 1 to \(Self.maxPageSize)")
+            }
+            limit = value
+        }
+        let prefix = request.query["prefix"] ?? ""
+        let after = request.query["after"].flatMap { $0.isEmpty ? nil : $0 }
+        let (page, total) = broker.clients(prefix: prefix, after: after, limit: limit)
+        let list: [AdminJSON] = page.map { client in
+            .object([
+                ("client_id", .string(client.clientID)),
+                ("connected", .bool(client.connected)),
+                ("persistent", .bool(client.persistent)),
+                ("subscriptions", .int(client.subscriptions)),
+                ("queued_messages", .int(client.queuedMessages)),
+            ])
+        }
+        // A full page may have more after it: the cursor for the next one is its last id.
+        let next: AdminJSON = page.count == limit ? page.last.map { .string($0.clientID) } ?? .null : .null
+        return .json(.ok, .object([("total", .int(total)), ("clients", .array(list)), ("next", next)]))
+    }
+
+    private func disconnect(clientID: String) -> AdminResponse {
+        guard broker.disconnect(clientID: clientID) else {
+            return .error(.notFound, "no connected client with this id")
+        }
+        return .json(.ok, .object([("client_id", .string(clientID)), ("disconnected", .bool(true))]))
+    }
+
+    // MARK: Helpers
+
+    /// nil when the request may proceed; else the 401 answer.
+    private func authorize(_ request: AdminRequest) -> AdminResponse? {
+        guard let token else { return nil }
+        let expected = Array("Bearer \(token)".utf8)
+        let presented = Array((request.authorization ?? "").utf8)
+        // Compare in time independent of where the first difference is.
+        var difference = UInt8(expected.count == presented.count ? 0 : 1)
+        for index in 0..<expected.count {
+            difference |= expected[index] ^ (index < presented.count ? presented[index] : 0)
+        }
+        if difference == 0 { return nil }
+        return .error(.unauthorized, "a bearer token is required", headers: [("WWW-Authenticate", "Bearer realm=\"iotgw\"")])
+    }
+
+    private func methodNotAllowed(_ allowed: String) -> AdminResponse {
+        .error(.methodNotAllowed, "method not allowed", headers: [("Allow", allowed)])
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+}
