@@ -23,6 +23,8 @@ struct MQTTConnectionRunner: Sendable {
 
     /// The most messages written between two flushes.
     private static let writeBatch = 64
+    /// Inbound packets handled before the task yields to others.
+    private static let packetsPerYield = 4
 
     func run(_ channel: NIOAsyncChannel<ConnectionInput, ByteBuffer>) async {
         guard broker.admitConnection(transport: transport) else {
@@ -45,6 +47,7 @@ struct MQTTConnectionRunner: Sendable {
         do {
             try await channel.executeThenClose { inbound, outbound in
                 var actions: [ClientConnection.Action] = []
+                var handledSinceYield = 0
                 do {
                     for try await input in inbound {
                         if case .packet(var packet) = input {
@@ -61,6 +64,14 @@ struct MQTTConnectionRunner: Sendable {
                         }
                         if connection.isConnected {
                             try await writeQueued(connection: connection, channel: handle.channel, outbound: outbound)
+                        }
+                        // A publisher whose packets are already buffered never suspends on `next()`, so it
+                        // could keep a cooperative thread for thousands of packets while its subscribers'
+                        // tasks wait and their queues overflow. Yield now and then to stay fair.
+                        handledSinceYield += 1
+                        if handledSinceYield >= Self.packetsPerYield {
+                            handledSinceYield = 0
+                            await Task.yield()
                         }
                     }
                     return
