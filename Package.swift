@@ -174,6 +174,18 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "GatewayStorageTests",
+            dependencies: [
+                "GatewayStorage",
+                "GatewayCore",
+                "MQTTCodec",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "GatewayConfigTests",
             dependencies: ["GatewayConfig", "GatewayCore"],
             swiftSettings: swiftSettings

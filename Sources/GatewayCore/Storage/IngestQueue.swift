@@ -39,6 +39,8 @@ public final class IngestQueue: Sendable {
         var pendingBytes = 0
         var spaceWaiters: Deque<CheckedContinuation<Void, Never>> = []
         var writerWaiter: CheckedContinuation<Void, Never>?
+        /// The writer waiting (at most batchMaxDelay) for its batch to fill.
+        var fillWaiter: CheckedContinuation<Void, Never>?
         var closed = false
         var storeDown = false
     }
@@ -81,8 +83,13 @@ public final class IngestQueue: Sendable {
                 if count < configuration.maxQueuedMessages && bytes + size <= configuration.maxQueuedBytes {
                     state.pending.append(Entry(record: record, onCommit: onCommit))
                     state.pendingBytes += size
-                    let writer = state.writerWaiter
+                    var writer = state.writerWaiter
                     state.writerWaiter = nil
+                    if writer == nil && state.pending.count >= configuration.batchMaxRows {
+                        // The batch is full: no need to wait out batchMaxDelay.
+                        writer = state.fillWaiter
+                        state.fillWaiter = nil
+                    }
                     return .accepted(writer)
                 }
                 return configuration.overflow == .reject ? .rejected : .wait
@@ -126,15 +133,18 @@ public final class IngestQueue: Sendable {
 
     /// Stops accepting records; ``run()`` returns once everything queued is committed.
     public func close() {
-        let (writer, waiters) = state.withLock { state -> (CheckedContinuation<Void, Never>?, Deque<CheckedContinuation<Void, Never>>) in
+        let (writer, filler, waiters) = state.withLock { state -> (CheckedContinuation<Void, Never>?, CheckedContinuation<Void, Never>?, Deque<CheckedContinuation<Void, Never>>) in
             state.closed = true
             let writer = state.writerWaiter
             state.writerWaiter = nil
+            let filler = state.fillWaiter
+            state.fillWaiter = nil
             let waiters = state.spaceWaiters
             state.spaceWaiters.removeAll()
-            return (writer, waiters)
+            return (writer, filler, waiters)
         }
         writer?.resume()
+        filler?.resume()
         for waiter in waiters { waiter.resume() }
     }
 
@@ -146,8 +156,8 @@ public final class IngestQueue: Sendable {
             let hasWork = await waitForWork()
             guard hasWork else { return }
             // Group commit: give the batch up to batchMaxDelay to fill, unless it is full already.
-            if state.withLock({ $0.pending.count < configuration.batchMaxRows && !$0.closed }) && configuration.batchMaxDelay > 0 {
-                try? await Task.sleep(for: .seconds(configuration.batchMaxDelay))
+            if configuration.batchMaxDelay > 0 {
+                await waitForBatchToFill()
             }
             let batch = state.withLock { state -> [Entry] in
                 let n = min(configuration.batchMaxRows, state.pending.count)
@@ -201,6 +211,37 @@ public final class IngestQueue: Sendable {
             let (depth, bytes) = state.withLock { ($0.pending.count, $0.pendingBytes) }
             depthGauge.record(depth)
             bytesGauge.record(bytes)
+        }
+    }
+
+    /// Waits until the batch is full, the queue is closed, or batchMaxDelay has passed.
+    private func waitForBatchToFill() async {
+        let delay = Duration.seconds(configuration.batchMaxDelay)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await Task.sleep(for: delay) }
+            group.addTask { await self.waitUntilFullOrClosed() }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func waitUntilFullOrClosed() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { state -> Bool in
+                    if state.closed || state.pending.count >= configuration.batchMaxRows || Task.isCancelled { return true }
+                    state.fillWaiter = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+                let waiter = state.fillWaiter
+                state.fillWaiter = nil
+                return waiter
+            }
+            waiter?.resume()
         }
     }
 

@@ -30,20 +30,28 @@ public final class SQLiteStore: TelemetryStore {
 
     let pool: ConnectionPool<SQLiteConnection>
     let logger: Logger
+    /// The store's own blocking-I/O threads, one per connection. A connection waiting for SQLite's
+    /// write lock (busy_timeout) sleeps on its thread; with fewer threads than connections, waiters
+    /// could occupy every thread while the lock holder's next statement waits for one.
+    let threadPool: NIOThreadPool
     private let reachable = Atomic<Bool>(true)
 
-    private init(pool: ConnectionPool<SQLiteConnection>, logger: Logger) {
+    private init(pool: ConnectionPool<SQLiteConnection>, threadPool: NIOThreadPool, logger: Logger) {
         self.pool = pool
+        self.threadPool = threadPool
         self.logger = logger
     }
 
     /// Opens the database (creating it), applies the migrations and fills the pool.
     public static func open(_ configuration: Configuration, logger: Logger) async throws -> SQLiteStore {
+        let size = max(1, configuration.poolSize)
+        let threadPool = NIOThreadPool(numberOfThreads: size)
+        threadPool.start()
         var connections: [SQLiteConnection] = []
-        for _ in 0..<max(1, configuration.poolSize) {
+        for _ in 0..<size {
             let connection = try await SQLiteConnection.open(
                 storage: .file(path: configuration.path),
-                threadPool: NIOThreadPool.singleton,
+                threadPool: threadPool,
                 logger: logger,
                 on: MultiThreadedEventLoopGroup.singleton.any()
             )
@@ -59,7 +67,7 @@ public final class SQLiteStore: TelemetryStore {
             "telemetry store open",
             metadata: ["iotgw.storage.backend": "sqlite", "iotgw.storage.path": "\(configuration.path)", "iotgw.storage.pool.size": "\(connections.count)"]
         )
-        return SQLiteStore(pool: pool, logger: logger)
+        return SQLiteStore(pool: pool, threadPool: threadPool, logger: logger)
     }
 
     public var isReachable: Bool { reachable.load(ordering: .relaxed) }
@@ -135,6 +143,7 @@ public final class SQLiteStore: TelemetryStore {
         for connection in pool.drain() {
             try? await connection.close()
         }
+        try? await threadPool.shutdownGracefully()
     }
 }
 
