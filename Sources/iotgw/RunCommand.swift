@@ -71,6 +71,7 @@ struct RunCommand: AsyncParsableCommand {
         logger.info("starting iotgw", metadata: ["iotgw.version": "\(GatewayVersion.current)", "iotgw.config": "\(config)"])
         logFileLimit(ProcessResources.raiseOpenFileLimit(), maxConnections: file.limits.maxConnections, logger: logger)
 
+        let readiness = ReadinessRegistry()
         // Storage opens before anything listens: a gateway that cannot keep its promise refuses to start.
         var ingestService: IngestService?
         var ingest: IngestQueue?
@@ -90,12 +91,19 @@ struct RunCommand: AsyncParsableCommand {
                 printError("iotgw: cannot open storage in \(file.storage.dataDir): \(error)")
                 throw ExitCode(1)
             }
-            let queue = IngestQueue(configuration: file.ingestConfiguration, store: store, logger: logger)
+            readiness.set("storage", .ready)
+            let queue = IngestQueue(
+                configuration: file.ingestConfiguration,
+                store: store,
+                logger: logger,
+                onAvailabilityChange: { available in
+                    readiness.set("storage", available ? .ready : .notReady("telemetry store unavailable"))
+                }
+            )
             ingest = queue
             ingestService = IngestService(queue: queue, logger: logger, close: { await store.close() })
         }
         let broker = Broker(configuration: file.brokerConfiguration, ingest: ingest, logger: logger)
-        let readiness = ReadinessRegistry()
         readiness.set("listeners", .notReady("starting"))
         readiness.set("shutdown", .ready)
         let coordinator = ShutdownCoordinator(readiness: readiness, notifier: notifier, broker: broker, logWriter: logWriter, logger: logger)

@@ -16,6 +16,7 @@ public final class IngestQueue: Sendable {
     let logger: Logger
     private let state = Mutex(State())
     private let filters: [String]
+    private let onAvailabilityChange: (@Sendable (Bool) -> Void)?
 
     private let depthGauge = Gauge(label: "iotgw_ingest_queue_messages")
     private let bytesGauge = Gauge(label: "iotgw_ingest_queue_bytes")
@@ -49,11 +50,19 @@ public final class IngestQueue: Sendable {
     ///   - configuration: caps, batching, policies and the stored topic filters.
     ///   - store: where batches are committed.
     ///   - logger: the gateway's logger.
-    public init(configuration: IngestConfiguration, store: any TelemetryStore, logger: Logger) {
+    ///   - onAvailabilityChange: called with false when commits start failing and true when they
+    ///     succeed again (readiness).
+    public init(
+        configuration: IngestConfiguration,
+        store: any TelemetryStore,
+        logger: Logger,
+        onAvailabilityChange: (@Sendable (Bool) -> Void)? = nil
+    ) {
         self.configuration = configuration
         self.store = store
         self.logger = logger
         self.filters = configuration.topics
+        self.onAvailabilityChange = onAvailabilityChange
     }
 
     /// Whether messages on `topic` are stored.
@@ -148,8 +157,17 @@ public final class IngestQueue: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    /// The batch writer. Runs until ``close()`` was called and the queue is empty.
+    /// The batch writer. Runs until ``close()`` was called and the queue is empty. Cancellation closes
+    /// the queue too (what is queued is still written, unless the store is failing).
     public func run() async {
+        await withTaskCancellationHandler {
+            await write()
+        } onCancel: {
+            close()
+        }
+    }
+
+    private func write() async {
         var backoff = Duration.milliseconds(100)
         while true {
             // Wait for the first record (or the end).
@@ -188,6 +206,14 @@ public final class IngestQueue: Sendable {
                     }
                     if !wasDown {
                         logger.warning("telemetry store unavailable; retrying with backoff", metadata: ["error": "\(String(reflecting: error))"])
+                        onAvailabilityChange?(false)
+                    }
+                    if Task.isCancelled {
+                        // The process is going down hard (cancelled, not a graceful shutdown): retrying
+                        // would hang it. Say what is abandoned.
+                        let abandoned = batch.count + state.withLock { $0.pending.count }
+                        logger.error("telemetry store unavailable at cancellation; abandoning queued records", metadata: ["iotgw.ingest.abandoned": "\(abandoned)"])
+                        return
                     }
                     try? await Task.sleep(for: backoff)
                     backoff = min(backoff * 2, .seconds(5))
@@ -203,7 +229,10 @@ public final class IngestQueue: Sendable {
                 state.spaceWaiters.removeAll()
                 return (waiters, recovered)
             }
-            if recovered { logger.notice("telemetry store available again") }
+            if recovered {
+                logger.notice("telemetry store available again")
+                onAvailabilityChange?(true)
+            }
             batchSize.record(batch.count)
             committed.increment(by: batch.count)
             for entry in batch { entry.onCommit?() }

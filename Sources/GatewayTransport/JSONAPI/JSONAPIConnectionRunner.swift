@@ -38,7 +38,7 @@ struct JSONAPIConnectionRunner: Sendable {
             try? await channel.channel.triggerUserOutboundEvent(
                 WebSocketProtocolHandler.CloseRequest(code: .unexpectedServerError, reason: "server unavailable")
             )
-            try? await channel.channel.close()
+            try? await channel.executeThenClose { _, _ in }
             return
         }
         defer { broker.releaseConnection(transport: transport) }

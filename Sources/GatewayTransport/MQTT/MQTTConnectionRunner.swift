@@ -29,7 +29,8 @@ struct MQTTConnectionRunner: Sendable {
     func run(_ channel: NIOAsyncChannel<ConnectionInput, ByteBuffer>) async {
         guard broker.admitConnection(transport: transport) else {
             logger.debug("connection refused: limit reached or draining")
-            try? await channel.channel.close()
+            // Through executeThenClose, so NIO sees the wrapped channel finished.
+            try? await channel.executeThenClose { _, _ in }
             return
         }
         defer { broker.releaseConnection(transport: transport) }

@@ -147,8 +147,12 @@ public final class GatewayServer: Service {
 
         try await withThrowingDiscardingTaskGroup { group in
             for listener in mqttListeners {
+                let channel = listener.channel
+                let runner = listener.runner
                 group.addTask {
-                    try await Self.acceptLoop(listener.channel, runner: listener.runner)
+                    try await Self.closingOnCancellation(channel.channel, registry: self.registry) {
+                        try await Self.acceptLoop(channel, runner: runner)
+                    }
                 }
             }
             for listener in webSocketListeners {
@@ -168,6 +172,7 @@ public final class GatewayServer: Service {
                 let channel = listener.channel
                 let webSocketMQTTRunner = mqttRunner
                 group.addTask {
+                    try await Self.closingOnCancellation(channel.channel, registry: registry) {
                     try await withThrowingDiscardingTaskGroup { connections in
                         try await channel.executeThenClose { inbound in
                             for try await pending in inbound {
@@ -184,6 +189,7 @@ public final class GatewayServer: Service {
                             }
                         }
                     }
+                    }
                 }
             }
             group.addTask {
@@ -197,6 +203,28 @@ public final class GatewayServer: Service {
             }
         }
         logger.info("all connections closed")
+    }
+
+    /// Runs an accept loop so that cancellation ends it by closing the listener instead of cancelling
+    /// the loop's task.
+    ///
+    /// A cancelled `for await` over a server channel drops the connections still buffered in it without
+    /// `executeThenClose`, and NIO traps on such an unused child channel ("Deinited NIOAsyncWriter
+    /// without calling finish()"). Closing the listener lets the loop take every buffered connection
+    /// and end normally; the connections themselves are told to close. The loop runs in its own task
+    /// (awaited here, so it is not fire-and-forget) because cancellation would otherwise reach it.
+    private static func closingOnCancellation(
+        _ listener: any Channel,
+        registry: ConnectionRegistry,
+        _ loop: @escaping @Sendable () async throws -> Void
+    ) async throws {
+        let task = Task { try await loop() }
+        try await withTaskCancellationHandler {
+            try await task.value
+        } onCancel: {
+            listener.close(promise: nil)
+            registry.closeAll(reason: .serverShuttingDown)
+        }
     }
 
     private static func acceptLoop(
