@@ -334,10 +334,10 @@ struct JSONScanner {
     }
 }
 
-/// Writing JSON text.
-enum JSONText {
-    /// Appends `value` as a JSON string literal (quoted and escaped).
-    static func appendString(_ value: String, to out: inout [UInt8]) {
+/// Writing JSON text: the one JSON string escaper for the JSON API, the admin API and JSON logs.
+package enum JSONText {
+    /// Appends `value` as a JSON string literal (quoted; quotes, backslashes and control characters escaped).
+    package static func appendString(_ value: String, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
         for b in value.utf8 {
             switch b {

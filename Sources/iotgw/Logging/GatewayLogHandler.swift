@@ -1,3 +1,4 @@
+import GatewayTransport
 import Logging
 import Synchronization
 
@@ -85,9 +86,9 @@ struct GatewayLogHandler: LogHandler {
         out.reserveCapacity(256)
         func member(_ key: String, _ value: String, first: Bool = false) {
             if !first { out.append(UInt8(ascii: ",")) }
-            appendJSONString(key, to: &out)
+            JSONText.appendString(key, to: &out)
             out.append(UInt8(ascii: ":"))
-            appendJSONString(value, to: &out)
+            JSONText.appendString(value, to: &out)
         }
         out.append(UInt8(ascii: "{"))
         member("ts", timestamp(), first: true)
@@ -100,24 +101,6 @@ struct GatewayLogHandler: LogHandler {
         }
         out.append(contentsOf: "}\n".utf8)
         return out
-    }
-
-    private static func appendJSONString(_ text: String, to out: inout [UInt8]) {
-        out.append(UInt8(ascii: "\""))
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): out.append(contentsOf: [0x5C, 0x22])
-            case UInt8(ascii: "\\"): out.append(contentsOf: [0x5C, 0x5C])
-            case 0x0A: out.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-            case 0x0D: out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
-            case 0x09: out.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-            case 0..<0x20:
-                let hex = Array("0123456789abcdef".utf8)
-                out.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
-            default: out.append(byte)
-            }
-        }
-        out.append(UInt8(ascii: "\""))
     }
 
     /// The current UTC time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
