@@ -173,6 +173,9 @@ limits:
   max_queued_bytes: {MAX_QUEUED_BYTES}
 admin:
   enabled: false
+# mosquitto runs with persistence off, so the comparison runs iotgw without telemetry storage too.
+storage:
+  enabled: false
 """
 
 

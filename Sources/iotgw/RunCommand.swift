@@ -75,6 +75,7 @@ struct RunCommand: AsyncParsableCommand {
         // Storage opens before anything listens: a gateway that cannot keep its promise refuses to start.
         var ingestService: IngestService?
         var ingest: IngestQueue?
+        var telemetryReader: (any TelemetryReader)?
         if file.storage.enabled {
             let store: SQLiteStore
             do {
@@ -92,6 +93,7 @@ struct RunCommand: AsyncParsableCommand {
                 throw ExitCode(1)
             }
             readiness.set("storage", .ready)
+            telemetryReader = store
             let queue = IngestQueue(
                 configuration: file.ingestConfiguration,
                 store: store,
@@ -163,6 +165,7 @@ struct RunCommand: AsyncParsableCommand {
                 broker: broker,
                 readiness: readiness,
                 metricsText: { registry.emitToBuffer() },
+                telemetry: telemetryReader,
                 startedAt: startedAt,
                 logger: logger
             )

@@ -47,3 +47,21 @@ public protocol TelemetryStore: Sendable {
     /// Whether the store currently answers (for readiness); cheap.
     var isReachable: Bool { get }
 }
+
+/// A stored message with its row id (for paging).
+public struct StoredTelemetry: Sendable, Hashable {
+    public var id: Int64
+    public var record: TelemetryRecord
+
+    public init(id: Int64, record: TelemetryRecord) {
+        self.id = id
+        self.record = record
+    }
+}
+
+/// Reads stored telemetry (the admin API's `/api/v1/messages`), through the same pool as writes.
+public protocol TelemetryReader: Sendable {
+    /// Messages in id order (oldest first), optionally on one exact `topic`, received at or after
+    /// `since` (milliseconds since the epoch), with an id above `afterID`, at most `limit`.
+    func messages(topic: String?, since: Int64?, afterID: Int64?, limit: Int) async throws -> [StoredTelemetry]
+}

@@ -10,7 +10,7 @@ import Synchronization
 ///
 /// Every libsqlite3 call runs on NIO's thread pool (sqlite-nio), never on an event loop. All database
 /// use goes through one ``ConnectionPool`` of `pool.size` connections.
-public final class SQLiteStore: TelemetryStore {
+public final class SQLiteStore: TelemetryStore, TelemetryReader {
     /// How the SQLite store is set up.
     public struct Configuration: Sendable, Hashable {
         /// The database file.
@@ -129,6 +129,49 @@ public final class SQLiteStore: TelemetryStore {
             "INSERT INTO messages (received_at, client_id, topic, qos, retain, payload, properties) VALUES \(values)",
             binds
         )
+    }
+
+    public func messages(topic: String?, since: Int64?, afterID: Int64?, limit: Int) async throws -> [StoredTelemetry] {
+        var conditions: [String] = []
+        var binds: [SQLiteData] = []
+        if let topic {
+            conditions.append("topic = ?")
+            binds.append(.text(topic))
+        }
+        if let since {
+            conditions.append("received_at >= ?")
+            binds.append(.integer(Int(since)))
+        }
+        if let afterID {
+            conditions.append("id > ?")
+            binds.append(.integer(Int(afterID)))
+        }
+        binds.append(.integer(limit))
+        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let rows = try await query(
+            "SELECT id, received_at, client_id, topic, qos, retain, payload, properties FROM messages \(whereClause) ORDER BY id LIMIT ?",
+            binds
+        )
+        return rows.compactMap { row in
+            guard let id = row.column("id")?.integer, let receivedAt = row.column("received_at")?.integer,
+                let clientID = row.column("client_id")?.string, let topic = row.column("topic")?.string,
+                let qosValue = row.column("qos")?.integer, let qos = MQTTQoS(rawValue: UInt8(clamping: qosValue))
+            else { return nil }
+            let payload = row.column("payload")?.blob ?? ByteBuffer()
+            let properties = row.column("properties")?.blob
+            return StoredTelemetry(
+                id: Int64(id),
+                record: TelemetryRecord(
+                    receivedAt: Int64(receivedAt),
+                    clientID: clientID,
+                    topic: topic,
+                    qos: qos,
+                    retain: (row.column("retain")?.integer ?? 0) != 0,
+                    payload: payload,
+                    properties: properties
+                )
+            )
+        }
     }
 
     /// Runs a read query through the pool (admin API, tests).

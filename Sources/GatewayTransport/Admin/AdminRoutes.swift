@@ -1,4 +1,6 @@
 import GatewayCore
+import MQTTCodec
+import NIOCore
 import NIOHTTP1
 
 /// An HTTP request as the admin routes see it.
@@ -85,6 +87,8 @@ struct AdminRoutes: Sendable {
     /// How long an event loop may take to run a no-op before `/healthz` answers 503.
     let healthTimeout: Duration
     let startedAt: ContinuousClock.Instant
+    /// Stored telemetry for `/api/v1/messages`; nil when storage is disabled.
+    var telemetry: (any TelemetryReader)? = nil
 
     /// The most clients one `/api/v1/clients` page returns.
     static let maxPageSize = 1000
@@ -112,6 +116,10 @@ struct AdminRoutes: Sendable {
             guard request.method == .GET else { return methodNotAllowed("GET") }
             if let refusal = authorize(request) { return refusal }
             return clients(request)
+        case "/api/v1/messages":
+            guard request.method == .GET else { return methodNotAllowed("GET") }
+            if let refusal = authorize(request) { return refusal }
+            return await messages(request)
         default:
             let prefix = "/api/v1/clients/"
             if path.hasPrefix(prefix) && path.count > prefix.count {
@@ -203,6 +211,61 @@ struct AdminRoutes: Sendable {
         // A full page may have more after it: the cursor for the next one is its last id.
         let next: AdminJSON = page.count == limit ? page.last.map { .string($0.clientID) } ?? .null : .null
         return .json(.ok, .object([("total", .int(total)), ("clients", .array(list)), ("next", next)]))
+    }
+
+    /// `GET /api/v1/messages?topic=&since=&after=&limit=`: stored telemetry, oldest first, read through
+    /// the storage pool. `topic` is an exact topic; `since` is milliseconds since the epoch; `after` is
+    /// the `next` cursor of the previous page. UTF-8 payloads are strings, others base64.
+    private func messages(_ request: AdminRequest) async -> AdminResponse {
+        guard let telemetry else { return .error(.notFound, "storage is disabled") }
+        var limit = Self.defaultPageSize
+        if let text = request.query["limit"] {
+            guard let value = Int(text), (1...Self.maxPageSize).contains(value) else {
+                return .error(.badRequest, "limit must be an integer from 1 to \(Self.maxPageSize)")
+            }
+            limit = value
+        }
+        var since: Int64?
+        if let text = request.query["since"] {
+            guard let value = Int64(text), value >= 0 else {
+                return .error(.badRequest, "since must be milliseconds since the epoch")
+            }
+            since = value
+        }
+        var after: Int64?
+        if let text = request.query["after"], !text.isEmpty {
+            guard let value = Int64(text) else { return .error(.badRequest, "after must be a message id") }
+            after = value
+        }
+        let topic = request.query["topic"].flatMap { $0.isEmpty ? nil : $0 }
+        let rows: [StoredTelemetry]
+        do {
+            rows = try await telemetry.messages(topic: topic, since: since, afterID: after, limit: limit)
+        } catch {
+            return .error(.serviceUnavailable, "storage unavailable")
+        }
+        let list: [AdminJSON] = rows.map { row in
+            var members: [(String, AdminJSON)] = [
+                ("id", .int(Int(row.id))),
+                ("received_at", .int(Int(row.record.receivedAt))),
+                ("client_id", .string(row.record.clientID)),
+                ("topic", .string(row.record.topic)),
+                ("qos", .int(Int(row.record.qos.rawValue))),
+                ("retain", .bool(row.record.retain)),
+            ]
+            let bytes = row.record.payload.readableBytesView
+            if let text = String(validating: bytes, as: UTF8.self) {
+                members.append(("payload", .string(text)))
+            } else {
+                var encoded: [UInt8] = []
+                Base64.encode(bytes, into: &encoded)
+                members.append(("payload", .string(String(decoding: encoded, as: UTF8.self))))
+                members.append(("encoding", .string("base64")))
+            }
+            return .object(members)
+        }
+        let next: AdminJSON = rows.count == limit ? rows.last.map { .int(Int($0.id)) } ?? .null : .null
+        return .json(.ok, .object([("messages", .array(list)), ("next", next)]))
     }
 
     private func disconnect(clientID: String) -> AdminResponse {

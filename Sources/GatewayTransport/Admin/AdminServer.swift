@@ -65,6 +65,7 @@ public final class AdminServer: Service {
         broker: Broker,
         readiness: ReadinessRegistry,
         metricsText: @escaping @Sendable () -> [UInt8],
+        telemetry: (any TelemetryReader)? = nil,
         startedAt: ContinuousClock.Instant = .now,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
@@ -78,7 +79,8 @@ public final class AdminServer: Service {
             metricsText: metricsText,
             token: configuration.token,
             healthTimeout: configuration.healthTimeout,
-            startedAt: startedAt
+            startedAt: startedAt,
+            telemetry: telemetry
         )
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger

@@ -54,6 +54,8 @@ struct TestGateway {
               timeout: 3
             admin:
               enabled: false
+            storage:
+              data_dir: \(directory.appendingPathComponent("data").path)
             """
         let file = directory.appendingPathComponent("iotgw.yaml")
         try configuration.write(to: file, atomically: true, encoding: .utf8)
