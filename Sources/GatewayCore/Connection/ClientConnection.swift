@@ -2,10 +2,6 @@ public import Logging
 public import MQTTCodec
 import NIOCore
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// The MQTT protocol logic of one client connection, without I/O.
 ///
 /// The transport feeds it decoded packets and performs the ``Action``s it returns, in order. It owns no
@@ -393,7 +389,7 @@ public final class ClientConnection {
             if isNew, let ingest = broker.ingest, ingest.stores(topic: topic) {
                 let persisted = ingest.configuration.ack == .persisted && ackSlot != nil
                 let record = TelemetryRecord(
-                    receivedAt: Self.epochMilliseconds(),
+                    receivedAt: WallClock.millisecondsSinceEpoch(),
                     clientID: session.clientID,
                     topic: topic,
                     qos: publish.qos,
@@ -454,12 +450,6 @@ public final class ClientConnection {
             _ = acks.complete(ackSlot, with: ack)
         }
         return []
-    }
-
-    private static func epochMilliseconds() -> Int64 {
-        var spec = timespec()
-        clock_gettime(CLOCK_REALTIME, &spec)
-        return Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000
     }
 
     private static func encoded(_ properties: MQTTProperties) -> ByteBuffer {

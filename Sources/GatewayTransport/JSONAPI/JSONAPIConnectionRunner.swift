@@ -4,12 +4,6 @@ import MQTTCodec
 import NIOCore
 import NIOWebSocket
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// Runs one JSON WebSocket API connection: the per-connection task.
 ///
 /// The JSON client is a full MQTT participant: the task drives a ``ClientConnection`` with the packets
@@ -252,7 +246,7 @@ struct JSONAPIConnectionRunner: Sendable {
             while channel.isWritable {
                 batch.removeAll(keepingCapacity: true)
                 delivered.removeAll(keepingCapacity: true)
-                let now = Self.unixMilliseconds()
+                let now = WallClock.millisecondsSinceEpoch()
                 while batch.count < JSONAPIConnectionRunner.writeBatch, let packet = connection.nextOutboundPacket() {
                     switch packet {
                     case .publish(let publish):
@@ -291,12 +285,6 @@ struct JSONAPIConnectionRunner: Sendable {
                     }
                 }
             }
-        }
-
-        static func unixMilliseconds() -> Int64 {
-            var now = timespec()
-            clock_gettime(CLOCK_REALTIME, &now)
-            return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
         }
     }
 }
