@@ -32,21 +32,23 @@ public struct IngestService: Service {
     }
 }
 
-extension SQLiteStore {
-    /// Opens the SQLite store described by the configuration, creating `dataDirectory` if needed.
-    public static func open(
-        dataDirectory: String,
-        file: String,
-        synchronous: String,
-        poolSize: Int,
-        acquireTimeout: Double,
-        logger: Logger
-    ) async throws -> SQLiteStore {
-        try FileSystem.createDirectory(dataDirectory)
-        var configuration = Configuration(path: dataDirectory + "/" + file)
-        configuration.poolSize = poolSize
-        configuration.acquireTimeout = acquireTimeout
-        configuration.synchronous = synchronous
-        return try await open(configuration, logger: logger)
+/// Which database backs the stores, and how to reach it.
+public enum DatabaseConfiguration: Sendable {
+    /// The embedded default: one SQLite file.
+    case sqlite(SQLiteBackend.Configuration)
+
+    /// Opens the database, applies pending migrations and fills the pool.
+    public func open(logger: Logger) async throws -> any SQLDatabase {
+        switch self {
+        case .sqlite(let configuration):
+            try await SQLiteBackend.open(configuration, logger: logger)
+        }
+    }
+
+    /// Where the database is, for logs and error messages.
+    public var location: String {
+        switch self {
+        case .sqlite(let configuration): configuration.path
+        }
     }
 }

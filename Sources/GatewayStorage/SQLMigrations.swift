@@ -1,19 +1,11 @@
+import GatewayCore
 import Logging
-
-/// Where migrations run: one connection of either backend.
-protocol SQLExecutor: Sendable {
-    func execute(_ sql: String) async throws
-    func appliedVersions() async throws -> Set<Int>
-    func recordVersion(_ version: Int, name: String) async throws
-}
 
 /// Versioned schema migrations, the same schema on SQLite and PostgreSQL.
 ///
 /// Each migration runs once, in order, and is recorded in `schema_migrations`; start-up applies the
 /// ones a database has not seen. Never edit a shipped migration: add a new one.
 enum SQLMigrations {
-    enum Dialect { case sqlite, postgres }
-
     struct Migration {
         var version: Int
         var name: String
@@ -49,7 +41,7 @@ enum SQLMigrations {
                     client_id TEXT NOT NULL,
                     topic TEXT NOT NULL,
                     qos SMALLINT NOT NULL,
-                    retain BOOLEAN NOT NULL,
+                    retain SMALLINT NOT NULL,
                     payload BYTEA NOT NULL,
                     properties BYTEA
                 )
@@ -59,22 +51,21 @@ enum SQLMigrations {
         )
     ]
 
-    static func apply(to executor: some SQLExecutor, dialect: Dialect, logger: Logger) async throws {
-        try await executor.execute(
+    /// Applies, in order and each in its own transaction, every migration `database` has not seen.
+    static func apply(to database: any SQLDatabase, logger: Logger) async throws {
+        try await database.query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
         )
-        let applied = try await executor.appliedVersions()
+        let applied = Set(try await database.query("SELECT version FROM schema_migrations").compactMap { $0["version"].int })
         for migration in all where !applied.contains(migration.version) {
-            try await executor.execute("BEGIN")
-            do {
-                for statement in dialect == .sqlite ? migration.sqlite : migration.postgres {
-                    try await executor.execute(statement)
+            try await database.transaction { connection in
+                for statement in database.dialect == .sqlite ? migration.sqlite : migration.postgres {
+                    _ = try await connection.query(statement, [])
                 }
-                try await executor.recordVersion(migration.version, name: migration.name)
-                try await executor.execute("COMMIT")
-            } catch {
-                try? await executor.execute("ROLLBACK")
-                throw error
+                _ = try await connection.query(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                    [.integer(Int64(migration.version)), .text(migration.name), .integer(WallClock.millisecondsSinceEpoch() / 1000)]
+                )
             }
             logger.info("applied schema migration", metadata: ["iotgw.migration.version": "\(migration.version)", "iotgw.migration.name": "\(migration.name)"])
         }

@@ -77,21 +77,15 @@ struct RunCommand: AsyncParsableCommand {
         var ingest: IngestQueue?
         var telemetryReader: (any TelemetryReader)?
         if file.storage.enabled {
-            let store: SQLiteStore
+            let database: any SQLDatabase
             do {
-                store = try await SQLiteStore.open(
-                    dataDirectory: file.storage.dataDir,
-                    file: file.storage.sqlite.file,
-                    synchronous: file.storage.sqlite.synchronous,
-                    poolSize: file.storage.pool.size,
-                    acquireTimeout: file.storage.pool.acquireTimeout,
-                    logger: logger
-                )
+                database = try await file.databaseConfiguration.open(logger: logger)
             } catch {
                 logger.critical("cannot open the telemetry store", metadata: ["error": "\(String(reflecting: error))"])
-                printError("iotgw: cannot open storage in \(file.storage.dataDir): \(error)")
+                printError("iotgw: cannot open storage at \(file.databaseConfiguration.location): \(error)")
                 throw ExitCode(1)
             }
+            let store = SQLTelemetryStore(database: database)
             readiness.set("storage", .ready)
             telemetryReader = store
             let queue = IngestQueue(
@@ -103,7 +97,7 @@ struct RunCommand: AsyncParsableCommand {
                 }
             )
             ingest = queue
-            ingestService = IngestService(queue: queue, logger: logger, close: { await store.close() })
+            ingestService = IngestService(queue: queue, logger: logger, close: { await database.close() })
         }
         let broker = Broker(configuration: file.brokerConfiguration, ingest: ingest, logger: logger)
         readiness.set("listeners", .notReady("starting"))

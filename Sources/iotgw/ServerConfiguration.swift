@@ -1,4 +1,5 @@
 import GatewayConfig
+import GatewayStorage
 import GatewayTransport
 
 extension GatewayConfigFile {
@@ -53,5 +54,16 @@ extension GatewayConfigFile {
             connectTimeout: limits.connectTimeout,
             maxPacketSize: limits.maxPacketSize
         )
+    }
+}
+
+extension GatewayConfigFile {
+    /// The database `storage` describes.
+    var databaseConfiguration: DatabaseConfiguration {
+        var configuration = SQLiteBackend.Configuration(path: storage.dataDir + "/" + storage.sqlite.file)
+        configuration.poolSize = storage.pool.size
+        configuration.acquireTimeout = storage.pool.acquireTimeout
+        configuration.synchronous = storage.sqlite.synchronous
+        return .sqlite(configuration)
     }
 }

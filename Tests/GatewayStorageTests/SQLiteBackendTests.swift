@@ -7,9 +7,9 @@ import NIOCore
 import SQLiteNIO
 import Testing
 
-/// `SQLiteStore` against a database file in a fresh temporary directory.
-@Suite("SQLiteStore", .timeLimit(.minutes(1)))
-struct SQLiteStoreTests {
+/// `SQLiteBackend` and `SQLTelemetryStore` against a database file in a fresh temporary directory.
+@Suite("SQLiteBackend", .timeLimit(.minutes(1)))
+struct SQLiteBackendTests {
     /// A new empty directory under the system's temporary directory, removed after `body`.
     func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
         let directory = FileManager.default.temporaryDirectory
@@ -19,25 +19,25 @@ struct SQLiteStoreTests {
         return try await body(directory)
     }
 
-    func open(_ path: String, poolSize: Int = 4, acquireTimeout: Double = 5) async throws -> SQLiteStore {
-        var configuration = SQLiteStore.Configuration(path: path)
+    func open(_ path: String, poolSize: Int = 4, acquireTimeout: Double = 5) async throws -> SQLTelemetryStore {
+        var configuration = SQLiteBackend.Configuration(path: path)
         configuration.poolSize = poolSize
         configuration.acquireTimeout = acquireTimeout
-        return try await SQLiteStore.open(configuration, logger: silentLogger)
+        return SQLTelemetryStore(database: try await SQLiteBackend.open(configuration, logger: silentLogger))
     }
 
     /// Opens a store, runs `body`, and closes the store whether `body` threw or not (a pooled
     /// `SQLiteConnection` must be closed before it is deinitialized).
     func withStore<T>(
-        _ path: String, poolSize: Int = 4, acquireTimeout: Double = 5, _ body: (SQLiteStore) async throws -> T
+        _ path: String, poolSize: Int = 4, acquireTimeout: Double = 5, _ body: (SQLTelemetryStore) async throws -> T
     ) async throws -> T {
         let store = try await open(path, poolSize: poolSize, acquireTimeout: acquireTimeout)
         do {
             let result = try await body(store)
-            await store.close()
+            await store.database.close()
             return result
         } catch {
-            await store.close()
+            await store.database.close()
             throw error
         }
     }
@@ -57,24 +57,24 @@ struct SQLiteStoreTests {
         try await withTemporaryDirectory { directory in
             let path = directory + "/iotgw.db"
             try await withStore(path) { store in
-                let versions = try await store.query("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
-                #expect(versions.compactMap { $0.column("version")?.integer } == [1])
-                #expect(versions.first?.column("name")?.string?.isEmpty == false)
-                let tables = try await store.query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-                let tableNames = Set(tables.compactMap { $0.column("name")?.string })
+                let versions = try await store.database.query("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
+                #expect(versions.compactMap { $0["version"].int } == [1])
+                #expect(versions.first?["name"].text?.isEmpty == false)
+                let tables = try await store.database.query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                let tableNames = Set(tables.compactMap { $0["name"].text })
                 #expect(tableNames.isSuperset(of: ["messages", "schema_migrations"]))
-                let columns = try await store.query("PRAGMA table_info(messages)")
+                let columns = try await store.database.query("PRAGMA table_info(messages)")
                 #expect(
-                    columns.compactMap { $0.column("name")?.string }
+                    columns.compactMap { $0["name"].text }
                         == ["id", "received_at", "client_id", "topic", "qos", "retain", "payload", "properties"]
                 )
-                let indexes = try await store.query("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'")
-                let indexNames = indexes.compactMap { $0.column("name")?.string }
+                let indexes = try await store.database.query("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'")
+                let indexNames = indexes.compactMap { $0["name"].text }
                 #expect(indexNames.contains("messages_topic_time"))
-                let indexColumns = try await store.query("PRAGMA index_info(messages_topic_time)")
-                #expect(indexColumns.compactMap { $0.column("name")?.string } == ["topic", "received_at"])
-                let journal = try await store.query("PRAGMA journal_mode")
-                #expect(journal.first?.column("journal_mode")?.string?.lowercased() == "wal")
+                let indexColumns = try await store.database.query("PRAGMA index_info(messages_topic_time)")
+                #expect(indexColumns.compactMap { $0["name"].text } == ["topic", "received_at"])
+                let journal = try await store.database.query("PRAGMA journal_mode")
+                #expect(journal.first?["journal_mode"].text?.lowercased() == "wal")
             }
         }
     }
@@ -85,19 +85,19 @@ struct SQLiteStoreTests {
             let path = directory + "/iotgw.db"
             let before = try await withStore(path) { first in
                 try await first.insert([record(1), record(2)])
-                return try await first.query("SELECT version, applied_at FROM schema_migrations")
+                return try await first.database.query("SELECT version, applied_at FROM schema_migrations")
             }
 
             try await withStore(path) { second in
-                let after = try await second.query("SELECT version, applied_at FROM schema_migrations")
+                let after = try await second.database.query("SELECT version, applied_at FROM schema_migrations")
                 #expect(after.count == 1)
-                #expect(after.first?.column("version")?.integer == 1)
-                #expect(after.first?.column("applied_at")?.integer == before.first?.column("applied_at")?.integer)
-                let count = try await second.query("SELECT COUNT(*) AS n FROM messages")
-                #expect(count.first?.column("n")?.integer == 2)
+                #expect(after.first?["version"].int == 1)
+                #expect(after.first?["applied_at"].int == before.first?["applied_at"].int)
+                let count = try await second.database.query("SELECT COUNT(*) AS n FROM messages")
+                #expect(count.first?["n"].int == 2)
                 try await second.insert([record(3)])
-                let ids = try await second.query("SELECT id FROM messages ORDER BY id")
-                #expect(ids.compactMap { $0.column("id")?.integer } == [1, 2, 3])
+                let ids = try await second.database.query("SELECT id FROM messages ORDER BY id")
+                #expect(ids.compactMap { $0["id"].int } == [1, 2, 3])
             }
         }
     }
@@ -123,24 +123,24 @@ struct SQLiteStoreTests {
                     ),
                 ]
                 try await store.insert(records)
-                let rows = try await store.query(
+                let rows = try await store.database.query(
                     "SELECT id, received_at, client_id, topic, qos, retain, payload, properties FROM messages ORDER BY id"
                 )
                 #expect(rows.count == 3)
                 for (row, expected) in zip(rows, records) {
-                    #expect(row.column("received_at")?.integer == Int(expected.receivedAt))
-                    #expect(row.column("client_id")?.string == expected.clientID)
-                    #expect(row.column("topic")?.string == expected.topic)
-                    #expect(row.column("qos")?.integer == Int(expected.qos.rawValue))
-                    #expect(row.column("retain")?.integer == (expected.retain ? 1 : 0))
+                    #expect(row["received_at"].int == Int(expected.receivedAt))
+                    #expect(row["client_id"].text == expected.clientID)
+                    #expect(row["topic"].text == expected.topic)
+                    #expect(row["qos"].int == Int(expected.qos.rawValue))
+                    #expect(row["retain"].int == (expected.retain ? 1 : 0))
                     // An empty blob may come back as an empty blob or as NULL-free zero bytes; never as text.
-                    let payload = row.column("payload")
-                    #expect(payload?.isNull == false, "payload is NOT NULL")
-                    #expect(Array((payload?.blob ?? ByteBuffer()).readableBytesView) == Array(expected.payload.readableBytesView))
+                    let payload = row["payload"]
+                    #expect(payload.isNull == false, "payload is NOT NULL")
+                    #expect(Array((payload.blob ?? ByteBuffer()).readableBytesView) == Array(expected.payload.readableBytesView))
                     if let properties = expected.properties {
-                        #expect(row.column("properties")?.blob == properties)
+                        #expect(row["properties"].blob == properties)
                     } else {
-                        #expect(row.column("properties")?.isNull == true)
+                        #expect(row["properties"].isNull == true)
                     }
                 }
             }
@@ -153,11 +153,11 @@ struct SQLiteStoreTests {
             try await withStore(directory + "/iotgw.db") { store in
                 let records = (0..<40).map { record($0, payloadBytes: 64 * 1024) }
                 try await store.insert(records)
-                let rows = try await store.query("SELECT payload, length(payload) AS n FROM messages ORDER BY id")
+                let rows = try await store.database.query("SELECT payload, length(payload) AS n FROM messages ORDER BY id")
                 #expect(rows.count == 40)
-                #expect(rows.allSatisfy { $0.column("n")?.integer == 64 * 1024 })
+                #expect(rows.allSatisfy { $0["n"].int == 64 * 1024 })
                 for (row, expected) in zip(rows, records) {
-                    #expect(row.column("payload")?.blob == expected.payload)
+                    #expect(row["payload"].blob == expected.payload)
                 }
             }
         }
@@ -168,8 +168,8 @@ struct SQLiteStoreTests {
         try await withTemporaryDirectory { directory in
             try await withStore(directory + "/iotgw.db") { store in
                 try await store.insert([])
-                let count = try await store.query("SELECT COUNT(*) AS n FROM messages")
-                #expect(count.first?.column("n")?.integer == 0)
+                let count = try await store.database.query("SELECT COUNT(*) AS n FROM messages")
+                #expect(count.first?["n"].int == 0)
             }
         }
     }
@@ -180,7 +180,7 @@ struct SQLiteStoreTests {
             let path = directory + "/iotgw.db"
             let poolSize = 3
             try await withStore(path, poolSize: poolSize) { store in
-                #expect(store.pool.size == poolSize)
+                #expect(store.database.poolSize == poolSize)
                 #expect(descriptorsOpen(on: path) == poolSize, "one file descriptor per pooled connection")
                 let started = ContinuousClock.now
                 let errors = await withTaskGroup(of: (any Error)?.self) { group in
@@ -202,13 +202,13 @@ struct SQLiteStoreTests {
                 }
                 #expect(errors.isEmpty, "\(errors.count) of 50 inserts failed: \(Dictionary(errors.map { ($0, 1) }, uniquingKeysWith: +))")
                 print("pool: 50 concurrent 4-row inserts in \(ContinuousClock.now - started)")
-                print("pool: size \(poolSize), peak in use \(store.peakConnectionsInUse) under 50 concurrent inserts")
-                #expect(store.peakConnectionsInUse <= poolSize)
-                #expect(store.peakConnectionsInUse >= 1)
+                print("pool: size \(poolSize), peak in use \(store.database.peakConnectionsInUse) under 50 concurrent inserts")
+                #expect(store.database.peakConnectionsInUse <= poolSize)
+                #expect(store.database.peakConnectionsInUse >= 1)
                 #expect(descriptorsOpen(on: path) == poolSize, "connections opened beyond the pool")
-                let count = try await store.query("SELECT COUNT(*) AS n, COUNT(DISTINCT client_id) AS c FROM messages")
-                #expect(count.first?.column("n")?.integer == 200)
-                #expect(count.first?.column("c")?.integer == 50)
+                let count = try await store.database.query("SELECT COUNT(*) AS n, COUNT(DISTINCT client_id) AS c FROM messages")
+                #expect(count.first?["n"].int == 200)
+                #expect(count.first?["c"].int == 50)
             }
             #expect(descriptorsOpen(on: path) == 0, "close() leaves connections open")
         }
@@ -221,7 +221,7 @@ struct SQLiteStoreTests {
                 let gate = AsyncStream<Void>.makeStream()
                 let entered = AsyncStream<Void>.makeStream()
                 let holder = Task {
-                    try await store.pool.withConnection { _ in
+                    try await store.sqlite.pool.withConnection { _ in
                         entered.continuation.yield()
                         for await _ in gate.stream { break }
                     }
@@ -241,4 +241,9 @@ struct SQLiteStoreTests {
             }
         }
     }
+}
+
+extension SQLTelemetryStore {
+    /// The SQLite database under this store (these tests open nothing else).
+    var sqlite: SQLiteBackend { database as! SQLiteBackend }
 }
