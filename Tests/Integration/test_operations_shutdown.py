@@ -1,8 +1,9 @@
 """(Operations) Graceful drain at scale and the forced exit.
 
 * SIGTERM with 1,000 connected MQTT 5 clients publishing QoS 1 (asyncio, one event loop, no thread per
-  client): exit 0 within shutdown.timeout, every client received DISCONNECT 0x8B, and every message
-  whose PUBACK a publisher received reached the subscriber.
+  client) with storage on and `ack: persisted`: exit 0 within shutdown.timeout, every client received
+  DISCONNECT 0x8B, and every message whose PUBACK a publisher received reached the subscriber and is
+  in the `messages` table after the exit.
 * A second SIGTERM during the drain forces the exit with status 3 and logs what was abandoned.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +37,7 @@ def test_sigterm_with_1000_publishing_clients(make_broker):
     b = make_broker(
         shutdown={"timeout": shutdown_timeout},
         limits={"max_queued_messages": 200000, "max_queued_bytes": 64 * 1024 * 1024},
+        storage={"ack": "persisted"},
     )
     topic = unique("scale")
     result: dict = {}
@@ -104,6 +108,15 @@ def test_sigterm_with_1000_publishing_clients(make_broker):
     print(f"{CLIENTS} clients: acknowledged {len(result['acked'])}, received {len(result['received'])}, "
           f"exit 0 {result['elapsed']:.2f} s after SIGTERM")
     assert not missing, f"{len(missing)} acknowledged messages never reached the subscriber"
+    database = Path(b.config["storage"]["data_dir"]) / "iotgw.db"
+    con = sqlite3.connect(str(database), timeout=5)
+    try:
+        stored = {row[0] for row in con.execute("SELECT payload FROM messages WHERE topic LIKE ?", (f"{topic}/%",))}
+    finally:
+        con.close()
+    not_stored = set(result["acked"]) - stored
+    print(f"stored after the exit: {len(stored)} rows")
+    assert not not_stored, f"{len(not_stored)} acknowledged messages are not in the messages table"
 
 
 def test_second_sigterm_forces_exit_and_logs_abandoned(make_broker):
