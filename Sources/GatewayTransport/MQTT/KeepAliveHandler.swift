@@ -3,8 +3,9 @@ import NIOCore
 /// Closes connections that go quiet: before CONNECT after the connect timeout, afterwards after 1.5 ×
 /// the negotiated keep alive (MQTT-3.1.2-24).
 ///
-/// One timer per connection, re-armed only when it fires (at the last read + timeout), so a busy
-/// connection costs a timestamp per read and an idle one a single scheduled task.
+/// The deadline is filed in its event loop's ``KeepAliveWheel`` and re-filed only when it comes due
+/// (at the last read + timeout), so a busy connection costs a timestamp per read and an idle one an
+/// entry in a bucket, removed in O(1) when the connection closes.
 final class KeepAliveHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -24,7 +25,8 @@ final class KeepAliveHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var timeout: TimeAmount
     private var connected = false
     private var lastRead = NIODeadline.now()
-    private var timer: Scheduled<Void>?
+    /// The wheel bucket this connection's deadline is filed in, while filed.
+    private var filed: (wheel: KeepAliveWheel, bucket: Int64)?
 
     /// - Parameter connectTimeout: how long a socket may stay open without sending CONNECT.
     init(connectTimeout: TimeAmount) {
@@ -41,14 +43,12 @@ final class KeepAliveHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        unfile()
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        unfile()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -62,8 +62,7 @@ final class KeepAliveHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         connected = true
-        timer?.cancel()
-        timer = nil
+        unfile()
         if event.seconds > 0 {
             // 1.5 × keep alive, in milliseconds to keep the half second.
             timeout = .milliseconds(Int64(event.seconds) * 1500)
@@ -74,23 +73,27 @@ final class KeepAliveHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func arm(context: ChannelHandlerContext) {
-        guard timer == nil else { return }
-        schedule(context: context, at: lastRead + timeout)
+        guard filed == nil else { return }
+        file(context: context, at: lastRead + timeout)
     }
 
-    private func schedule(context: ChannelHandlerContext, at deadline: NIODeadline) {
-        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(deadline: deadline) {
-            handler.value.fire(context: loopBound.value)
-        }
+    private func file(context: ChannelHandlerContext, at deadline: NIODeadline) {
+        let wheel = KeepAliveWheel.of(context.eventLoop)
+        filed = (wheel, wheel.insert(self, context: context, deadline: deadline))
     }
 
-    private func fire(context: ChannelHandlerContext) {
-        timer = nil
+    private func unfile() {
+        guard let filed else { return }
+        filed.wheel.remove(self, bucket: filed.bucket)
+        self.filed = nil
+    }
+
+    /// Called by the wheel when the filed deadline's bucket is due (the wheel has dropped the entry).
+    func deadlineReached(context: ChannelHandlerContext) {
+        filed = nil
         let due = lastRead + timeout
         if due > .now() {
-            schedule(context: context, at: due)
+            file(context: context, at: due)
             return
         }
         if connected {

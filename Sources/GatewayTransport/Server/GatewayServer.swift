@@ -173,22 +173,18 @@ public final class GatewayServer: Service {
                 let webSocketMQTTRunner = mqttRunner
                 group.addTask {
                     try await Self.closingOnCancellation(channel.channel, registry: registry) {
-                    try await withThrowingDiscardingTaskGroup { connections in
                         try await channel.executeThenClose { inbound in
-                            for try await pending in inbound {
-                                connections.addTask {
-                                    await Self.runWebSocket(
-                                        pending,
-                                        mqttRunner: webSocketMQTTRunner,
-                                        jsonRunner: jsonRunner,
-                                        useCommonName: useCommonName,
-                                        registry: registry,
-                                        logger: logger
-                                    )
-                                }
+                            try await ConnectionTasks.forEach(in: inbound) { pending in
+                                await Self.runWebSocket(
+                                    pending,
+                                    mqttRunner: webSocketMQTTRunner,
+                                    jsonRunner: jsonRunner,
+                                    useCommonName: useCommonName,
+                                    registry: registry,
+                                    logger: logger
+                                )
                             }
                         }
-                    }
                     }
                 }
             }
@@ -231,13 +227,9 @@ public final class GatewayServer: Service {
         _ server: NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never>,
         runner: MQTTConnectionRunner
     ) async throws {
-        try await withThrowingDiscardingTaskGroup { group in
-            try await server.executeThenClose { inbound in
-                for try await connection in inbound {
-                    group.addTask {
-                        await runner.run(connection)
-                    }
-                }
+        try await server.executeThenClose { inbound in
+            try await ConnectionTasks.forEach(in: inbound) { connection in
+                await runner.run(connection)
             }
         }
     }

@@ -57,10 +57,13 @@ enum ProcessResources {
         guard let directory = opendir("/proc/self/fd") else { return nil }
         defer { closedir(directory) }
         var count = 0
+        // The name is read in place: `entry.pointee` would copy a whole `dirent` (280 bytes), but
+        // readdir packs entries by their real length (d_reclen), so for the last entry of its buffer
+        // that copy reads past the end — a crash with thousands of descriptors open.
+        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
         while let entry = readdir(directory) {
-            let isDot = withUnsafeBytes(of: entry.pointee.d_name) { name in
-                name[0] == UInt8(ascii: ".") && (name[1] == 0 || (name[1] == UInt8(ascii: ".") && name[2] == 0))
-            }
+            let name = UnsafeRawPointer(entry).advanced(by: nameOffset).assumingMemoryBound(to: UInt8.self)
+            let isDot = name[0] == UInt8(ascii: ".") && (name[1] == 0 || (name[1] == UInt8(ascii: ".") && name[2] == 0))
             if !isDot { count += 1 }
         }
         return count - 1  // the descriptor opendir itself holds

@@ -1,0 +1,45 @@
+/// Runs one child task per accepted connection, spread over many task groups.
+///
+/// The Swift runtime unlinks a finished child from its group by walking the group's list of children,
+/// so with every connection in one group, n connections ending together (a shutdown) cost O(n²):
+/// 35 % of the CPU of closing 10,000 connections went there. Round-robin over `shards` groups divides
+/// that by `shards`.
+enum ConnectionTasks {
+    static let shards = 64
+
+    /// Takes elements from `sequence` in the calling task and runs `body` for each in a child task. Returns
+    /// when `sequence` has ended and every `body` has returned; rethrows the sequence's error after that.
+    ///
+    /// The shards are not cancelled when the sequence throws: an element handed to a shard is always
+    /// given to `body` (a NIO child channel that is never run traps when deinitialized).
+    static func forEach<Sequence: AsyncSequence>(
+        in sequence: Sequence,
+        shards: Int = shards,
+        _ body: @escaping @Sendable (Sequence.Element) async -> Void
+    ) async throws where Sequence.Element: Sendable {
+        let streams = (0..<max(1, shards)).map { _ in AsyncStream<Sequence.Element>.makeStream() }
+        let failure: (any Error)? = await withDiscardingTaskGroup { group in
+            for (stream, _) in streams {
+                group.addTask {
+                    await withDiscardingTaskGroup { children in
+                        for await element in stream {
+                            children.addTask { await body(element) }
+                        }
+                    }
+                }
+            }
+            defer { for (_, continuation) in streams { continuation.finish() } }
+            do {
+                var next = 0
+                for try await element in sequence {
+                    streams[next].continuation.yield(element)
+                    next = next + 1 == streams.count ? 0 : next + 1
+                }
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let failure { throw failure }
+    }
+}
