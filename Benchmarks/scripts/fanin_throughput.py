@@ -10,12 +10,11 @@ Usage: fanin_throughput.py --port PORT [--publishers 10] [--messages 100000] [--
 Loopback only; bounded by --timeout.
 """
 import argparse
-import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
+from benchutil import report
 
 
 def main():
@@ -90,11 +89,7 @@ def main():
         "received_per_second": round(received / elapsed) if elapsed > 0 else 0,
         "publishers_ok": publish_done,
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

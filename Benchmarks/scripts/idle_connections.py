@@ -10,19 +10,10 @@ Loopback only; bounded by --count and --timeout.
 """
 import argparse
 import asyncio
-import json
-import resource
 import struct
-import sys
 import time
+from benchutil import raise_open_files, rss_kib, report
 
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def connect_packet(client_id, keep_alive=600):
@@ -66,10 +57,7 @@ async def main():
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.count > hard - 200:
-        sys.exit(f"--count {args.count} exceeds this process's open-file limit ({hard}) minus headroom")
+    raise_open_files(args.count)
 
     before = await settle(args.pid)
     sem = asyncio.Semaphore(500)
@@ -95,11 +83,7 @@ async def main():
         "rss_after_kib": after,
         "kib_per_connection": round((held - before) / len(clients), 2),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,14 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import signal
-import socket
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import time
+from benchutil import free_port, raise_open_files, report
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def connect_packet_v5(client_id, keep_alive=600):
@@ -128,10 +121,7 @@ async def main():
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.count > hard - 200:
-        sys.exit(f"--count {args.count} exceeds this process's open-file limit ({hard}) minus headroom")
+    raise_open_files(args.count)
     rounds = []
     with tempfile.TemporaryDirectory(prefix="iotgw-shutdown-") as workdir:
         for i in range(args.rounds):
@@ -143,11 +133,7 @@ async def main():
         "all_exit_0": all(r["status"] == 0 for r in rounds),
         "all_got_0x8b": all(r["with_0x8b"] == args.count for r in rounds),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

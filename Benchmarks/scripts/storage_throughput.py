@@ -26,18 +26,13 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.request
 import sqlite3
+from benchutil import free_port, report
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_listening(port, seconds=30):
@@ -145,7 +140,7 @@ def main():
                  "--total-rate", str(args.rate), "--duration", f"{args.duration}s", "--payload-size", str(args.payload_size),
                  "--consumers", "0", "--json", "--quiet"],
                 capture_output=True, text=True, timeout=args.duration + 120)
-            report = json.loads(simulate.stdout)
+            simulated = json.loads(simulate.stdout)
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10).read().decode()
             gateway.send_signal(signal.SIGTERM)
             status = gateway.wait(90)
@@ -159,7 +154,7 @@ def main():
             elif args.pg_psql:
                 rows = int(subprocess.run(["psql", *shlex.split(args.pg_psql), "-Atc", "SELECT count(*) FROM messages"],
                                           capture_output=True, text=True, timeout=30).stdout.strip() or 0)
-            messages = report["messages"]
+            messages = simulated["messages"]
             result = {
                 "backend": storage.get("backend", "sqlite"),
                 "ack": args.ack,
@@ -179,11 +174,7 @@ def main():
             if gateway.poll() is None:
                 gateway.kill()
                 gateway.wait()
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

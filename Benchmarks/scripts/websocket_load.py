@@ -20,14 +20,8 @@ import resource
 import struct
 import sys
 import time
+from benchutil import rss_kib
 
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 class WS:
