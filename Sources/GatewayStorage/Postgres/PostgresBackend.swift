@@ -266,7 +266,8 @@ public final class PostgresBackend: SQLDatabase {
             } catch let error as PSQLError where error.code == .server {
                 throw Unavailable(endpoint: configuration.endpoint, reason: Self.describe(error))
             } catch {
-                if ContinuousClock.now + .milliseconds(500) >= deadline {
+                let remaining = ContinuousClock.now.duration(to: deadline)
+                if remaining <= .zero {
                     throw Unavailable(
                         endpoint: configuration.endpoint,
                         reason: "not reachable within connect_timeout (\(configuration.connectTimeout) s, \(attempt) attempts): \(Self.describe(error))"
@@ -278,7 +279,7 @@ public final class PostgresBackend: SQLDatabase {
                         metadata: ["iotgw.storage.endpoint": "\(configuration.endpoint)", "error": "\(Self.describe(error))"]
                     )
                 }
-                try await Task.sleep(for: .milliseconds(500))
+                try await Task.sleep(for: min(.milliseconds(500), remaining))
             }
         }
     }
