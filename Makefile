@@ -9,7 +9,7 @@ CONFIG ?= Configs/iotgw.yaml
 # System packages: the C libraries the simulator and bridge link against, the reference broker and
 # clients the tests drive, openssl for test certificates, and PostgreSQL (server and psql) for the
 # PostgreSQL storage tests.
-APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl postgresql postgresql-client
+APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl postgresql
 # Python test clients (real peers for the end-to-end suite) and a PostgreSQL driver to read the rows back.
 PIP_PACKAGES := paho-mqtt==2.* websockets pytest prometheus_client jsonschema pyyaml psycopg2-binary
 
