@@ -116,6 +116,27 @@ struct PostgresBackendTests {
         #expect(ContinuousClock.now - started < .seconds(5), "authentication failures are not retried")
     }
 
+    @Test(
+        "tls: require against a server without TLS refuses to open at once",
+        .enabled(if: PostgresTestServer.base != nil, PostgresTestServer.skipReason)
+    )
+    func tlsRequiredButNotOffered() async throws {
+        // The test server runs without ssl (postgres.sh), so `require` must fail rather than fall back.
+        var configuration = try #require(PostgresTestServer.base)
+        configuration.tls = .require
+        configuration.connectTimeout = 10
+        let started = ContinuousClock.now
+        do {
+            let database = try await PostgresBackend.open(configuration, logger: silentLogger)
+            await database.close()
+            Issue.record("opened with tls: require against a server without TLS")
+        } catch let error as PostgresBackend.Unavailable {
+            #expect(error.description.contains(configuration.endpoint))
+            #expect(error.description.contains("sslUnsupported"), "\(error)")
+        }
+        #expect(ContinuousClock.now - started < .seconds(5), "a server without TLS is not retried")
+    }
+
     @Test("No server at host:port: open gives up after connect_timeout with an error naming host:port")
     func unreachable() async throws {
         // A port nothing listens on: bound, then closed.

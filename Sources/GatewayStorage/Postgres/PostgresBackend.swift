@@ -242,8 +242,8 @@ public final class PostgresBackend: SQLDatabase {
     /// One connection, opened and closed, before the pool starts: the only way to surface why the
     /// server cannot be used (the pool's lease only waits), and to refuse to start instead of
     /// acknowledging nothing. Connection-level failures (refused, timed out, reset) are retried until
-    /// `connectTimeout`, since the database may be starting beside the gateway; a server error
-    /// (authentication, unknown database) fails at once.
+    /// `connectTimeout`, since the database may be starting beside the gateway; anything the server
+    /// answers (authentication, unknown database, TLS not offered with `require`) fails at once.
     private static func probe(_ configuration: Configuration, tls: PostgresConnection.Configuration.TLS, logger: Logger) async throws {
         var connectionConfiguration = PostgresConnection.Configuration(
             host: configuration.host,
@@ -263,7 +263,9 @@ public final class PostgresBackend: SQLDatabase {
                 let connection = try await PostgresConnection.connect(configuration: connectionConfiguration, id: 0, logger: logger)
                 try? await connection.close()
                 return
-            } catch let error as PSQLError where error.code == .server {
+            } catch let error as PSQLError where error.code != .connectionError {
+                // The server answered: a refusal (authentication, unknown database, no TLS) is not
+                // going to change by waiting.
                 throw Unavailable(endpoint: configuration.endpoint, reason: Self.describe(error))
             } catch {
                 let remaining = ContinuousClock.now.duration(to: deadline)
