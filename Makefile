@@ -7,10 +7,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= Configs/iotgw.yaml
 
 # System packages: the C libraries the simulator and bridge link against, the reference broker and
-# clients the tests drive, and openssl for test certificates.
-APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl
-# Python test clients (real peers for the end-to-end suite).
-PIP_PACKAGES := paho-mqtt==2.* websockets pytest prometheus_client jsonschema pyyaml
+# clients the tests drive, openssl for test certificates, and PostgreSQL (server and psql) for the
+# PostgreSQL storage tests.
+APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl postgresql
+# Python test clients (real peers for the end-to-end suite) and a PostgreSQL driver to read the rows back.
+PIP_PACKAGES := paho-mqtt==2.* websockets pytest prometheus_client jsonschema pyyaml psycopg2-binary
 
 .PHONY: all deps apt-deps pip-deps build build-release run test unit-test integration-test clean bench microbench
 
@@ -28,7 +29,7 @@ apt-deps:
 	fi
 
 pip-deps:
-	@$(PYTHON) -c "import paho.mqtt, websockets, pytest, prometheus_client, jsonschema, yaml" 2>/dev/null || \
+	@$(PYTHON) -c "import paho.mqtt, websockets, pytest, prometheus_client, jsonschema, yaml, psycopg2" 2>/dev/null || \
 		$(PYTHON) -m pip install -q $(PIP_PACKAGES) 2>/dev/null || \
 		$(PYTHON) -m pip install -q --break-system-packages $(PIP_PACKAGES)
 
@@ -43,8 +44,18 @@ build-release: apt-deps
 run: build-release
 	.build/release/iotgw run --config $(CONFIG)
 
+# `make test` runs everything against a throwaway PostgreSQL server (Tests/Support/postgres.sh: initdb in
+# a temporary directory, 127.0.0.1 on a free port, socket in that directory) that is always stopped and
+# removed afterwards, also when a test fails or the run is interrupted. IOTGW_TEST_POSTGRES_URL tells the
+# Swift tests and pytest where it is.
 test: deps
 	$(SWIFT) build --build-tests
+	@pgdir=$$(mktemp -d /tmp/iotgw-test-postgres.XXXXXX) || exit 1; \
+	trap 'Tests/Support/postgres.sh stop "$$pgdir"; rm -rf "$$pgdir"' EXIT; \
+	trap 'exit 130' INT TERM; \
+	Tests/Support/postgres.sh start "$$pgdir" >/dev/null || exit 1; \
+	eval "$$(Tests/Support/postgres.sh env "$$pgdir")"; \
+	echo "test PostgreSQL: $$IOTGW_TEST_POSTGRES_URL"; \
 	$(MAKE) unit-test integration-test
 
 # Swift unit and in-process tests. MOSQUITTO_BIN lets the simulator tests start a reference broker.

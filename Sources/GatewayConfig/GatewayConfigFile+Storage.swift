@@ -6,12 +6,13 @@ extension GatewayConfigFile {
     public struct Storage: Codable, Sendable, Equatable {
         /// `storage.enabled`: persist telemetry. Default true.
         public var enabled = true
-        /// `storage.backend`: `sqlite` (embedded). Default sqlite.
+        /// `storage.backend`: `sqlite` (embedded) or `postgres` (`storage.postgres`). Default sqlite.
         public var backend = "sqlite"
         /// `storage.data_dir`: directory of the database file (created if missing). Default `data`
         /// (relative to the working directory; the systemd unit uses its StateDirectory).
         public var dataDir = "data"
         public var sqlite = SQLite()
+        public var postgres = Postgres()
         public var pool = Pool()
         /// `storage.topics`: topic filters of the messages stored. Default `["#"]` (every topic except
         /// `$`-topics such as `$SYS/...`, which `#` never matches).
@@ -25,7 +26,7 @@ extension GatewayConfigFile {
 
         public init() {}
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case enabled, backend, sqlite, pool, topics, ack, overflow, queue, batch
+            case enabled, backend, sqlite, postgres, pool, topics, ack, overflow, queue, batch
             case dataDir = "data_dir"
         }
         public init(from decoder: any Decoder) throws {
@@ -36,6 +37,7 @@ extension GatewayConfigFile {
             backend = try c.value(.backend, default: d.backend)
             dataDir = try c.value(.dataDir, default: d.dataDir)
             sqlite = try c.value(.sqlite, default: d.sqlite)
+            postgres = try c.value(.postgres, default: d.postgres)
             pool = try c.value(.pool, default: d.pool)
             topics = try c.value(.topics, default: d.topics)
             ack = try c.value(.ack, default: d.ack)
@@ -58,6 +60,48 @@ extension GatewayConfigFile {
                 let c = try decoder.container(keyedBy: CodingKeys.self)
                 file = try c.value(.file, default: "iotgw.db")
                 synchronous = try c.value(.synchronous, default: "full")
+            }
+        }
+
+        /// `storage.postgres`: the PostgreSQL backend (used when `backend: postgres`).
+        public struct Postgres: Codable, Sendable, Equatable {
+            /// `storage.postgres.host`: server host name or address. Default `127.0.0.1`.
+            public var host = "127.0.0.1"
+            /// `storage.postgres.port`. Default 5432.
+            public var port = 5432
+            /// `storage.postgres.user`: the role to log in as. Default `iotgw`.
+            public var user = "iotgw"
+            /// `storage.postgres.password`. Default empty (no password, or see `password_file`).
+            public var password = ""
+            /// `storage.postgres.password_file`: a file holding the password (first line), read at
+            /// start-up; keeps the secret out of the configuration file. Default empty.
+            public var passwordFile = ""
+            /// `storage.postgres.database`: the database to use; required with `backend: postgres`.
+            public var database = ""
+            /// `storage.postgres.tls`: `disable`, `prefer` or `require` (server certificate verified). Default disable.
+            public var tls = "disable"
+            /// `storage.postgres.connect_timeout`: seconds start-up keeps trying to reach the server
+            /// (the gateway then refuses to start). Default 10.
+            public var connectTimeout = 10.0
+
+            public init() {}
+            enum CodingKeys: String, CodingKey, CaseIterable {
+                case host, port, user, password, database, tls
+                case passwordFile = "password_file"
+                case connectTimeout = "connect_timeout"
+            }
+            public init(from decoder: any Decoder) throws {
+                try decoder.rejectUnknownKeys(CodingKeys.self)
+                let c = try decoder.container(keyedBy: CodingKeys.self)
+                let d = Postgres()
+                host = try c.value(.host, default: d.host)
+                port = try c.value(.port, default: d.port)
+                user = try c.value(.user, default: d.user)
+                password = try c.value(.password, default: d.password)
+                passwordFile = try c.value(.passwordFile, default: d.passwordFile)
+                database = try c.value(.database, default: d.database)
+                tls = try c.value(.tls, default: d.tls)
+                connectTimeout = try c.value(.connectTimeout, default: d.connectTimeout)
             }
         }
 
@@ -129,7 +173,17 @@ extension GatewayConfigFile {
         func check(_ ok: Bool, _ key: String, _ message: String) {
             if !ok { errors.append((key, message)) }
         }
-        check(storage.backend == "sqlite", "storage.backend", "'\(storage.backend)' is not supported (sqlite)")
+        check(["sqlite", "postgres"].contains(storage.backend), "storage.backend", "'\(storage.backend)' is not one of sqlite, postgres")
+        if storage.backend == "postgres" {
+            let pg = storage.postgres
+            check(!pg.database.isEmpty, "storage.postgres.database", "is required with storage.backend postgres")
+            check(!pg.host.isEmpty, "storage.postgres.host", "must not be empty")
+            check(!pg.user.isEmpty, "storage.postgres.user", "must not be empty")
+            check(pg.password.isEmpty || pg.passwordFile.isEmpty, "storage.postgres.password_file", "set either password or password_file, not both")
+        }
+        check((1...65535).contains(storage.postgres.port), "storage.postgres.port", "must be 1-65535")
+        check(["disable", "prefer", "require"].contains(storage.postgres.tls), "storage.postgres.tls", "'\(storage.postgres.tls)' is not one of disable, prefer, require")
+        check(storage.postgres.connectTimeout > 0 && storage.postgres.connectTimeout <= 600, "storage.postgres.connect_timeout", "must be more than 0 and at most 600 seconds")
         check(!storage.dataDir.isEmpty, "storage.data_dir", "must not be empty")
         check(!storage.sqlite.file.isEmpty && !storage.sqlite.file.contains("/"), "storage.sqlite.file", "must be a file name without '/'")
         check(["full", "normal"].contains(storage.sqlite.synchronous), "storage.sqlite.synchronous", "'\(storage.sqlite.synchronous)' is not one of full, normal")

@@ -36,12 +36,16 @@ public struct IngestService: Service {
 public enum DatabaseConfiguration: Sendable {
     /// The embedded default: one SQLite file.
     case sqlite(SQLiteBackend.Configuration)
+    /// A PostgreSQL server, shared by any number of gateways.
+    case postgres(PostgresBackend.Configuration)
 
     /// Opens the database, applies pending migrations and fills the pool.
     public func open(logger: Logger) async throws -> any SQLDatabase {
         switch self {
         case .sqlite(let configuration):
             try await SQLiteBackend.open(configuration, logger: logger)
+        case .postgres(let configuration):
+            try await PostgresBackend.open(configuration, logger: logger)
         }
     }
 
@@ -49,6 +53,7 @@ public enum DatabaseConfiguration: Sendable {
     public var location: String {
         switch self {
         case .sqlite(let configuration): configuration.path
+        case .postgres(let configuration): "postgres://\(configuration.endpoint)/\(configuration.database)"
         }
     }
 }

@@ -19,6 +19,8 @@ struct CheckConfigCommand: ParsableCommand {
     func run() throws {
         do {
             let config = try ConfigLoader.load(path: file)
+            // Reads storage.postgres.password_file, as start-up does.
+            _ = try config.databaseConfiguration(path: file)
             // Loads the TLS certificate and key too: a bad file fails here as it would at start-up.
             if !skipTLSFiles {
                 _ = try config.serverConfiguration(path: file)

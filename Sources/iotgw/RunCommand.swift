@@ -33,9 +33,11 @@ struct RunCommand: AsyncParsableCommand {
         let startedAt = ContinuousClock.now
         let file: GatewayConfigFile
         let serverConfiguration: GatewayServer.Configuration
+        let databaseConfiguration: DatabaseConfiguration
         do {
             file = try ConfigLoader.load(path: config)
             serverConfiguration = try file.serverConfiguration(path: config)
+            databaseConfiguration = try file.databaseConfiguration(path: config)
         } catch {
             printError("iotgw: invalid configuration: \(error)")
             throw ExitCode(2)
@@ -79,10 +81,10 @@ struct RunCommand: AsyncParsableCommand {
         if file.storage.enabled {
             let database: any SQLDatabase
             do {
-                database = try await file.databaseConfiguration.open(logger: logger)
+                database = try await databaseConfiguration.open(logger: logger)
             } catch {
                 logger.critical("cannot open the telemetry store", metadata: ["error": "\(String(reflecting: error))"])
-                printError("iotgw: cannot open storage at \(file.databaseConfiguration.location): \(error)")
+                printError("iotgw: cannot open storage at \(databaseConfiguration.location): \(error)")
                 throw ExitCode(1)
             }
             let store = SQLTelemetryStore(database: database)

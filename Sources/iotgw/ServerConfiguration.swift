@@ -1,3 +1,4 @@
+import Foundation
 import GatewayConfig
 import GatewayStorage
 import GatewayTransport
@@ -59,11 +60,38 @@ extension GatewayConfigFile {
 
 extension GatewayConfigFile {
     /// The database `storage` describes.
-    var databaseConfiguration: DatabaseConfiguration {
-        var configuration = SQLiteBackend.Configuration(path: storage.dataDir + "/" + storage.sqlite.file)
-        configuration.poolSize = storage.pool.size
-        configuration.acquireTimeout = storage.pool.acquireTimeout
-        configuration.synchronous = storage.sqlite.synchronous
-        return .sqlite(configuration)
+    ///
+    /// Reads `storage.postgres.password_file` when the PostgreSQL backend uses one (its first line is
+    /// the password), so `check-config` and start-up fail the same way on a missing file.
+    /// - Parameter path: the configuration file, for error messages.
+    /// - Throws: ``ConfigError`` naming `storage.postgres.password_file` when it cannot be read.
+    func databaseConfiguration(path: String) throws(ConfigError) -> DatabaseConfiguration {
+        switch storage.backend {
+        case "postgres":
+            let pg = storage.postgres
+            var password: String? = pg.password.isEmpty ? nil : pg.password
+            if storage.enabled && !pg.passwordFile.isEmpty {
+                guard let data = FileManager.default.contents(atPath: pg.passwordFile),
+                    let text = String(data: data, encoding: .utf8)
+                else {
+                    throw ConfigError(file: path, key: "storage.postgres.password_file", message: "cannot read \(pg.passwordFile)")
+                }
+                password = text.split(separator: "\n", omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            }
+            var configuration = PostgresBackend.Configuration(user: pg.user, password: password, database: pg.database)
+            configuration.host = pg.host
+            configuration.port = pg.port
+            configuration.tls = PostgresBackend.Configuration.TLSMode(rawValue: pg.tls) ?? .disable
+            configuration.connectTimeout = pg.connectTimeout
+            configuration.poolSize = storage.pool.size
+            configuration.acquireTimeout = storage.pool.acquireTimeout
+            return .postgres(configuration)
+        default:
+            var configuration = SQLiteBackend.Configuration(path: storage.dataDir + "/" + storage.sqlite.file)
+            configuration.poolSize = storage.pool.size
+            configuration.acquireTimeout = storage.pool.acquireTimeout
+            configuration.synchronous = storage.sqlite.synchronous
+            return .sqlite(configuration)
+        }
     }
 }

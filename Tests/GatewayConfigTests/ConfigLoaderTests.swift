@@ -65,6 +65,16 @@ struct ConfigLoaderTests {
             ("bad.yaml", "limits:\n  max_inflight: 100\n  max_queued_messages: 10\n", "limits.max_queued_messages", "at least"),
             ("bad.json", #"{"listeners": {"mqtt": {"port": "1883"}}}"#, "listeners.mqtt.port", "expected an integer"),
             ("bad.json", #"{"shutdown": {"timeout": 0}}"#, "shutdown.timeout", "more than 0"),
+            ("bad.yaml", "storage:\n  backend: mysql\n", "storage.backend", "not one of sqlite, postgres"),
+            ("bad.yaml", "storage:\n  backend: postgres\n", "storage.postgres.database", "is required"),
+            ("bad.yaml", "storage:\n  postgres:\n    tls: verify-full\n", "storage.postgres.tls", "not one of disable, prefer, require"),
+            ("bad.yaml", "storage:\n  postgres:\n    port: 0\n", "storage.postgres.port", "1-65535"),
+            ("bad.yaml", "storage:\n  postgres:\n    connect_timeout: 0\n", "storage.postgres.connect_timeout", "more than 0"),
+            ("bad.yaml", "storage:\n  postgres:\n    dsn: x\n", "storage.postgres.dsn", "unknown key"),
+            (
+                "bad.yaml", "storage:\n  backend: postgres\n  postgres:\n    database: d\n    password: p\n    password_file: /f\n",
+                "storage.postgres.password_file", "not both"
+            ),
         ]
     )
     func rejected(file: String, text: String, key: String, reason: String) {
@@ -77,6 +87,31 @@ struct ConfigLoaderTests {
             #expect(error.message.contains(reason), "message: \(error.message)")
             #expect(error.description.hasPrefix("\(file): \(key): "))
         }
+    }
+
+    @Test("storage.postgres is read with its defaults filled in")
+    func postgresSection() throws {
+        let config = try ConfigLoader.decode(
+            """
+            storage:
+              backend: postgres
+              postgres:
+                host: db.example
+                database: telemetry
+                tls: require
+              pool:
+                size: 6
+            """,
+            path: "pg.yaml"
+        )
+        #expect(config.storage.backend == "postgres")
+        #expect(config.storage.postgres.host == "db.example")
+        #expect(config.storage.postgres.port == 5432)
+        #expect(config.storage.postgres.user == "iotgw")
+        #expect(config.storage.postgres.database == "telemetry")
+        #expect(config.storage.postgres.tls == "require")
+        #expect(config.storage.postgres.connectTimeout == 10)
+        #expect(config.storage.pool.size == 6)
     }
 
     @Test("syntax errors and unknown extensions name the file")

@@ -28,6 +28,8 @@ from typing import Any, Callable
 import pytest
 
 from helpers import BROKER_KIND, free_port, is_iotgw, port_accepts
+# PostgreSQL fixtures (postgres_server, postgres_db, private_postgres), registered here for every test module.
+from postgres_helpers import postgres_db, postgres_server, private_postgres  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 IOTGW_BIN = Path(os.environ.get("IOTGW_BIN", str(REPO / ".build" / "debug" / "iotgw")))

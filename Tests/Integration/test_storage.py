@@ -1,7 +1,9 @@
-"""(issue 5) Durable ingestion: published messages in the gateway's SQLite file.
+"""(issue 5) Durable ingestion: published messages in the gateway's SQLite file or PostgreSQL database.
 
 The tests read ``<tmp>/dataN/iotgw.db`` with Python's ``sqlite3`` while the gateway runs (WAL lets a
-reader in beside the writer) or after it stopped. iotgw only: mosquitto has no such store.
+reader in beside the writer) or after it stopped. The tests taking the ``backend`` fixture run on
+PostgreSQL too (a fresh database on the test server, read with psycopg2; see postgres_helpers.py).
+iotgw only: mosquitto has no such store.
 
 The configs are written as JSON, since ``storage.topics`` is a list (the YAML emitter in conftest
 writes scalars and maps only).
@@ -33,8 +35,12 @@ def db_path(broker) -> Path:
     return Path(broker.config["storage"]["data_dir"]) / broker.config["storage"].get("sqlite", {}).get("file", "iotgw.db")
 
 
-def query(broker, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-    """Run one read query on the gateway's database (a fresh connection each time)."""
+def query(broker, sql: str, params: tuple = ()) -> list:
+    """Run one read query (``?`` placeholders) on the gateway's database, a fresh connection each time;
+    rows are indexed by column name."""
+    pg = getattr(broker, "postgres_db", None)
+    if pg is not None:
+        return pg.query(sql, params)
     path = db_path(broker)
     assert path.is_file(), f"no database at {path}"
     con = sqlite3.connect(str(path), timeout=5, isolation_level=None)
@@ -50,8 +56,21 @@ def stored_payloads(broker, topic_like: str = "%") -> list[bytes]:
                                                (topic_like,))]
 
 
-def storage_broker(make_broker, **storage):
-    return make_broker(config_format="json", storage=storage)
+def storage_broker(make_broker, db=None, **storage):
+    """A gateway storing into SQLite (``db`` None) or into the PostgreSQL database ``db``."""
+    if db is not None:
+        storage = {**db.storage_config(), **storage}
+    broker = make_broker(config_format="json", storage=storage)
+    broker.postgres_db = db
+    return broker
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request):
+    """The storage backend under test: None for SQLite, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_db")
 
 
 def acknowledged(info) -> bool:
@@ -80,10 +99,10 @@ class DatabaseLock:
 # ack: persisted
 
 
-def test_persisted_qos1_every_puback_is_a_row(make_broker):
+def test_persisted_qos1_every_puback_is_a_row(make_broker, backend):
     """ack: persisted (default): as soon as a QoS 1 PUBACK arrives, the message is a row with the right
     topic, payload, qos, retain, client id and properties; checked after every single PUBACK."""
-    b = storage_broker(make_broker, ack="persisted")
+    b = storage_broker(make_broker, backend, ack="persisted")
     client_id = unique("persist")
     pub = PahoClient(b.port, client_id=client_id).start()
     try:
@@ -117,9 +136,9 @@ def test_persisted_qos1_every_puback_is_a_row(make_broker):
     assert [(r["client_id"], r["qos"], bytes(r["payload"])) for r in rows] == [(mid, 1, b"from-mosquitto_pub")]
 
 
-def test_persisted_mqtt5_properties_stored(make_broker):
+def test_persisted_mqtt5_properties_stored(make_broker, backend):
     """An MQTT 5 publish keeps its properties (encoded) in the properties column; QoS 2 is stored once."""
-    b = storage_broker(make_broker)
+    b = storage_broker(make_broker, backend)
     client_id = unique("v5")
     pub = PahoV5Client(b.port, client_id=client_id).start()
     try:
@@ -243,9 +262,9 @@ class LoadDriver:
         assert not self._thread.is_alive(), "publisher driver did not stop"
 
 
-def test_kill9_under_load_loses_nothing_acknowledged(make_broker):
+def test_kill9_under_load_loses_nothing_acknowledged(make_broker, backend):
     """50 clients publish QoS 1 with ack: persisted; SIGKILL mid-stream; every PUBACKed message is a row."""
-    b = storage_broker(make_broker, ack="persisted")
+    b = storage_broker(make_broker, backend, ack="persisted")
     topic = unique("load")
     pubs: list[PahoClient] = []
     driver = None
@@ -268,7 +287,7 @@ def test_kill9_under_load_loses_nothing_acknowledged(make_broker):
         rows = query(b, "SELECT client_id, payload, qos, topic FROM messages WHERE topic = ?", (topic,))
         stored = {bytes(r["payload"]) for r in rows}
         missing = [p for p in acked if p not in stored]
-        print(f"kill -9: {len(driver.records)} published, {len(acked)} acknowledged, {len(rows)} rows, "
+        print(f"kill -9 ({'postgres' if backend else 'sqlite'}): {len(driver.records)} published, {len(acked)} acknowledged, {len(rows)} rows, "
               f"in {elapsed:.2f}s ({len(acked) / elapsed:.0f} acked msg/s, {len(rows) / elapsed:.0f} rows/s); "
               f"acknowledged but missing: {len(missing)}")
         assert not missing, f"{len(missing)} acknowledged messages are not in the table, e.g. {missing[:5]}"
@@ -373,10 +392,10 @@ def test_outage_reject_v5_gets_0x97_and_311_is_disconnected(make_broker):
 # ack: received, graceful shutdown
 
 
-def test_ack_received_acks_before_commit_and_sigterm_flushes(make_broker):
+def test_ack_received_acks_before_commit_and_sigterm_flushes(make_broker, backend):
     """ack: received: PUBACKs do not wait for the commit (a 3 s batch delay holds the rows back while
     all 200 PUBACKs arrive); SIGTERM flushes the queue: exit 0 and every row is there."""
-    b = storage_broker(make_broker, ack="received", batch={"max_delay": 3, "max_rows": 10000})
+    b = storage_broker(make_broker, backend, ack="received", batch={"max_delay": 3, "max_rows": 10000})
     topic = unique("recv")
     pub = PahoClient(b.port, client_id=unique("recv-pub")).start()
     try:
@@ -403,6 +422,11 @@ BAD_STORAGE = [
     ("pool-size-0", {"pool": {"size": 0}}, "storage.pool.size"),
     ("bad-filter", {"topics": ["a/#/b"]}, "storage.topics"),
     ("unknown-key", {"foo": 1}, "storage.foo"),
+    ("postgres-without-database", {"backend": "postgres"}, "storage.postgres.database"),
+    ("postgres-bad-tls", {"postgres": {"tls": "verify-full"}}, "storage.postgres.tls"),
+    ("postgres-unknown-key", {"postgres": {"dsn": "postgres://x"}}, "storage.postgres.dsn"),
+    ("postgres-missing-password-file", {"backend": "postgres", "postgres": {
+        "database": "d", "password_file": "/nonexistent/iotgw-password"}}, "storage.postgres.password_file"),
 ]
 
 
