@@ -173,16 +173,16 @@ public final class PostgresBackend: SQLDatabase {
     /// `body` as the child task that runs it can hold it.
     ///
     /// `@unchecked Sendable` because the closure is not: it is called exactly once, in one child task of
-    /// a task group that ``withLease(timeout:_:)`` awaits before returning, so it never runs concurrently with
-    /// its caller, and `withoutActuallyEscaping` checks that it does not outlive the call.
+    /// a task group that ``withLease(timeout:_:)`` awaits before returning, so it never runs
+    /// concurrently with its caller, and `withoutActuallyEscaping` checks that it does not outlive the call.
     private struct LeaseBody<T>: @unchecked Sendable {
         let call: (PostgresConnection) async throws -> T
     }
 
     /// Runs `body` on a connection leased from the client, waiting at most `timeout` (the acquire
-    /// timeout, or connect_timeout at start-up) for the lease. The client's own wait is not bounded that way: while the server is down it queues
-    /// requests until its circuit breaker opens (a minute), which would hide an outage from the ingest
-    /// queue and readiness for that long.
+    /// timeout, or connect_timeout at start-up) for the lease. The client's own wait is not bounded
+    /// that way: while the server is down it queues requests until its circuit breaker opens (a
+    /// minute), which would hide an outage from the ingest queue and readiness for that long.
     private func withLease<T: Sendable>(timeout: Duration, _ body: (PostgresConnection) async throws -> T) async throws -> T {
         try await withoutActuallyEscaping(body) { body in
             let body = LeaseBody(call: body)
