@@ -52,13 +52,13 @@ struct SQLiteBackendTests {
         }.count
     }
 
-    @Test("Migrations on an empty database: schema_migrations holds version 1, messages and its index exist")
+    @Test("Migrations on an empty database: schema_migrations holds every version, messages and its index exist")
     func migrationsFromEmpty() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/iotgw.db"
             try await withStore(path) { store in
                 let versions = try await store.database.query("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
-                #expect(versions.compactMap { $0["version"].int } == [1])
+                #expect(versions.compactMap { $0["version"].int } == SQLMigrations.all.map(\.version))
                 #expect(versions.first?["name"].text?.isEmpty == false)
                 let tables = try await store.database.query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
                 let tableNames = Set(tables.compactMap { $0["name"].text })
@@ -90,7 +90,7 @@ struct SQLiteBackendTests {
 
             try await withStore(path) { second in
                 let after = try await second.database.query("SELECT version, applied_at FROM schema_migrations")
-                #expect(after.count == 1)
+                #expect(after.count == SQLMigrations.all.count)
                 #expect(after.first?["version"].int == 1)
                 #expect(after.first?["applied_at"].int == before.first?["applied_at"].int)
                 let count = try await second.database.query("SELECT COUNT(*) AS n FROM messages")
