@@ -308,6 +308,8 @@ public final class Broker: Sendable {
     @discardableResult
     func publish(_ message: Message, onPersisted gate: CommitGate?) -> Int {
         if message.retain && configuration.retainAvailable {
+            // `$SYS/...` is the gateway's own, republished every interval: not worth a write.
+            let journal = message.topic.hasPrefix("$SYS/") ? nil : self.journal
             metrics.retained(retained.apply(message, journal: journal, onCommit: journal == nil ? nil : gate?.hold()))
         }
         struct Target {

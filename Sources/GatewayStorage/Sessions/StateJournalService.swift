@@ -8,7 +8,7 @@ public import ServiceLifecycle
 /// change, stored message and retained change the broker made is in the database), then closes the
 /// database. List it before ``IngestService`` in the ServiceGroup: groups shut down in reverse order,
 /// so connections drain first, then telemetry is flushed, then this flushes and closes the pool.
-public struct StateJournalService: Service {
+public struct StateJournalService: Service, CustomStringConvertible {
     let journal: StateJournal
     let close: @Sendable () async -> Void
     let logger: Logger
@@ -21,6 +21,8 @@ public struct StateJournalService: Service {
         self.logger = logger
         self.close = close
     }
+
+    public var description: String { "StateJournalService" }
 
     public func run() async throws {
         await withGracefulShutdownHandler {
