@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from helpers import (PINGREQ_BYTES, PINGRESP_BYTES, PUBLISH, PUBACK, PahoClient, PahoV5Client, RawClient,
+from helpers import (PINGREQ_BYTES, PINGRESP_BYTES, PUBLISH, PUBACK, PahoClient, PahoV5Client, RawClient, barrier_publish,
                      ack_packet, is_mosquitto, raw_connected, stop_all, unique, wait_until)
 from test_storage import LoadDriver, acknowledged, db_path
 
@@ -268,3 +268,63 @@ def test_expired_session_is_gone_after_restart(make_broker):
         assert kept.connack[0] is True, f"unexpired session must be present: {kept.connack}"
     finally:
         stop_all([gone, kept])
+
+
+# --------------------------------------------------------------------------------------
+# Start-up load: time and bounds
+
+
+def test_startup_load_of_many_sessions_is_bounded_and_timed(make_broker):
+    """Rows for LOAD_SESSIONS offline sessions (each with a subscription and LOAD_PER_SESSION queued
+    QoS 1 messages) plus one session whose stored queue is over ``limits.max_queued_messages`` are
+    written straight into the database; the gateway loads them before it listens, cuts the long queue
+    to the limit (counted), and a client of each kind gets exactly its messages."""
+    import os
+    sessions = int(os.environ.get("IOTGW_LOAD_SESSIONS", "2000"))
+    per_session = int(os.environ.get("IOTGW_LOAD_PER_SESSION", "5"))
+    limit = max(per_session, 40)  # at least limits.max_inflight (32)
+    b = durable_broker(make_broker, limits={"max_queued_messages": limit})
+    b.signal(signal.SIGTERM)
+    assert b.wait(20) == 0
+    now_ms = int(time.time() * 1000)
+    con = sqlite3.connect(str(db_path(b)), isolation_level=None)
+    try:
+        con.execute("BEGIN")
+        seq = 0
+        for s in range(sessions + 1):
+            cid = f"load-{s}"
+            count = per_session if s < sessions else limit * 3
+            con.execute("INSERT INTO sessions (client_id, expiry_interval, disconnected_at, updated_at) VALUES (?, ?, ?, ?)",
+                        (cid, 3600.0, now_ms, now_ms))
+            con.execute("INSERT INTO subscriptions (client_id, topic_key, topic_filter, share_group, qos, no_local, "
+                        "retain_as_published, retain_handling, subscription_id) VALUES (?, ?, ?, NULL, 1, 0, 0, 0, NULL)",
+                        (cid, f"load/{s}", f"load/{s}"))
+            for i in range(count):
+                seq += 1
+                con.execute("INSERT INTO session_messages (seq, client_id, state, packet_id, qos, retain, topic, payload, "
+                            "message_qos, message_retain, properties, publisher, expires_at, subscription_ids, "
+                            "share_group, share_filter) VALUES (?, ?, 0, NULL, 1, 0, ?, ?, 1, 0, NULL, 'p', NULL, NULL, "
+                            "NULL, NULL)", (seq, cid, f"load/{s}", f"{s}:{i}".encode() + b"x" * 64))
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    b.start(timeout=60)
+    log = b.log_path.read_text(errors="replace")
+    line = [ln for ln in log.splitlines() if "session store loaded" in ln][-1]
+    restored = [ln for ln in log.splitlines() if "restored broker state" in ln][-1]
+    print(f"start-up load: {sessions + 1} sessions, {seq} stored messages: {line.split('] ')[0]}]")
+    assert f"iotgw.restore.sessions={sessions + 1}" in restored, restored
+    assert f"iotgw.restore.dropped={limit * 2}" in restored, restored
+    first = PahoClient(b.port, client_id="load-0", clean_session=False).start()
+    long = PahoClient(b.port, client_id=f"load-{sessions}", clean_session=False).start()
+    try:
+        assert first.connack == (True, 0) and long.connack == (True, 0)
+        assert [m.payload.split(b"x")[0] for m in first.get_n(per_session, timeout=10)] == \
+            [f"0:{i}".encode() for i in range(per_session)]
+        got = long.get_n(limit, timeout=10)
+        assert [m.payload.split(b"x")[0] for m in got] == [f"{sessions}:{i}".encode() for i in range(limit)], \
+            "the oldest messages are kept"
+        stray = barrier_publish(b.port, long, f"load/{sessions}")
+        assert stray == [], f"messages over the limit were delivered: {len(stray)}"
+    finally:
+        stop_all([first, long])

@@ -31,8 +31,15 @@ extension Broker {
     /// was still connected when the process died counts as disconnected now.
     @discardableResult
     public func restore(from store: any BrokerStateStore) async throws -> RestoreReport {
+        let started = ContinuousClock.now
         let snapshot = try await store.load()
-        return restore(snapshot)
+        let read = started.duration(to: .now)
+        let report = restore(snapshot)
+        logger.debug(
+            "session store read and applied",
+            metadata: ["iotgw.restore.read": "\(read)", "iotgw.restore.apply": "\(started.duration(to: .now) - read)"]
+        )
+        return report
     }
 
     func restore(_ snapshot: BrokerStateSnapshot) -> RestoreReport {

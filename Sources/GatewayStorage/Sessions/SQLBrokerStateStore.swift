@@ -15,6 +15,8 @@ public final class SQLBrokerStateStore: BrokerStateStore {
 
     /// Rows per multi-row INSERT of session messages (16 binds each, far below SQLite's 32,766).
     static let messagesPerStatement = 100
+    /// Rows per page when reading `session_messages` at start-up.
+    static let loadPageRows = 10_000
     /// Sequence numbers per batched DELETE.
     static let deletesPerStatement = 500
 
@@ -187,38 +189,49 @@ public final class SQLBrokerStateStore: BrokerStateStore {
                 )
             )
         }
-        for row in try await database.query(
-            """
-            SELECT seq, client_id, state, packet_id, qos, retain, topic, payload, message_qos, message_retain, properties,
-                publisher, expires_at, subscription_ids, share_group, share_filter FROM session_messages ORDER BY seq
-            """
-        ) {
-            guard let seq = row["seq"].integer, let clientID = row["client_id"].text,
-                let state = row["state"].int.flatMap(StoredSessionMessage.State.init(rawValue:)),
-                let qos = row["qos"].integer.flatMap({ MQTTQoS(rawValue: UInt8(clamping: $0)) }),
-                let messageQoS = row["message_qos"].integer.flatMap({ MQTTQoS(rawValue: UInt8(clamping: $0)) }),
-                let topic = row["topic"].text
-            else { throw CorruptRow(table: "session_messages", detail: "seq \(row["seq"])") }
-            snapshot.messages.append(
-                StoredSessionMessage(
-                    seq: seq,
-                    clientID: clientID,
-                    state: state,
-                    packetID: row["packet_id"].integer.flatMap { UInt16(exactly: $0) },
-                    qos: qos,
-                    retain: row["retain"].bool ?? false,
-                    topic: topic,
-                    payload: row["payload"].blob ?? ByteBuffer(),
-                    messageQoS: messageQoS,
-                    messageRetain: row["message_retain"].bool ?? false,
-                    properties: row["properties"].blob,
-                    publisherClientID: row["publisher"].text,
-                    expiresAt: row["expires_at"].integer,
-                    subscriptionIdentifiers: (row["subscription_ids"].text ?? "").split(separator: ",").compactMap { UInt32($0) },
-                    sharedGroup: row["share_group"].text,
-                    sharedFilter: row["share_filter"].text
-                )
+        // The largest table: read in pages (bounded rows per query) and by column position rather than
+        // by name.
+        var after = Int64.min
+        while true {
+            let rows = try await database.query(
+                """
+                SELECT seq, client_id, state, packet_id, qos, retain, topic, payload, message_qos, message_retain, properties,
+                    publisher, expires_at, subscription_ids, share_group, share_filter FROM session_messages
+                WHERE seq > $1 ORDER BY seq LIMIT $2
+                """,
+                [.integer(after), .integer(Int64(Self.loadPageRows))]
             )
+            for row in rows {
+                let v = row.values
+                guard v.count == 16, let seq = v[0].integer, let clientID = v[1].text,
+                    let state = v[2].int.flatMap(StoredSessionMessage.State.init(rawValue:)),
+                    let qos = v[4].integer.flatMap({ MQTTQoS(rawValue: UInt8(clamping: $0)) }),
+                    let messageQoS = v[8].integer.flatMap({ MQTTQoS(rawValue: UInt8(clamping: $0)) }),
+                    let topic = v[6].text
+                else { throw CorruptRow(table: "session_messages", detail: "seq \(row["seq"])") }
+                snapshot.messages.append(
+                    StoredSessionMessage(
+                        seq: seq,
+                        clientID: clientID,
+                        state: state,
+                        packetID: v[3].integer.flatMap { UInt16(exactly: $0) },
+                        qos: qos,
+                        retain: v[5].bool ?? false,
+                        topic: topic,
+                        payload: v[7].blob ?? ByteBuffer(),
+                        messageQoS: messageQoS,
+                        messageRetain: v[9].bool ?? false,
+                        properties: v[10].blob,
+                        publisherClientID: v[11].text,
+                        expiresAt: v[12].integer,
+                        subscriptionIdentifiers: v[13].text.map { $0.split(separator: ",").compactMap { UInt32($0) } } ?? [],
+                        sharedGroup: v[14].text,
+                        sharedFilter: v[15].text
+                    )
+                )
+                after = seq
+            }
+            if rows.count < Self.loadPageRows { break }
         }
         for row in try await database.query("SELECT topic, payload, qos, properties, publisher, expires_at FROM retained ORDER BY topic") {
             guard let topic = row["topic"].text, let qos = row["qos"].integer.flatMap({ MQTTQoS(rawValue: UInt8(clamping: $0)) }) else {
