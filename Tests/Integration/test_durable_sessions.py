@@ -328,3 +328,42 @@ def test_startup_load_of_many_sessions_is_bounded_and_timed(make_broker):
         assert stray == [], f"messages over the limit were delivered: {len(stray)}"
     finally:
         stop_all([first, long])
+
+
+def test_kill9_keeps_mqtt5_properties_subscription_identifiers_and_shared_subscriptions(make_broker):
+    """MQTT 5: an offline session with a subscription identifier and a shared subscription; messages
+    with user properties and a content type; kill -9 and restart: the queued messages come back with
+    their properties and the subscription identifier, and the shared subscription still routes."""
+    b = durable_broker(make_broker)
+    cid, topic, shared_topic = unique("p5"), unique("p5t"), unique("p5s")
+    sub = PahoV5Client(b.port, client_id=cid, clean_start=False, session_expiry=3600).start()
+    assert sub.subscribe(topic, qos=1, subscription_id=77) == [1]
+    assert sub.subscribe(f"$share/grp/{shared_topic}", qos=1) == [1]
+    sub.stop()
+    pub = PahoV5Client(b.port).start()
+    try:
+        pub.publish(topic, b"with props", qos=1,
+                    properties={"UserProperty": [("k", "v")], "ContentType": "text/plain"})
+        pub.publish(shared_topic, b"to the group", qos=1)
+    finally:
+        pub.stop()
+    b.signal(signal.SIGKILL)
+    assert b.wait(5) is not None
+    b.start()
+    again = PahoV5Client(b.port, client_id=cid, clean_start=False, session_expiry=3600).start()
+    try:
+        assert again.connack[0] is True, again.connack
+        got = again.get_n(2, timeout=10)
+        assert [m.payload for m in got] == [b"with props", b"to the group"]
+        props = got[0].properties
+        assert props.get("ContentType") == "text/plain", props
+        assert ("k", "v") in list(props.get("UserProperty", [])), props
+        assert props.get("SubscriptionIdentifier") == [77], props
+        live = PahoV5Client(b.port).start()
+        try:
+            live.publish(shared_topic, b"live to the group", qos=1)
+        finally:
+            live.stop()
+        assert again.get(what="a live message through the restored shared subscription").payload == b"live to the group"
+    finally:
+        again.stop()
