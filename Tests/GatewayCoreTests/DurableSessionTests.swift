@@ -189,6 +189,33 @@ struct DurableSessionTests {
         #expect(pubackIDs(pub.connection.takeReadyAcknowledgements()) == [1])
     }
 
+    @Test("publish(_:whenPersisted:) calls back once the copy for an offline persistent session committed")
+    func whenPersistedCallback() async {
+        let fixture = JournalFixture()
+        let sub = TestClient(fixture.broker)
+        await sub.connectAccepted("api-offline", cleanStart: false)
+        await sub.subscribe([("api/#", .exactlyOnce)])
+        sub.closed()
+        while !fixture.journal.isEmpty { await Task.yield() }
+        fixture.store.hold()
+        let called = Mutex(0)
+        let (persisted, signal) = AsyncStream.makeStream(of: Void.self)
+        let matched = fixture.broker.publish(
+            Message(topic: "api/1", payload: ByteBuffer(string: "from the bridge"), qos: .exactlyOnce, retain: false)
+        ) {
+            called.withLock { $0 += 1 }
+            signal.yield()
+        }
+        #expect(matched == 1)
+        await fixture.store.waitForHeldApply()
+        #expect(called.withLock { $0 } == 0, "called before the commit")
+        fixture.store.release()
+        var iterator = persisted.makeAsyncIterator()
+        _ = await iterator.next()
+        #expect(called.withLock { $0 } == 1)
+        await fixture.finish()
+    }
+
     @Test("Session lifecycle: created, subscriptions, disconnect time, clean start deletes before re-creating")
     func sessionLifecycleIsJournalled() async {
         let fixture = JournalFixture()

@@ -303,6 +303,18 @@ public final class Broker: Sendable {
         publish(message, onPersisted: nil)
     }
 
+    /// Routes `message` like ``publish(_:)`` and calls `whenPersisted` once every copy stored for a
+    /// persistent session (and the retained change) has committed to the session store — at once when
+    /// nothing was stored or storage is off. For callers that acknowledge a message elsewhere (the
+    /// bridge acknowledging upstream) only once the gateway cannot lose it.
+    @discardableResult
+    public func publish(_ message: Message, whenPersisted: @escaping @Sendable () -> Void) -> Int {
+        let gate = CommitGate(onOpen: whenPersisted)
+        let count = publish(message, onPersisted: gate)
+        gate.release()
+        return count
+    }
+
     /// Routes `message`; every copy stored for a persistent session (and the retained change) takes a
     /// hold on `gate`, released when it has committed.
     @discardableResult
