@@ -255,6 +255,47 @@ struct SQLBrokerStateStoreTests {
         }
     }
 
+    @Test("Crash: a QoS 2 delivery awaiting PUBCOMP comes back as PUBREL with its packet id")
+    func restartResendsPubrel() async throws {
+        try await withDatabasePath { path in
+            let id = try await withBroker(path, crash: true) { broker, _ in
+                let sub = Client(broker)
+                _ = await sub.connect("qos2", cleanStart: false)
+                await sub.subscribe([MQTTSubscription(topicFilter: "e/#", qos: .exactlyOnce)])
+                let pub = Client(broker)
+                _ = await pub.connect("pub")
+                await pub.publish("e/1", "once", qos: .exactlyOnce, id: 1)
+                let got = sub.drainPublishes()
+                #expect(got.map(\.text) == ["once"])
+                let id = got[0].packetIdentifier!
+                let actions = await sub.send(.pubrec(MQTTAckPacket(packetIdentifier: id)))
+                var pubrels: [UInt16] = []
+                for case .send(.pubrel(let ack)) in actions { pubrels.append(ack.packetIdentifier) }
+                #expect(pubrels == [id])
+                while !broker.journal!.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+                return id
+            }
+            try await withBroker(path) { broker, report in
+                #expect(report.inflightMessages == 1)
+                let sub = Client(broker)
+                #expect(await sub.connect("qos2", cleanStart: false)?.sessionPresent == true)
+                var resent: [MQTTPacket] = []
+                while let packet = sub.connection.nextOutboundPacket() { resent.append(packet) }
+                guard resent.count == 1, case .pubrel(let ack) = resent[0] else {
+                    Issue.record("expected one PUBREL, got \(resent)")
+                    return
+                }
+                #expect(ack.packetIdentifier == id)
+                await sub.send(.pubcomp(MQTTAckPacket(packetIdentifier: id)))
+                sub.closed()
+            }
+            try await withBroker(path) { _, report in
+                #expect(report.inflightMessages == 0)
+                #expect(report.queuedMessages == 0)
+            }
+        }
+    }
+
     @Test("Load: expired sessions are deleted, queues over the caps are cut and counted")
     func loadAppliesExpiryAndCaps() async throws {
         try await withDatabasePath { path in
