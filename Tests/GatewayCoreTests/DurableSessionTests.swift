@@ -68,9 +68,10 @@ private struct JournalFixture {
     let broker: Broker
     let writer: Task<Void, Never>
 
-    init(ack: IngestConfiguration.AckMode = .persisted, batchMaxDelay: Double = 0) {
+    init(ack: IngestConfiguration.AckMode = .persisted, batchMaxDelay: Double = 0, maxPendingOperations: Int = 10_000) {
         var journalConfiguration = StateJournal.Configuration()
         journalConfiguration.batchMaxDelay = batchMaxDelay
+        journalConfiguration.maxPendingOperations = maxPendingOperations
         journal = StateJournal(configuration: journalConfiguration, store: store, logger: silentLogger)
         var ingestConfiguration = IngestConfiguration()
         ingestConfiguration.topics = []
@@ -213,6 +214,37 @@ struct DurableSessionTests {
         var iterator = persisted.makeAsyncIterator()
         _ = await iterator.next()
         #expect(called.withLock { $0 } == 1)
+        await fixture.finish()
+    }
+
+    @Test("A journal over its cap stops the publisher before routing until a commit makes room")
+    func fullJournalBackPressuresPublishers() async {
+        let fixture = JournalFixture(ack: .received, maxPendingOperations: 2)
+        let sub = TestClient(fixture.broker)
+        await sub.connectAccepted("slow-store", cleanStart: false)
+        await sub.subscribe([("bp/#", .atLeastOnce)])
+        sub.closed()
+        while !fixture.journal.isEmpty { await Task.yield() }
+        fixture.store.hold()
+        let pub = TestClient(fixture.broker)
+        await pub.connectAccepted("pub")
+        // Two copies fill the journal (one being written and held, one queued).
+        await pub.publish("bp/1", "one", qos: .atLeastOnce, id: 1)
+        await fixture.store.waitForHeldApply()
+        await pub.publish("bp/2", "two", qos: .atLeastOnce, id: 2)
+        #expect(fixture.journal.depth == 2)
+        let broker = fixture.broker
+        let third = Task {
+            let late = TestClient(broker)
+            await late.connectAccepted("pub-late")
+            return sentPackets(await late.publish("bp/3", "three", qos: .atLeastOnce, id: 3)).count
+        }
+        while fixture.journal.waitingPublishers == 0 { await Task.yield() }
+        // Waiting before routing: the third message is not queued for the session yet.
+        #expect(fixture.broker.session(clientID: "slow-store")?.queuedCount == 2)
+        fixture.store.release()
+        #expect(await third.value == 1, "the PUBACK comes once the publisher got room")
+        #expect(fixture.broker.session(clientID: "slow-store")?.queuedCount == 3)
         await fixture.finish()
     }
 

@@ -186,6 +186,9 @@ public final class StateJournal: Sendable {
     /// Operations queued or being written.
     public var depth: Int { state.withLock { $0.pending.count + $0.writing } }
 
+    /// Publishers waiting in ``waitForRoom()`` now.
+    var waitingPublishers: Int { state.withLock { $0.spaceWaiters.count } }
+
     /// True when nothing is queued or being written.
     public var isEmpty: Bool { depth == 0 }
 
