@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from helpers import (PINGREQ_BYTES, PINGRESP_BYTES, PUBLISH, PUBACK, PahoClient, PahoV5Client, RawClient, barrier_publish,
+from helpers import (PINGREQ_BYTES, PINGRESP_BYTES, PUBLISH, PUBACK, PahoClient, PahoV5Client, RawClient, barrier_publish, rss_kib,
                      ack_packet, is_mosquitto, raw_connected, stop_all, unique, wait_until)
 from test_storage import LoadDriver, acknowledged, db_path
 
@@ -312,7 +312,8 @@ def test_startup_load_of_many_sessions_is_bounded_and_timed(make_broker):
     log = b.log_path.read_text(errors="replace")
     line = [ln for ln in log.splitlines() if "session store loaded" in ln][-1]
     restored = [ln for ln in log.splitlines() if "restored broker state" in ln][-1]
-    print(f"start-up load: {sessions + 1} sessions, {seq} stored messages: {line.split('] ')[0]}]")
+    print(f"start-up load: {sessions + 1} sessions, {seq} stored messages: {line.split('] ')[0]}], "
+          f"RSS after load {rss_kib(b.pid) / 1024:.0f} MiB")
     assert f"iotgw.restore.sessions={sessions + 1}" in restored, restored
     assert f"iotgw.restore.dropped={limit * 2}" in restored, restored
     first = PahoClient(b.port, client_id="load-0", clean_session=False).start()
