@@ -214,3 +214,16 @@ extension GatewayConfigFile {
         return c
     }
 }
+
+extension GatewayConfigFile {
+    /// The session-state journal's configuration: the same caps and batching as the ingest queue
+    /// (`storage.queue.*`, `storage.batch.*`), applied to its own queue.
+    public var stateJournalConfiguration: StateJournal.Configuration {
+        var c = StateJournal.Configuration()
+        c.maxPendingOperations = storage.queue.maxMessages
+        c.maxPendingBytes = storage.queue.maxBytes
+        c.batchMaxOperations = storage.batch.maxRows
+        c.batchMaxDelay = storage.batch.maxDelay
+        return c
+    }
+}

@@ -48,7 +48,8 @@ enum SQLMigrations {
                 """,
                 "CREATE INDEX messages_topic_time ON messages (topic, received_at)",
             ]
-        )
+        ),
+        sessions,
     ]
 
     /// The `pg_advisory_lock` key that serialises migrations of gateways sharing one PostgreSQL database

@@ -78,6 +78,10 @@ struct RunCommand: AsyncParsableCommand {
         var ingestService: IngestService?
         var ingest: IngestQueue?
         var telemetryReader: (any TelemetryReader)?
+        var journal: StateJournal?
+        var journalService: StateJournalService?
+        var stateStore: SQLBrokerStateStore?
+        var openDatabase: (any SQLDatabase)?
         if file.storage.enabled {
             let database: any SQLDatabase
             do {
@@ -99,9 +103,44 @@ struct RunCommand: AsyncParsableCommand {
                 }
             )
             ingest = queue
-            ingestService = IngestService(queue: queue, logger: logger, close: { await database.close() })
+            // The database is closed by the journal's service, which shuts down after this one.
+            ingestService = IngestService(queue: queue, logger: logger, close: {})
+            openDatabase = database
+            let sessions = SQLBrokerStateStore(database: database)
+            stateStore = sessions
+            let stateJournal = StateJournal(
+                configuration: file.stateJournalConfiguration,
+                store: sessions,
+                logger: logger,
+                onAvailabilityChange: { available in
+                    readiness.set("sessions", available ? .ready : .notReady("session store unavailable"))
+                }
+            )
+            journal = stateJournal
+            journalService = StateJournalService(journal: stateJournal, logger: logger, close: { await database.close() })
         }
-        let broker = Broker(configuration: file.brokerConfiguration, ingest: ingest, logger: logger)
+        let broker = Broker(configuration: file.brokerConfiguration, ingest: ingest, journal: journal, logger: logger)
+        if let stateStore {
+            // Before anything listens: persistent sessions, their queues and retained messages are back
+            // in memory when the first client connects.
+            let loadStarted = ContinuousClock.now
+            do {
+                let report = try await broker.restore(from: stateStore)
+                logger.info(
+                    "session store loaded",
+                    metadata: [
+                        "iotgw.restore.seconds": "\(Self.seconds(loadStarted.duration(to: .now)))",
+                        "iotgw.restore.sessions": "\(report.sessions)",
+                        "iotgw.restore.messages": "\(report.queuedMessages + report.inflightMessages)",
+                    ]
+                )
+            } catch {
+                logger.critical("cannot load the session store", metadata: ["error": "\(String(reflecting: error))"])
+                printError("iotgw: cannot load sessions from \(databaseConfiguration.location): \(error)")
+                await openDatabase?.close()
+                throw ExitCode(1)
+            }
+        }
         readiness.set("listeners", .notReady("starting"))
         readiness.set("shutdown", .ready)
         let coordinator = ShutdownCoordinator(readiness: readiness, notifier: notifier, broker: broker, logWriter: logWriter, logger: logger)
@@ -166,6 +205,10 @@ struct RunCommand: AsyncParsableCommand {
                 logger: logger
             )
             services.append(.init(service: admin))
+        }
+        if let journalService {
+            // Before the ingest service: shut down after it, so it flushes last and closes the database.
+            services.append(.init(service: journalService))
         }
         if let ingestService {
             // Before the server: shut down after it, so the queue is flushed once connections drained.

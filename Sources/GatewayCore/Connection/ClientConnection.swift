@@ -367,7 +367,16 @@ public final class ClientConnection {
         // The acknowledgement's slot is taken now, so acknowledgements leave in receive order even when
         // this one waits for a storage commit.
         let ackSlot: UInt64? = publish.qos == .atMostOnce ? nil : acks.reserve()
-        var waitsForCommit = false
+        // With `ack: persisted` the acknowledgement waits for every commit the message causes: its
+        // telemetry row and each copy stored for a persistent session (and a retained change).
+        var gate: CommitGate?
+        if broker.acknowledgesAfterCommit, let slot = ackSlot {
+            let acks = self.acks
+            let handle = self.handle
+            gate = CommitGate {
+                if acks.complete(slot) { handle.deliveryAvailable() }
+            }
+        }
         if failure == nil {
             var properties = publish.properties
             properties.topicAlias = nil
@@ -386,8 +395,11 @@ public final class ClientConnection {
             // is just acknowledged again.
             let isNew = publish.qos != .exactlyOnce || session.receivedQoS2(packetID: publish.packetIdentifier!)
             var accepted = true
+            if isNew, let journal = broker.journal {
+                // The session store's write-behind queue is over its caps: stop reading this publisher.
+                await journal.waitForRoom()
+            }
             if isNew, let ingest = broker.ingest, ingest.stores(topic: topic) {
-                let persisted = ingest.configuration.ack == .persisted && ackSlot != nil
                 let record = TelemetryRecord(
                     receivedAt: WallClock.millisecondsSinceEpoch(),
                     clientID: session.clientID,
@@ -397,15 +409,7 @@ public final class ClientConnection {
                     payload: payload,
                     properties: version == .v5 && !properties.isEmpty ? Self.encoded(properties) : nil
                 )
-                var onCommit: (@Sendable () -> Void)?
-                if persisted, let slot = ackSlot {
-                    let acks = self.acks
-                    let handle = self.handle
-                    onCommit = {
-                        if acks.complete(slot) { handle.deliveryAvailable() }
-                    }
-                }
-                let result = await ingest.submit(record, onCommit: onCommit)
+                let result = await ingest.submit(record, onCommit: gate?.hold())
                 if result == .rejected {
                     if publish.qos != .atMostOnce {
                         accepted = false
@@ -419,13 +423,15 @@ public final class ClientConnection {
                             return [.close]
                         }
                     }
-                } else {
-                    waitsForCommit = persisted
                 }
             }
             if accepted {
-                matched = isNew ? broker.publish(message) : 1
+                matched = isNew ? broker.publish(message, onPersisted: gate) : 1
+            } else {
+                gate = nil
             }
+        } else {
+            gate = nil
         }
         // MQTT 3.1.1 has no negative acknowledgement: a refused message is acknowledged and dropped
         // (section 3.3.5); MQTT 5 says why in the reason code.
@@ -442,10 +448,11 @@ public final class ClientConnection {
             }
             ack = .pubrec(MQTTAckPacket(packetIdentifier: packetID, reasonCode: code))
         }
-        if waitsForCommit {
-            // The batch writer marks the slot committed (possibly already has); until then it holds
-            // the acknowledgement's place in line.
+        if let gate {
+            // The batch writers mark the slot committed (possibly already have); until then it holds
+            // the acknowledgement's place in line. Releasing the creator's hold lets the gate open.
             acks.setPacket(ackSlot, ack)
+            gate.release()
         } else {
             _ = acks.complete(ackSlot, with: ack)
         }
@@ -545,6 +552,11 @@ public final class ClientConnection {
 }
 
 extension Broker {
+    /// Whether QoS 1/2 acknowledgements wait for their commits (`storage.ack: persisted`).
+    var acknowledgesAfterCommit: Bool {
+        ingest?.configuration.ack == .persisted
+    }
+
     /// Applies a new Session Expiry Interval sent in an MQTT 5 DISCONNECT.
     func updateSessionExpiry(_ session: Session, interval: UInt32) {
         session.setExpiry(persistent: interval > 0, interval: interval == UInt32.max ? nil : Double(interval))

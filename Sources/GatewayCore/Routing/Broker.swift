@@ -30,6 +30,8 @@ public final class Broker: Sendable {
     let retained = RetainedStore()
     /// The telemetry ingest queue, when storage is configured.
     public let ingest: IngestQueue?
+    /// Where persistent sessions and retained messages are mirrored, when storage is configured.
+    public let journal: StateJournal?
     private let state: Mutex<State>
     private let clock = ContinuousClock()
 
@@ -55,9 +57,11 @@ public final class Broker: Sendable {
         authorizer: any Authorizer = AllowAllAuthorizer(),
         metrics: GatewayMetrics = GatewayMetrics(),
         ingest: IngestQueue? = nil,
+        journal: StateJournal? = nil,
         logger: Logger
     ) {
         self.ingest = ingest
+        self.journal = journal
         self.live = Mutex(configuration)
         self.customAuthenticator = authenticator
         self.authorizer = authorizer
@@ -143,6 +147,8 @@ public final class Broker: Sendable {
                 // A clean session's state is never reused (MQTT-3.1.2-6), even by a takeover that asks
                 // for a persistent one.
                 if cleanStart || !existing.isPersistent || existing.isExpired(now: now) {
+                    // Its rows go before the new session's are written (same client id).
+                    existing.retire()
                     Self.removeSubscriptions(of: existing, from: &state.index)
                     state.sessions[clientID] = nil
                     discarded = existing
@@ -156,7 +162,8 @@ public final class Broker: Sendable {
                 expiryInterval: expiryInterval,
                 limits: limits,
                 budget: budget,
-                metrics: metrics
+                metrics: metrics,
+                journal: journal
             )
             state.sessions[clientID] = session
             return (OpenedSession(session: session, owner: owner, sessionPresent: false), discarded)
@@ -193,6 +200,7 @@ public final class Broker: Sendable {
     private func discard(_ session: Session) {
         let removed = state.withLock { state -> Bool in
             guard state.sessions[session.clientID] === session else { return false }
+            session.retire()
             state.sessions[session.clientID] = nil
             Self.removeSubscriptions(of: session, from: &state.index)
             return true
@@ -292,8 +300,29 @@ public final class Broker: Sendable {
     /// Returns the number of subscribers it was queued for.
     @discardableResult
     public func publish(_ message: Message) -> Int {
+        publish(message, onPersisted: nil)
+    }
+
+    /// Routes `message` like ``publish(_:)`` and calls `whenPersisted` once every copy stored for a
+    /// persistent session (and the retained change) has committed to the session store — at once when
+    /// nothing was stored or storage is off. For callers that acknowledge a message elsewhere (the
+    /// bridge acknowledging upstream) only once the gateway cannot lose it.
+    @discardableResult
+    public func publish(_ message: Message, whenPersisted: @escaping @Sendable () -> Void) -> Int {
+        let gate = CommitGate(onOpen: whenPersisted)
+        let count = publish(message, onPersisted: gate)
+        gate.release()
+        return count
+    }
+
+    /// Routes `message`; every copy stored for a persistent session (and the retained change) takes a
+    /// hold on `gate`, released when it has committed.
+    @discardableResult
+    func publish(_ message: Message, onPersisted gate: CommitGate?) -> Int {
         if message.retain && configuration.retainAvailable {
-            metrics.retained(retained.apply(message))
+            // `$SYS/...` is the gateway's own, republished every interval: not worth a write.
+            let journal = message.topic.hasPrefix("$SYS/") ? nil : self.journal
+            metrics.retained(retained.apply(message, journal: journal, onCommit: journal == nil ? nil : gate?.hold()))
         }
         struct Target {
             var session: Session
@@ -337,7 +366,8 @@ public final class Broker: Sendable {
                     subscriptionIdentifiers: target.identifiers,
                     sharedGroup: target.sharedGroup
                 ),
-                to: target.session
+                to: target.session,
+                onPersisted: gate
             )
         }
         return targets.count
@@ -360,8 +390,8 @@ public final class Broker: Sendable {
         return entry
     }
 
-    private func deliver(_ queued: QueuedMessage, to session: Session) {
-        let (result, startedDropping) = session.enqueue(queued)
+    private func deliver(_ queued: QueuedMessage, to session: Session, onPersisted gate: CommitGate? = nil) {
+        let (result, startedDropping) = session.enqueue(queued, onPersisted: gate)
         switch result {
         case .queued, .notQueuedOffline:
             break
@@ -479,6 +509,26 @@ public final class Broker: Sendable {
     /// The number of subscriptions in the index.
     public var subscriptionCount: Int { state.withLock { $0.index.count } }
 
+    /// Adds a session restored from the store, with its subscriptions, to the session map and index.
+    func insertRestored(_ session: Session, subscriptions: [(key: String, Session.StoredSubscription)]) {
+        state.withLock { state in
+            state.sessions[session.clientID] = session
+            for (_, subscription) in subscriptions {
+                let filter = subscription.options.topicFilter
+                _ = state.index.insert(
+                    filter: filter,
+                    group: subscription.group,
+                    entry: SubscriptionEntry(
+                        session: session,
+                        options: subscription.options,
+                        subscriptionIdentifier: subscription.subscriptionIdentifier,
+                        sharedGroup: subscription.group.map { SharedGroupKey(group: $0, filter: filter) }
+                    )
+                )
+            }
+        }
+    }
+
     // MARK: Shutdown
 
     /// Starts a graceful drain: no new connections or sessions are accepted and clients' new PUBLISHes
@@ -494,6 +544,7 @@ public final class Broker: Sendable {
     /// stored (so every acknowledgement that depends on a commit has been sent).
     public var connectedSessionsIdle: Bool {
         if let ingest, !ingest.isEmpty { return false }
+        if let journal, !journal.isEmpty { return false }
         let sessions = state.withLock { Array($0.sessions.values) }
         return sessions.allSatisfy { !$0.isConnected || $0.isIdle }
     }

@@ -7,16 +7,32 @@ final class RetainedStore: Sendable {
     private let messages = Mutex<[String: Message]>([:])
 
     /// Stores or clears (empty payload) the retained message of `message.topic`. Returns the new count.
+    /// The change is mirrored into `journal` (when given) under the same lock, so the store sees the
+    /// topic's changes in order.
     @discardableResult
-    func apply(_ message: Message) -> Int {
+    func apply(_ message: Message, journal: StateJournal? = nil, onCommit: (@Sendable () -> Void)? = nil) -> Int {
         messages.withLock { messages in
             if message.payload.readableBytes == 0 {
-                messages[message.topic] = nil
+                if messages.removeValue(forKey: message.topic) != nil, let journal {
+                    journal.append(.deleteRetained(topic: message.topic), onCommit: onCommit)
+                } else {
+                    onCommit?()
+                }
             } else {
                 messages[message.topic] = message
+                if let journal {
+                    journal.append(.setRetained(StoredForm.retained(message)), onCommit: onCommit)
+                } else {
+                    onCommit?()
+                }
             }
             return messages.count
         }
+    }
+
+    /// Puts back a retained message loaded from the store (not journalled: it came from there).
+    func restore(_ message: Message) {
+        messages.withLock { $0[message.topic] = message }
     }
 
     /// The retained messages whose topic matches `filter`, dropping any that have expired.

@@ -14,6 +14,9 @@ struct QueuedMessage: Sendable {
     /// The shared subscription (`$share/group/filter`) this delivery was chosen through, if any: when
     /// the session ends with it undelivered, another member of the group gets it (MQTT 5 section 4.8.2).
     var sharedGroup: SharedGroupKey? = nil
+    /// The row of this copy in the session store (its journal sequence number), when it is persisted:
+    /// a QoS 1/2 copy queued for a persistent session while storage is on.
+    var seq: Int64? = nil
     var byteCount: Int { message.queuedByteCount }
 }
 
@@ -43,6 +46,8 @@ public final class Session: Sendable {
     private let limits: Limits
     private let budget: QueueBudget
     private let metrics: GatewayMetrics
+    /// Where changes are mirrored for recovery (nil: storage off). Used only while `State.journaling`.
+    private let journal: StateJournal?
     private let state: Mutex<State>
 
     struct Limits: Sendable {
@@ -59,7 +64,7 @@ public final class Session: Sendable {
         var group: String?
     }
 
-    private struct Inflight: Sendable {
+    fileprivate struct Inflight: Sendable {
         enum Phase: Sendable { case awaitingPuback, awaitingPubrec, awaitingPubcomp }
         var packetID: UInt16
         var queued: QueuedMessage
@@ -91,14 +96,29 @@ public final class Session: Sendable {
         var disconnectedAt: ContinuousClock.Instant?
         /// Whether we are in a dropping episode (log once per episode, as mosquitto does).
         var dropping = false
+        /// Whether changes go to the journal: the session is persistent, storage is on, and the session
+        /// was not retired. Journal operations are appended under this lock, so the store sees each
+        /// session's changes in the order they happened.
+        var journaling = false
     }
 
-    init(clientID: String, persistent: Bool, expiryInterval: Double?, limits: Limits, budget: QueueBudget, metrics: GatewayMetrics) {
+    init(
+        clientID: String,
+        persistent: Bool,
+        expiryInterval: Double?,
+        limits: Limits,
+        budget: QueueBudget,
+        metrics: GatewayMetrics,
+        journal: StateJournal? = nil
+    ) {
         self.clientID = clientID
         self.limits = limits
         self.budget = budget
         self.metrics = metrics
-        self.state = Mutex(State(persistent: persistent, expiryInterval: expiryInterval))
+        self.journal = journal
+        var initial = State(persistent: persistent, expiryInterval: expiryInterval)
+        initial.journaling = persistent && journal != nil
+        self.state = Mutex(initial)
     }
 
     // MARK: Ownership
@@ -123,7 +143,33 @@ public final class Session: Sendable {
             state.disconnectedAt = nil
             state.resend = Deque(state.inflight.map(\.packetID))
             state.needsWake = false
+            journalSessionRow(&state, disconnectedAt: nil)
             return previous
+        }
+    }
+
+    /// Mirrors the session row (or its removal, once it is no longer persistent) into the journal.
+    private func journalSessionRow(_ state: inout State, disconnectedAt: Int64?) {
+        guard let journal, state.journaling else { return }
+        if state.persistent {
+            journal.append(
+                .upsertSession(StoredSessionRecord(clientID: clientID, expiryInterval: state.expiryInterval, disconnectedAt: disconnectedAt))
+            )
+        } else {
+            // No longer persistent (MQTT 5 expiry 0): the stored session goes now, not at disconnect.
+            state.journaling = false
+            journal.append(.deleteSession(clientID: clientID))
+        }
+    }
+
+    /// Ends the session's presence in the store: deletes its rows and stops mirroring its changes.
+    /// The broker calls it (under its own lock) before anything can create a new session with the same
+    /// client id, so the delete is journalled before the new session's rows.
+    func retire() {
+        state.withLock { state in
+            guard let journal, state.journaling else { return }
+            state.journaling = false
+            journal.append(.deleteSession(clientID: clientID))
         }
     }
 
@@ -136,6 +182,9 @@ public final class Session: Sendable {
             state.handle = nil
             state.disconnectedAt = now
             state.needsWake = false
+            if state.persistent {
+                journalSessionRow(&state, disconnectedAt: WallClock.millisecondsSinceEpoch())
+            }
             return true
         }
     }
@@ -163,7 +212,11 @@ public final class Session: Sendable {
     func takeAllQueued() -> [QueuedMessage] {
         let (bytes, messages) = state.withLock { state -> (Int, [QueuedMessage]) in
             let bytes = state.pendingBytes + state.inflightBytes
-            let messages = state.inflight.map(\.queued) + Array(state.pending)
+            let messages = (state.inflight.map(\.queued) + Array(state.pending)).map { queued in
+                var queued = queued
+                queued.seq = nil
+                return queued
+            }
             state.pending.removeAll()
             state.inflight.removeAll()
             state.resend.removeAll()
@@ -179,11 +232,32 @@ public final class Session: Sendable {
 
     /// Records a subscription; returns whether it already existed.
     func storeSubscription(key: String, _ subscription: StoredSubscription) -> Bool {
-        state.withLock { $0.subscriptions.updateValue(subscription, forKey: key) != nil }
+        state.withLock { state in
+            if state.journaling, let journal {
+                journal.append(
+                    .upsertSubscription(
+                        StoredSubscriptionRecord(
+                            clientID: clientID,
+                            key: key,
+                            options: subscription.options,
+                            group: subscription.group,
+                            subscriptionIdentifier: subscription.subscriptionIdentifier
+                        )
+                    )
+                )
+            }
+            return state.subscriptions.updateValue(subscription, forKey: key) != nil
+        }
     }
 
     func removeSubscription(key: String) -> StoredSubscription? {
-        state.withLock { $0.subscriptions.removeValue(forKey: key) }
+        state.withLock { state in
+            let removed = state.subscriptions.removeValue(forKey: key)
+            if removed != nil, state.journaling, let journal {
+                journal.append(.deleteSubscription(clientID: clientID, key: key))
+            }
+            return removed
+        }
     }
 
     /// All subscriptions, keyed by the filter as the client sent it.
@@ -225,7 +299,10 @@ public final class Session: Sendable {
     /// reported as ``EnqueueResult/slowConsumer`` for a connected one, whose caller disconnects it
     /// (its session, and everything queued in it, stays). `startedDropping` is true for the first drop
     /// of an episode, so the caller logs once per episode rather than once per message.
-    func enqueue(_ queued: QueuedMessage) -> (result: EnqueueResult, startedDropping: Bool) {
+    /// - Parameter onPersisted: when the copy is persisted, a gate whose hold is released once it has
+    ///   committed (`ack: persisted` holds the publisher's acknowledgement on it).
+    func enqueue(_ queued: QueuedMessage, onPersisted gate: CommitGate? = nil) -> (result: EnqueueResult, startedDropping: Bool) {
+        var queued = queued
         let size = queued.byteCount
         var evicted = 0
         let (result, wake, logDrop) = state.withLock { state -> (EnqueueResult, (any ConnectionHandle)?, Bool) in
@@ -261,6 +338,14 @@ public final class Session: Sendable {
                 globalFull = false
             }
             state.dropping = false
+            if state.journaling, queued.qos != .atMostOnce, let journal {
+                let seq = journal.nextSequence()
+                queued.seq = seq
+                journal.append(
+                    .insertMessage(Self.stored(queued, seq: seq, clientID: clientID, state: .queued, packetID: nil)),
+                    onCommit: gate?.hold()
+                )
+            }
             state.pending.append(queued)
             state.pendingBytes += size
             var wake: (any ConnectionHandle)?
@@ -346,6 +431,7 @@ public final class Session: Sendable {
                     released += queued.byteCount
                     releasedCount += 1
                     expired += 1
+                    journalDelete(queued, &state)
                     continue
                 }
                 if queued.qos == .atMostOnce {
@@ -354,9 +440,11 @@ public final class Session: Sendable {
                     return .item(.publish(Self.packet(for: queued, packetID: nil, dup: false, now: now)))
                 }
                 let id = Self.allocatePacketID(&state)
-                state.inflight.append(
-                    Inflight(packetID: id, queued: queued, phase: queued.qos == .atLeastOnce ? .awaitingPuback : .awaitingPubrec)
-                )
+                let phase: Inflight.Phase = queued.qos == .atLeastOnce ? .awaitingPuback : .awaitingPubrec
+                state.inflight.append(Inflight(packetID: id, queued: queued, phase: phase))
+                if state.journaling, let seq = queued.seq, let journal {
+                    journal.append(.updateMessage(seq: seq, state: phase.stored, packetID: id))
+                }
                 state.inflightBytes += queued.byteCount
                 return .item(.publish(Self.packet(for: queued, packetID: id, dup: false, now: now)))
             }
@@ -414,6 +502,9 @@ public final class Session: Sendable {
                 return state.inflight.contains(where: { $0.packetID == packetID && $0.phase == .awaitingPubcomp })
             }
             state.inflight[index].phase = .awaitingPubcomp
+            if state.journaling, let seq = state.inflight[index].queued.seq, let journal {
+                journal.append(.updateMessage(seq: seq, state: .awaitingPubcomp, packetID: packetID))
+            }
             return true
         }
     }
@@ -425,6 +516,7 @@ public final class Session: Sendable {
             }
             let entry = state.inflight.remove(at: index)
             state.inflightBytes -= entry.queued.byteCount
+            journalDelete(entry.queued, &state)
             return entry.queued.byteCount
         }
         guard let bytes else { return false }
@@ -439,6 +531,108 @@ extension Session {
         state.withLock { state in
             state.persistent = persistent
             state.expiryInterval = interval
+            journalSessionRow(&state, disconnectedAt: nil)
+        }
+    }
+
+    private func journalDelete(_ queued: QueuedMessage, _ state: inout State) {
+        if state.journaling, let seq = queued.seq, let journal {
+            journal.append(.deleteMessage(seq: seq))
+        }
+    }
+
+    /// The store's form of a queued copy. Expiry moves from the continuous clock to wall-clock time.
+    static func stored(
+        _ queued: QueuedMessage,
+        seq: Int64,
+        clientID: String,
+        state: StoredSessionMessage.State,
+        packetID: UInt16?
+    ) -> StoredSessionMessage {
+        StoredSessionMessage(
+            seq: seq,
+            clientID: clientID,
+            state: state,
+            packetID: packetID,
+            qos: queued.qos,
+            retain: queued.retain,
+            topic: queued.message.topic,
+            payload: queued.message.payload,
+            messageQoS: queued.message.qos,
+            messageRetain: queued.message.retain,
+            properties: StoredForm.properties(queued.message.properties),
+            publisherClientID: queued.message.publisherClientID,
+            expiresAt: StoredForm.wallClock(queued.message.expiresAt),
+            subscriptionIdentifiers: queued.subscriptionIdentifiers,
+            sharedGroup: queued.sharedGroup?.group,
+            sharedFilter: queued.sharedGroup?.filter
+        )
+    }
+
+    /// A stored delivery state as the session tracks it (nil: still queued).
+    fileprivate static func phase(_ stored: StoredSessionMessage.State) -> Inflight.Phase? {
+        switch stored {
+        case .queued: nil
+        case .awaitingPuback: .awaitingPuback
+        case .awaitingPubrec: .awaitingPubrec
+        case .awaitingPubcomp: .awaitingPubcomp
+        }
+    }
+
+    /// What ``restore(subscriptions:messages:disconnectedAt:)`` loaded.
+    struct RestoreCount {
+        var queued = 0
+        var inflight = 0
+        /// Stored messages over the session's (or the global) queue caps, dropped at load.
+        var dropped: [Int64] = []
+    }
+
+    /// Fills a session being restored from the store (before any connection can see it): its
+    /// subscriptions, and its messages in order — in-flight ones keep their packet ids and are sent
+    /// again with DUP (or PUBREL) on the next connection. Messages over the queue caps are dropped
+    /// (the offline overflow policy: the oldest are kept, later ones dropped) and returned so their
+    /// rows can be deleted.
+    func restore(
+        subscriptions: [(key: String, StoredSubscription)],
+        messages: [(QueuedMessage, StoredSessionMessage.State, UInt16?)],
+        disconnectedAt: ContinuousClock.Instant
+    ) -> RestoreCount {
+        var count = RestoreCount()
+        state.withLock { state in
+            state.disconnectedAt = disconnectedAt
+            for (key, subscription) in subscriptions { state.subscriptions[key] = subscription }
+            for (queued, stored, packetID) in messages {
+                let size = queued.byteCount
+                let fits = state.pending.count + state.inflight.count < limits.maxQueuedMessages
+                    && state.pendingBytes + state.inflightBytes + size <= limits.maxQueuedBytes
+                guard fits, budget.tryReserve(size) else {
+                    if let seq = queued.seq { count.dropped.append(seq) }
+                    continue
+                }
+                if let phase = Self.phase(stored), let packetID,
+                    !state.inflight.contains(where: { $0.packetID == packetID })
+                {
+                    state.inflight.append(Inflight(packetID: packetID, queued: queued, phase: phase))
+                    state.inflightBytes += size
+                    state.nextPacketID = packetID == UInt16.max ? 1 : packetID + 1
+                    count.inflight += 1
+                } else {
+                    state.pending.append(queued)
+                    state.pendingBytes += size
+                    count.queued += 1
+                }
+            }
+        }
+        return count
+    }
+}
+
+extension Session.Inflight.Phase {
+    var stored: StoredSessionMessage.State {
+        switch self {
+        case .awaitingPuback: .awaitingPuback
+        case .awaitingPubrec: .awaitingPubrec
+        case .awaitingPubcomp: .awaitingPubcomp
         }
     }
 }
