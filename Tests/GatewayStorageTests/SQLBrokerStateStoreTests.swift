@@ -7,21 +7,13 @@ import NIOCore
 import Synchronization
 import Testing
 
-/// `SQLBrokerStateStore` on SQLite (round trip of every kind of row), and a `Broker` restarted on the
+/// `SQLBrokerStateStore` on SQLite and PostgreSQL (round trip of every kind of row), and a `Broker` restarted on the
 /// same database file sees the state the previous one left.
 @Suite("SQLBrokerStateStore", .timeLimit(.minutes(1)))
 struct SQLBrokerStateStoreTests {
-    func withDatabasePath<T>(_ body: (String) async throws -> T) async throws -> T {
-        let directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("iotgw-session-tests-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        return try await body(directory + "/iotgw.db")
-    }
-
-    /// Opens the database at `path`, runs `body` with a store on it, and closes it.
-    func withStore<T>(_ path: String, _ body: (SQLBrokerStateStore) async throws -> T) async throws -> T {
-        let database = try await SQLiteBackend.open(SQLiteBackend.Configuration(path: path), logger: silentLogger)
+    /// Opens `path` (a fresh database of ``TestDatabase``), runs `body` with a store on it, and closes it.
+    func withStore<T>(_ path: TestDatabase, _ body: (SQLBrokerStateStore) async throws -> T) async throws -> T {
+        let database = try await path.openDatabase()
         do {
             let result = try await body(SQLBrokerStateStore(database: database))
             await database.close()
@@ -46,9 +38,9 @@ struct SQLBrokerStateStoreTests {
         )
     }
 
-    @Test("Every kind of row round-trips; updates, deletes, retained clear and session delete apply")
-    func roundTrip() async throws {
-        try await withDatabasePath { path in
+    @Test("Every kind of row round-trips; updates, deletes, retained clear and session delete apply", arguments: StorageBackend.available)
+    func roundTrip(backend: StorageBackend) async throws {
+        try await TestDatabase.withFresh(backend) { path in
             let session = StoredSessionRecord(clientID: "c1", expiryInterval: 3600, disconnectedAt: 1_700_000_000_123)
             let forever = StoredSessionRecord(clientID: "c2", expiryInterval: nil, disconnectedAt: nil)
             let plain = StoredSubscriptionRecord(
@@ -108,9 +100,9 @@ struct SQLBrokerStateStoreTests {
         }
     }
 
-    @Test("A failing batch commits nothing (one transaction)")
-    func batchIsAtomic() async throws {
-        try await withDatabasePath { path in
+    @Test("A failing batch commits nothing (one transaction)", arguments: StorageBackend.available)
+    func batchIsAtomic(backend: StorageBackend) async throws {
+        try await TestDatabase.withFresh(backend) { path in
             try await withStore(path) { store in
                 await #expect(throws: (any Error).self) {
                     // The second insert reuses seq 1: the primary key fails it, and the first goes too.
@@ -128,7 +120,7 @@ struct SQLBrokerStateStoreTests {
     /// One broker life on the database at `path`: its journal writer runs during `body`, and is flushed
     /// (as on SIGTERM) when `body` returns, or abandoned (as on kill -9) when `crash` is set.
     func withBroker<T>(
-        _ path: String,
+        _ path: TestDatabase,
         crash: Bool = false,
         configure: (inout BrokerConfiguration) -> Void = { _ in },
         ackPersisted: Bool = false,
@@ -158,9 +150,9 @@ struct SQLBrokerStateStoreTests {
         }
     }
 
-    @Test("Restart: a persistent session, its subscriptions, queued messages and retained messages come back")
-    func restartRestoresOfflineSession() async throws {
-        try await withDatabasePath { path in
+    @Test("Restart: a persistent session, its subscriptions, queued messages and retained messages come back", arguments: StorageBackend.available)
+    func restartRestoresOfflineSession(backend: StorageBackend) async throws {
+        try await TestDatabase.withFresh(backend) { path in
             try await withBroker(path) { broker, report in
                 #expect(report == Broker.RestoreReport())
                 let sub = Client(broker)
@@ -209,9 +201,9 @@ struct SQLBrokerStateStoreTests {
         }
     }
 
-    @Test("Crash: in-flight messages come back with their packet ids and are resent with DUP")
-    func restartRedeliversInflight() async throws {
-        try await withDatabasePath { path in
+    @Test("Crash: in-flight messages come back with their packet ids and are resent with DUP", arguments: StorageBackend.available)
+    func restartRedeliversInflight(backend: StorageBackend) async throws {
+        try await TestDatabase.withFresh(backend) { path in
             let ids = try await withBroker(path, crash: true, ackPersisted: true) { broker, _ in
                 let sub = Client(broker)
                 _ = await sub.connect("inflight", cleanStart: false)
@@ -255,9 +247,9 @@ struct SQLBrokerStateStoreTests {
         }
     }
 
-    @Test("Crash: a QoS 2 delivery awaiting PUBCOMP comes back as PUBREL with its packet id")
-    func restartResendsPubrel() async throws {
-        try await withDatabasePath { path in
+    @Test("Crash: a QoS 2 delivery awaiting PUBCOMP comes back as PUBREL with its packet id", arguments: StorageBackend.available)
+    func restartResendsPubrel(backend: StorageBackend) async throws {
+        try await TestDatabase.withFresh(backend) { path in
             let id = try await withBroker(path, crash: true) { broker, _ in
                 let sub = Client(broker)
                 _ = await sub.connect("qos2", cleanStart: false)
@@ -296,9 +288,9 @@ struct SQLBrokerStateStoreTests {
         }
     }
 
-    @Test("Load: expired sessions are deleted, queues over the caps are cut and counted")
-    func loadAppliesExpiryAndCaps() async throws {
-        try await withDatabasePath { path in
+    @Test("Load: expired sessions are deleted, queues over the caps are cut and counted", arguments: StorageBackend.available)
+    func loadAppliesExpiryAndCaps(backend: StorageBackend) async throws {
+        try await TestDatabase.withFresh(backend) { path in
             let now = WallClock.millisecondsSinceEpoch()
             try await withStore(path) { store in
                 var operations: [BrokerStateOperation] = [
@@ -327,9 +319,9 @@ struct SQLBrokerStateStoreTests {
         }
     }
 
-    @Test("Clean start and session expiry remove the stored session")
-    func cleanStartRemovesRows() async throws {
-        try await withDatabasePath { path in
+    @Test("Clean start and session expiry remove the stored session", arguments: StorageBackend.available)
+    func cleanStartRemovesRows(backend: StorageBackend) async throws {
+        try await TestDatabase.withFresh(backend) { path in
             try await withBroker(path) { broker, _ in
                 let a = Client(broker)
                 _ = await a.connect("gone", cleanStart: false)

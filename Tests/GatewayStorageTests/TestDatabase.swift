@@ -117,19 +117,24 @@ enum TestDatabase {
         }
     }
 
-    /// Opens the database (applying migrations) behind a telemetry store.
-    func open(poolSize: Int = 4, acquireTimeout: Double = 5) async throws -> SQLTelemetryStore {
+    /// Opens the database (applying migrations).
+    func openDatabase(poolSize: Int = 4, acquireTimeout: Double = 5) async throws -> any SQLDatabase {
         switch self {
         case .sqlite(let path):
             var configuration = SQLiteBackend.Configuration(path: path)
             configuration.poolSize = poolSize
             configuration.acquireTimeout = acquireTimeout
-            return SQLTelemetryStore(database: try await SQLiteBackend.open(configuration, logger: silentLogger))
+            return try await SQLiteBackend.open(configuration, logger: silentLogger)
         case .postgres(var configuration):
             configuration.poolSize = poolSize
             configuration.acquireTimeout = acquireTimeout
-            return SQLTelemetryStore(database: try await PostgresBackend.open(configuration, logger: silentLogger))
+            return try await PostgresBackend.open(configuration, logger: silentLogger)
         }
+    }
+
+    /// Opens the database (applying migrations) behind a telemetry store.
+    func open(poolSize: Int = 4, acquireTimeout: Double = 5) async throws -> SQLTelemetryStore {
+        SQLTelemetryStore(database: try await openDatabase(poolSize: poolSize, acquireTimeout: acquireTimeout))
     }
 
     /// Opens a store, runs `body`, and closes the store whether `body` threw or not.
