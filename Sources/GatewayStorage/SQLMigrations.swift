@@ -48,7 +48,8 @@ enum SQLMigrations {
                 """,
                 "CREATE INDEX messages_topic_time ON messages (topic, received_at)",
             ]
-        )
+        ),
+        users,
     ]
 
     /// Applies, in order and each in its own transaction, every migration `database` has not seen.

@@ -73,33 +73,61 @@ struct RunCommand: AsyncParsableCommand {
 
         let readiness = ReadinessRegistry()
         // Storage opens before anything listens: a gateway that cannot keep its promise refuses to start.
+        // The same database holds the users table when `auth.backend` is `database`.
         var ingestService: IngestService?
         var ingest: IngestQueue?
         var telemetryReader: (any TelemetryReader)?
-        if file.storage.enabled {
+        var databaseAuthenticator: DatabaseAuthenticator?
+        var closingService: ClosingService?
+        if file.storage.enabled || file.auth.backend == "database" {
             let database: any SQLDatabase
             do {
                 database = try await file.databaseConfiguration.open(logger: logger)
             } catch {
-                logger.critical("cannot open the telemetry store", metadata: ["error": "\(String(reflecting: error))"])
+                logger.critical("cannot open the database", metadata: ["error": "\(String(reflecting: error))"])
                 printError("iotgw: cannot open storage at \(file.databaseConfiguration.location): \(error)")
                 throw ExitCode(1)
             }
-            let store = SQLTelemetryStore(database: database)
-            readiness.set("storage", .ready)
-            telemetryReader = store
-            let queue = IngestQueue(
-                configuration: file.ingestConfiguration,
-                store: store,
-                logger: logger,
-                onAvailabilityChange: { available in
-                    readiness.set("storage", available ? .ready : .notReady("telemetry store unavailable"))
-                }
+            let hasher = PasswordHasher(configuration: file.passwordHasherConfiguration)
+            databaseAuthenticator = DatabaseAuthenticator(
+                users: UserStore(database: database),
+                hasher: hasher,
+                configuration: file.databaseAuthenticatorConfiguration,
+                logger: logger
             )
-            ingest = queue
-            ingestService = IngestService(queue: queue, logger: logger, close: { await database.close() })
+            let close: @Sendable () async -> Void = {
+                await hasher.shutdown()
+                await database.close()
+            }
+            if file.storage.enabled {
+                let store = SQLTelemetryStore(database: database)
+                readiness.set("storage", .ready)
+                telemetryReader = store
+                let queue = IngestQueue(
+                    configuration: file.ingestConfiguration,
+                    store: store,
+                    logger: logger,
+                    onAvailabilityChange: { available in
+                        readiness.set("storage", available ? .ready : .notReady("telemetry store unavailable"))
+                    }
+                )
+                ingest = queue
+                ingestService = IngestService(queue: queue, logger: logger, close: close)
+            } else {
+                closingService = ClosingService(close: close)
+            }
         }
         let broker = Broker(configuration: file.brokerConfiguration, ingest: ingest, logger: logger)
+        let accessControl = AccessControl(broker: broker, databaseAuthenticator: databaseAuthenticator)
+        accessControl.apply(file)
+        logger.info(
+            "authentication",
+            metadata: [
+                "iotgw.auth.backend": "\(file.auth.backend)",
+                "iotgw.auth.anonymous": "\(file.auth.anonymous)",
+                "iotgw.auth.acl.rules": "\(file.auth.acl.count)",
+            ]
+        )
         readiness.set("listeners", .notReady("starting"))
         readiness.set("shutdown", .ready)
         let coordinator = ShutdownCoordinator(readiness: readiness, notifier: notifier, broker: broker, logWriter: logWriter, logger: logger)
@@ -123,6 +151,7 @@ struct RunCommand: AsyncParsableCommand {
             initial: file,
             commandLineLevel: commandLineLevel,
             broker: broker,
+            accessControl: accessControl,
             logControl: logControl,
             notifier: notifier,
             logger: logger
@@ -168,6 +197,10 @@ struct RunCommand: AsyncParsableCommand {
         if let ingestService {
             // Before the server: shut down after it, so the queue is flushed once connections drained.
             services.append(.init(service: ingestService))
+        }
+        if let closingService {
+            // The database of the users table alone: closed after the connections drained.
+            services.append(.init(service: closingService))
         }
         services.append(.init(service: server))
         let group = ServiceGroup(

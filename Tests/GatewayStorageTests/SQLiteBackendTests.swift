@@ -58,7 +58,8 @@ struct SQLiteBackendTests {
             let path = directory + "/iotgw.db"
             try await withStore(path) { store in
                 let versions = try await store.database.query("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
-                #expect(versions.compactMap { $0["version"].int } == [1])
+                #expect(versions.compactMap { $0["version"].int } == SQLMigrations.all.map(\.version))
+                #expect(SQLMigrations.all.map(\.version) == Array(1...SQLMigrations.all.count))
                 #expect(versions.first?["name"].text?.isEmpty == false)
                 let tables = try await store.database.query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
                 let tableNames = Set(tables.compactMap { $0["name"].text })
@@ -85,14 +86,14 @@ struct SQLiteBackendTests {
             let path = directory + "/iotgw.db"
             let before = try await withStore(path) { first in
                 try await first.insert([record(1), record(2)])
-                return try await first.database.query("SELECT version, applied_at FROM schema_migrations")
+                return try await first.database.query("SELECT version, applied_at FROM schema_migrations ORDER BY version")
             }
 
             try await withStore(path) { second in
-                let after = try await second.database.query("SELECT version, applied_at FROM schema_migrations")
-                #expect(after.count == 1)
-                #expect(after.first?["version"].int == 1)
-                #expect(after.first?["applied_at"].int == before.first?["applied_at"].int)
+                let after = try await second.database.query("SELECT version, applied_at FROM schema_migrations ORDER BY version")
+                #expect(after.count == SQLMigrations.all.count)
+                #expect(after.compactMap { $0["version"].int } == SQLMigrations.all.map(\.version))
+                #expect(after.map { $0["applied_at"].int } == before.map { $0["applied_at"].int })
                 let count = try await second.database.query("SELECT COUNT(*) AS n FROM messages")
                 #expect(count.first?["n"].int == 2)
                 try await second.insert([record(3)])

@@ -152,14 +152,14 @@ def _connack_code(port: int, pki, cert: bool) -> int:
 
 
 def test_certificate_cn_becomes_the_username(make_broker, pki):
-    """With anonymous access off and no user store, a client presenting a username gets return code 4
+    """With anonymous access off and an empty users table, a client presenting a username gets return code 4
     (bad credentials) and one without gets 5 (not authorized): the CN arrives as a username
     (paho sends no username of its own here)."""
     broker = make_broker(
         listeners={"mqtts": {"enabled": True}},
         tls={"cert_file": pki["server.pem"], "key_file": pki["server.key"], "ca_file": pki["ca.pem"],
              "use_cn_as_username": True},
-        auth={"anonymous": False},
+        auth={"anonymous": False, "backend": "database"},
     )
     # paho reports 3.1.1 return codes 4 and 5 as the MQTT 5 reason codes 0x86 and 0x87.
     assert _connack_code(broker.mqtts_port, pki, cert=True) in (4, 0x86)

@@ -24,6 +24,10 @@ public enum AuthenticationResult: Sendable, Hashable {
     case badCredentials
     /// Valid credentials, but this client may not connect: return code 5 / reason 0x87.
     case notAuthorized
+    /// The decision could not be made now (the user store is unreachable, or too many password checks
+    /// are already queued): return code 3 / reason 0x88 (server unavailable), so the client retries
+    /// later instead of treating its credentials as wrong.
+    case unavailable
 }
 
 /// Decides whether a CONNECT is allowed. Implementations may await (a database look-up through the pool).

@@ -222,6 +222,8 @@ public final class ClientConnection {
             return rejectConnect(.badUsernameOrPassword, v5: .badUserNameOrPassword, "bad username or password")
         case .notAuthorized:
             return rejectConnect(.notAuthorized, v5: .notAuthorized, "not authorized")
+        case .unavailable:
+            return rejectConnect(.serverUnavailable, v5: .serverUnavailable, "authentication unavailable")
         }
         if let will = connect.will,
             !broker.authorizer.isAllowed(.publish, topic: will.topic, clientID: clientID, username: username)
