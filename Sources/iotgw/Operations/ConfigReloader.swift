@@ -136,14 +136,19 @@ final class ConfigReloader: Sendable {
     private static func flatten(_ config: GatewayConfigFile) throws -> [String: String] {
         let object = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(config))
         var out: [String: String] = [:]
-        func walk(_ value: Any, _ prefix: String) {
+        func walk(_ value: Any, _ prefix: String) throws {
             if let dictionary = value as? [String: Any] {
-                for (key, child) in dictionary { walk(child, prefix.isEmpty ? key : "\(prefix).\(key)") }
+                for (key, child) in dictionary { try walk(child, prefix.isEmpty ? key : "\(prefix).\(key)") }
+            } else if let array = value as? [Any] {
+                // A list (`auth.acl`) compares as a whole, in a canonical text: the description of
+                // decoded dictionaries has no fixed key order.
+                let canonical = try JSONSerialization.data(withJSONObject: array, options: [.sortedKeys])
+                out[prefix] = String(decoding: canonical, as: UTF8.self)
             } else {
                 out[prefix] = "\(value)"
             }
         }
-        walk(object, "")
+        try walk(object, "")
         return out
     }
 }
