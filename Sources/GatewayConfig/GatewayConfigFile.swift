@@ -157,8 +157,9 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         public var caFile = ""
         /// `tls.verify_client`: require a client certificate signed by `tls.ca_file` (mTLS). Default false.
         public var verifyClient = false
-        /// `tls.use_cn_as_username`: the client certificate's subject CN replaces the CONNECT username
-        /// before authentication. Default false.
+        /// `tls.use_cn_as_username`: the client certificate's subject CN replaces the CONNECT username,
+        /// and the certificate (verified against `tls.ca_file`) authenticates the client: no password
+        /// is needed. Default false.
         public var useCNAsUsername = false
 
         public init() {}

@@ -226,6 +226,25 @@ struct ACLBrokerTests {
         #expect(ack.reasonCode == .noMatchingSubscribers)
     }
 
+    @Test("without anonymous access, a verified certificate identity equal to the username is accepted")
+    func certificateIdentity() async {
+        let broker = makeBroker { $0.allowAnonymous = false }
+        let device = TestClient(broker)
+        device.connection.certificateIdentity = "device-42"
+        guard case .connack(let accepted)? = sentPackets(await device.connect("d1", username: "device-42")).first else {
+            Issue.record("no CONNACK")
+            return
+        }
+        #expect(accepted.reasonCode == .success)
+        let impostor = TestClient(broker)
+        impostor.connection.certificateIdentity = "device-42"
+        guard case .connack(let refused)? = sentPackets(await impostor.connect("d2", username: "other")).first else {
+            Issue.record("no CONNACK")
+            return
+        }
+        #expect(refused.reasonCode == MQTTReasonCode(4))
+    }
+
     struct Unavailable: Authenticator {
         func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationResult { .unavailable }
     }

@@ -92,6 +92,19 @@ struct DatabaseAuthenticatorTests {
         }
     }
 
+    @Test("a verified certificate identity that is the username authenticates without a password or look-up")
+    func certificateIdentity() async throws {
+        let store = CountingUserStore(hashes: [:])
+        try await withAuthenticator(store, configure: { $0.allowAnonymous = false }) { auth in
+            var credentials = Self.credentials("device-42", nil)
+            credentials.certificateIdentity = "device-42"
+            #expect(await auth.authenticate(credentials) == .accepted(username: "device-42"))
+            credentials.username = "someone-else"
+            #expect(await auth.authenticate(credentials) == .badCredentials)
+            #expect(store.totalLookups == 0)
+        }
+    }
+
     @Test("without anonymous access a client without a username is not authorized")
     func anonymousOff() async throws {
         let store = CountingUserStore(hashes: [:])

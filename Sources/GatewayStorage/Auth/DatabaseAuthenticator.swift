@@ -9,7 +9,9 @@ import Synchronization
 ///
 /// A client without a username is accepted when `allowAnonymous` is set (return code 5 / 0x87
 /// otherwise); a client with one must present that user's password (return code 4 / 0x86 for an
-/// unknown user, a missing or a wrong password).
+/// unknown user, a missing or a wrong password), unless its username is the CN of a client
+/// certificate the TLS layer verified (``ConnectCredentials/certificateIdentity``): the certificate
+/// authenticates it.
 ///
 /// A burst of CONNECTs stays cheap:
 /// - look-ups are cached per username for `cacheTTL` (unknown users for `negativeCacheTTL`), and
@@ -122,6 +124,8 @@ public final class DatabaseAuthenticator: Authenticator {
         guard let username = credentials.username else {
             return configuration.allowAnonymous ? .accepted(username: nil) : .notAuthorized
         }
+        // Authenticated by a client certificate verified against tls.ca_file (tls.use_cn_as_username).
+        if credentials.certificateIdentity == username { return .accepted(username: username) }
         guard let password = credentials.password, password.readableBytes > 0 else { return .badCredentials }
         let secret = Array(password.readableBytesView)
         let stored: String?
