@@ -299,3 +299,28 @@ def test_2000_authenticated_connects_through_a_pool_of_4(make_broker):
     # One look-up and one verification per user: single flight plus the caches.
     assert lookups == USERS
     assert verifications == USERS
+
+
+# -- without telemetry storage ------------------------------------------------------------------
+
+
+def test_users_table_without_telemetry_storage(make_broker):
+    """storage.enabled false still opens the database for the users table, and closes it on SIGTERM."""
+    b = make_broker(start=False, auth=AUTH_ON, storage={"enabled": False})
+    add_user(b, "solo", "pw")
+    b.start()
+    assert connack311(b.port, unique("s"), "solo", "pw") == 0
+    assert connack311(b.port, unique("s"), "solo", "nope") == 4
+    assert b.stop() == 0
+
+
+def test_switching_to_the_users_table_without_a_database_needs_a_restart(make_broker):
+    b = make_broker(storage={"enabled": False})
+    b.config_path.write_text(b.config_path.read_text().replace("anonymous: true", "anonymous: false\n  backend: \"database\""))
+    before = b.log_path.read_text().count("configuration reloaded")
+    b.signal(signal.SIGHUP)
+    wait_until(lambda: b.log_path.read_text().count("configuration reloaded") > before, 10, message="reload")
+    text = b.log_path.read_text()
+    assert "iotgw.config.restart_required=auth.anonymous, auth.backend]" in text, text[-2000:]
+    # Nothing of auth changed: anonymous clients are still accepted.
+    assert connack311(b.port, unique("a"), None, None) == 0
