@@ -324,3 +324,60 @@ def test_switching_to_the_users_table_without_a_database_needs_a_restart(make_br
     assert "iotgw.config.restart_required=auth.anonymous, auth.backend]" in text, text[-2000:]
     # Nothing of auth changed: anonymous clients are still accepted.
     assert connack311(b.port, unique("a"), None, None) == 0
+
+
+def test_user_add_prompts_on_a_terminal_without_echo(make_broker, tmp_path):
+    """Without --password-stdin the password is read twice from the terminal with echo off: the
+    terminal never shows it, a mismatch is refused, and the stored password works."""
+    import os
+    import pty
+    import select
+
+    b = make_broker(start=False, auth=AUTH_ON)
+
+    def run_on_pty(name: str, answers: list[str]) -> tuple[int, bytes, bytes]:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([str(IOTGW_BIN), "user", "add", name, "--config", str(b.config_path)],
+                                stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.close(slave)
+        echoed = b""
+        try:
+            for answer in answers:
+                # Wait for the prompt on stderr before typing (the prompt comes after echo is off).
+                prompt = b""
+                deadline = time.monotonic() + 30
+                while b"assword: " not in prompt and time.monotonic() < deadline:
+                    ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+                    if ready:
+                        chunk = os.read(proc.stderr.fileno(), 1024)
+                        if not chunk:
+                            break
+                        prompt += chunk
+                assert b"assword: " in prompt, prompt
+                os.write(master, answer.encode() + b"\n")
+            out, err = proc.communicate(timeout=60)
+            while True:
+                ready, _, _ = select.select([master], [], [], 0.2)
+                if not ready:
+                    break
+                try:
+                    chunk = os.read(master, 1024)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                echoed += chunk
+        finally:
+            os.close(master)
+            if proc.poll() is None:
+                proc.kill()
+        return proc.returncode, err, echoed
+
+    code, err, echoed = run_on_pty("tty-user", ["typed-secret", "typed-secret"])
+    assert code == 0, err
+    assert b"typed-secret" not in echoed, echoed
+    code, err, _ = run_on_pty("tty-other", ["one", "two"])
+    assert code == 2 and b"do not match" in err, err
+    b.start()
+    assert connack311(b.port, unique("t"), "tty-user", "typed-secret") == 0
+    assert connack311(b.port, unique("t"), "tty-other", "one") == 4

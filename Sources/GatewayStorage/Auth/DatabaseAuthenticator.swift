@@ -60,6 +60,8 @@ public final class DatabaseAuthenticator: Authenticator {
         var cache: AuthCache
         /// Bumped by every flush: a look-up that started before a flush does not fill the new cache.
         var epoch: UInt64 = 0
+        /// Whether the last look-up failed: failures are logged once per episode, not per CONNECT.
+        var lookupsFailing = false
     }
 
     private let users: any UserLookup
@@ -132,10 +134,18 @@ public final class DatabaseAuthenticator: Authenticator {
         do {
             stored = try await storedHash(of: username)
         } catch {
-            logger.error(
-                "user look-up failed",
-                metadata: ["mqtt.username": "\(username)", "error": "\(String(reflecting: error))"]
-            )
+            let first = state.withLock { state in
+                defer { state.lookupsFailing = true }
+                return !state.lookupsFailing
+            }
+            if first {
+                logger.error(
+                    "user look-ups fail; CONNECTs with a username get 'server unavailable' until they work again",
+                    metadata: ["mqtt.username": "\(username)", "error": "\(String(reflecting: error))"]
+                )
+            } else {
+                logger.debug("user look-up failed", metadata: ["mqtt.username": "\(username)", "error": "\(error)"])
+            }
             return .unavailable
         }
         guard let stored else { return .badCredentials }
@@ -178,9 +188,12 @@ public final class DatabaseAuthenticator: Authenticator {
                 metrics.lookups.increment()
                 return try await users.passwordHash(for: username)
             }
-            state.withLock { state in
+            let recovered = state.withLock { state in
                 if state.epoch == epoch { state.cache.storeUser(username, hash: hash, now: clock.now) }
+                defer { state.lookupsFailing = false }
+                return state.lookupsFailing
             }
+            if recovered { logger.notice("user look-ups work again") }
             return hash
         }
     }
