@@ -157,8 +157,9 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         public var caFile = ""
         /// `tls.verify_client`: require a client certificate signed by `tls.ca_file` (mTLS). Default false.
         public var verifyClient = false
-        /// `tls.use_cn_as_username`: the client certificate's subject CN replaces the CONNECT username
-        /// before authentication. Default false.
+        /// `tls.use_cn_as_username`: the client certificate's subject CN replaces the CONNECT username,
+        /// and the certificate (verified against `tls.ca_file`) authenticates the client: no password
+        /// is needed. Default false.
         public var useCNAsUsername = false
 
         public init() {}
@@ -299,20 +300,6 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         }
     }
 
-    /// `auth`: who may connect.
-    public struct Auth: Codable, Sendable, Equatable {
-        /// `auth.anonymous`: whether clients without credentials may connect. Default true.
-        public var anonymous = true
-
-        public init() {}
-        enum CodingKeys: String, CodingKey, CaseIterable { case anonymous }
-        public init(from decoder: any Decoder) throws {
-            try decoder.rejectUnknownKeys(CodingKeys.self)
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            anonymous = try c.value(.anonymous, default: true)
-        }
-    }
-
     /// `shutdown`: graceful shutdown.
     public struct Shutdown: Codable, Sendable, Equatable {
         /// `shutdown.timeout`: seconds from SIGTERM to exit. Default 10.
@@ -391,6 +378,7 @@ extension GatewayConfigFile {
         check(mqtt.sysInterval >= 0, "mqtt.sys_interval", "must not be negative")
         check(shutdown.timeout > 0, "shutdown.timeout", "must be more than 0 seconds")
         errors += storageValidationErrors()
+        errors += authValidationErrors()
         return errors
     }
 

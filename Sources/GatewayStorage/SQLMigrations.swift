@@ -49,6 +49,7 @@ enum SQLMigrations {
                 "CREATE INDEX messages_topic_time ON messages (topic, received_at)",
             ]
         ),
+        users,
         sessions,
     ]
 

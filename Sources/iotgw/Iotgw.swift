@@ -7,7 +7,7 @@ struct Iotgw: AsyncParsableCommand {
         commandName: "iotgw",
         abstract: "An MQTT/WebSocket IoT gateway.",
         version: GatewayVersion.current,
-        subcommands: [RunCommand.self, CheckConfigCommand.self, SimulateCommand.self, VersionCommand.self],
+        subcommands: [RunCommand.self, CheckConfigCommand.self, SimulateCommand.self, UserCommand.self, VersionCommand.self],
         defaultSubcommand: nil
     )
 }

@@ -75,6 +75,7 @@ struct RunCommand: AsyncParsableCommand {
 
         let readiness = ReadinessRegistry()
         // Storage opens before anything listens: a gateway that cannot keep its promise refuses to start.
+        // The same database holds the users table when `auth.backend` is `database`.
         var ingestService: IngestService?
         var ingest: IngestQueue?
         var telemetryReader: (any TelemetryReader)?
@@ -82,42 +83,59 @@ struct RunCommand: AsyncParsableCommand {
         var journalService: StateJournalService?
         var stateStore: SQLBrokerStateStore?
         var openDatabase: (any SQLDatabase)?
-        if file.storage.enabled {
+        var databaseAuthenticator: DatabaseAuthenticator?
+        var closingService: ClosingService?
+        if file.storage.enabled || file.auth.backend == "database" {
             let database: any SQLDatabase
             do {
                 database = try await databaseConfiguration.open(logger: logger)
             } catch {
-                logger.critical("cannot open the telemetry store", metadata: ["error": "\(String(reflecting: error))"])
+                logger.critical("cannot open the database", metadata: ["error": "\(String(reflecting: error))"])
                 printError("iotgw: cannot open storage at \(databaseConfiguration.location): \(error)")
                 throw ExitCode(1)
             }
-            let store = SQLTelemetryStore(database: database)
-            readiness.set("storage", .ready)
-            telemetryReader = store
-            let queue = IngestQueue(
-                configuration: file.ingestConfiguration,
-                store: store,
-                logger: logger,
-                onAvailabilityChange: { available in
-                    readiness.set("storage", available ? .ready : .notReady("telemetry store unavailable"))
-                }
+            let hasher = PasswordHasher(configuration: file.passwordHasherConfiguration)
+            databaseAuthenticator = DatabaseAuthenticator(
+                users: UserStore(database: database),
+                hasher: hasher,
+                configuration: file.databaseAuthenticatorConfiguration,
+                logger: logger
             )
-            ingest = queue
-            // The database is closed by the journal's service, which shuts down after this one.
-            ingestService = IngestService(queue: queue, logger: logger, close: {})
+            let close: @Sendable () async -> Void = {
+                await hasher.shutdown()
+                await database.close()
+            }
             openDatabase = database
-            let sessions = SQLBrokerStateStore(database: database)
-            stateStore = sessions
-            let stateJournal = StateJournal(
-                configuration: file.stateJournalConfiguration,
-                store: sessions,
-                logger: logger,
-                onAvailabilityChange: { available in
-                    readiness.set("sessions", available ? .ready : .notReady("session store unavailable"))
-                }
-            )
-            journal = stateJournal
-            journalService = StateJournalService(journal: stateJournal, logger: logger, close: { await database.close() })
+            if file.storage.enabled {
+                let store = SQLTelemetryStore(database: database)
+                readiness.set("storage", .ready)
+                telemetryReader = store
+                let queue = IngestQueue(
+                    configuration: file.ingestConfiguration,
+                    store: store,
+                    logger: logger,
+                    onAvailabilityChange: { available in
+                        readiness.set("storage", available ? .ready : .notReady("telemetry store unavailable"))
+                    }
+                )
+                ingest = queue
+                // The database is closed by the journal's service, which shuts down after this one.
+                ingestService = IngestService(queue: queue, logger: logger, close: {})
+                let sessions = SQLBrokerStateStore(database: database)
+                stateStore = sessions
+                let stateJournal = StateJournal(
+                    configuration: file.stateJournalConfiguration,
+                    store: sessions,
+                    logger: logger,
+                    onAvailabilityChange: { available in
+                        readiness.set("sessions", available ? .ready : .notReady("session store unavailable"))
+                    }
+                )
+                journal = stateJournal
+                journalService = StateJournalService(journal: stateJournal, logger: logger, close: close)
+            } else {
+                closingService = ClosingService(close: close)
+            }
         }
         let broker = Broker(configuration: file.brokerConfiguration, ingest: ingest, journal: journal, logger: logger)
         if let stateStore {
@@ -141,6 +159,16 @@ struct RunCommand: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
+        let accessControl = AccessControl(broker: broker, databaseAuthenticator: databaseAuthenticator)
+        accessControl.apply(file)
+        logger.info(
+            "authentication",
+            metadata: [
+                "iotgw.auth.backend": "\(file.auth.backend)",
+                "iotgw.auth.anonymous": "\(file.auth.anonymous)",
+                "iotgw.auth.acl.rules": "\(file.auth.acl.count)",
+            ]
+        )
         readiness.set("listeners", .notReady("starting"))
         readiness.set("shutdown", .ready)
         let coordinator = ShutdownCoordinator(readiness: readiness, notifier: notifier, broker: broker, logWriter: logWriter, logger: logger)
@@ -164,6 +192,7 @@ struct RunCommand: AsyncParsableCommand {
             initial: file,
             commandLineLevel: commandLineLevel,
             broker: broker,
+            accessControl: accessControl,
             logControl: logControl,
             notifier: notifier,
             logger: logger
@@ -213,6 +242,10 @@ struct RunCommand: AsyncParsableCommand {
         if let ingestService {
             // Before the server: shut down after it, so the queue is flushed once connections drained.
             services.append(.init(service: ingestService))
+        }
+        if let closingService {
+            // The database of the users table alone: closed after the connections drained.
+            services.append(.init(service: closingService))
         }
         services.append(.init(service: server))
         let group = ServiceGroup(

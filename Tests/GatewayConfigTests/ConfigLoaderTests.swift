@@ -39,6 +39,7 @@ struct ConfigLoaderTests {
               max_qos: 1
             auth:
               anonymous: false
+              backend: database
             """,
             path: "custom.yaml"
         )
@@ -75,6 +76,20 @@ struct ConfigLoaderTests {
                 "bad.yaml", "storage:\n  backend: postgres\n  postgres:\n    database: d\n    password: p\n    password_file: /f\n",
                 "storage.postgres.password_file", "not both"
             ),
+            ("bad.yaml", "auth:\n  anonymous: false\n", "auth.backend", "would refuse every client"),
+            ("bad.yaml", "auth:\n  backend: ldap\n", "auth.backend", "not one of none, database"),
+            ("bad.yaml", "auth:\n  cache_ttl: -1\n", "auth.cache_ttl", "0-86400"),
+            (
+                "bad.json",
+                #"{"auth": {"acl": [{"permission": "allow", "access": "read", "topic": "a/#"}, {"permission": "allow", "access": "read", "topic": "b"}, {"permission": "allow", "access": "write", "topic": "a/#/b"}]}}"#,
+                "auth.acl[2].topic", "not a valid topic filter"
+            ),
+            ("bad.json", #"{"auth": {"acl": [{"permission": "maybe", "access": "read", "topic": "a"}]}}"#, "auth.acl[0].permission", "allow, deny"),
+            ("bad.json", #"{"auth": {"acl": [{"permission": "deny", "access": "subscribe", "topic": "a"}]}}"#, "auth.acl[0].access", "read (subscribe)"),
+            ("bad.json", #"{"auth": {"acl": [{"permission": "deny", "access": "read", "topic": "a/%x"}]}}"#, "auth.acl[0].topic", "only %u"),
+            ("bad.json", #"{"auth": {"acl": [{"permission": "deny", "access": "read"}]}}"#, "auth.acl[0].topic", "missing"),
+            ("bad.json", #"{"auth": {"acl": [{"permission": "deny", "access": "read", "topic": "a", "user": "x"}]}}"#, "auth.acl[0].user", "unknown key"),
+            ("bad.yaml", "auth:\n  acl:\n    - permission: allow\n      access: read\n      topic: \"$share/g/a\"\n", "auth.acl[0].topic", "$share"),
         ]
     )
     func rejected(file: String, text: String, key: String, reason: String) {
@@ -112,6 +127,44 @@ struct ConfigLoaderTests {
         #expect(config.storage.postgres.tls == "require")
         #expect(config.storage.postgres.connectTimeout == 10)
         #expect(config.storage.pool.size == 6)
+    }
+
+    @Test("auth.acl maps onto ordered core rules")
+    func aclRules() throws {
+        let config = try ConfigLoader.decode(
+            """
+            auth:
+              backend: database
+              anonymous: false
+              cache_ttl: 10
+              acl:
+                - permission: deny
+                  access: write
+                  topic: "devices/%u/firmware"
+                - permission: allow
+                  access: readwrite
+                  topic: "devices/%u/#"
+                - permission: allow
+                  access: read
+                  topic: "$SYS/#"
+                  username: admin
+                  clientid: console
+            """,
+            path: "acl.yaml"
+        )
+        #expect(config.auth.cacheTTL == 10)
+        #expect(
+            config.aclRules == [
+                ACLRule(permission: .deny, access: .write, topic: "devices/%u/firmware"),
+                ACLRule(permission: .allow, access: .readwrite, topic: "devices/%u/#"),
+                ACLRule(permission: .allow, access: .read, topic: "$SYS/#", username: "admin", clientID: "console"),
+            ]
+        )
+        let authorizer = config.authorizer
+        #expect(authorizer.isAllowed(.publish, topic: "devices/alice/t", clientID: "x", username: "alice"))
+        #expect(!authorizer.isAllowed(.publish, topic: "devices/alice/firmware", clientID: "x", username: "alice"))
+        #expect(authorizer.isAllowed(.subscribe, topic: "$SYS/#", clientID: "console", username: "admin"))
+        #expect(!authorizer.isAllowed(.subscribe, topic: "$SYS/#", clientID: "other", username: "admin"))
     }
 
     @Test("syntax errors and unknown extensions name the file")

@@ -113,7 +113,7 @@ def test_connect_timeout_partial_connect(make_broker):
 
 def test_anonymous_rejected(make_broker):
     """auth.anonymous false: CONNECT without a username gets CONNACK rc 5, then close."""
-    b = make_broker(auth={"anonymous": False})
+    b = make_broker(auth={"anonymous": False, "backend": "database"})
     with RawClient(b.port) as c:
         c.send(connect_packet(unique("anon")))
         c.expect(connack_bytes(5), what="CONNACK rc 5 (not authorized)")
@@ -123,7 +123,7 @@ def test_anonymous_rejected(make_broker):
 def test_unknown_credentials_rejected(make_broker):
     """auth.anonymous false: unknown username/password gets CONNACK rc 4, then close."""
     iotgw_only("mosquitto answers rc 5 for bad credentials on 3.1.1")
-    b = make_broker(auth={"anonymous": False})
+    b = make_broker(auth={"anonymous": False, "backend": "database"})
     with RawClient(b.port) as c:
         c.send(connect_packet(unique("who"), username="nobody", password=b"wrong"))
         c.expect(connack_bytes(4), what="CONNACK rc 4 (bad user name or password)")

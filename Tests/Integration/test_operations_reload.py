@@ -1,4 +1,4 @@
-"""(Operations) SIGHUP reloads the live settings (log level, auth.anonymous, limits, mqtt.sys_interval)
+"""(Operations) SIGHUP reloads the live settings (log level, auth, limits, mqtt.sys_interval)
 without dropping connections; an invalid file keeps the running configuration."""
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ def test_valid_reload_applies_anonymous_off_and_keeps_connections(make_broker):
     kept = raw_connected(b.port, client_id=unique("kept"))
     try:
         # Live keys change; limits.max_packet_size needs a restart and is reported, not applied.
-        rewrite(b, {"auth": {"anonymous": False}, "log": {"level": "debug"},
+        rewrite(b, {"auth": {"anonymous": False, "backend": "database"}, "log": {"level": "debug"},
                     "limits": {"max_packet_size": 2048}})
         reload(b, "configuration reloaded")
         text = b.log_path.read_text()
-        assert "iotgw.config.applied=auth.anonymous, log.level]" in text, text[-2000:]
+        assert "iotgw.config.applied=auth.anonymous, auth.backend, log.level]" in text, text[-2000:]
         assert "iotgw.config.restart_required=limits.max_packet_size]" in text, text[-2000:]
         # The change took effect: anonymous clients are refused (3.1.1 return code 5)...
         with RawClient(b.port) as c:
@@ -54,7 +54,7 @@ def test_valid_reload_applies_anonymous_off_and_keeps_connections(make_broker):
         # ...and the connection made before the reload is still up.
         still_up(kept)
         # Back to anonymous: new clients are accepted again.
-        rewrite(b, {"auth": {"anonymous": True}})
+        rewrite(b, {"auth": {"anonymous": True, "backend": "none"}})
         reload(b, "configuration reloaded")
         with raw_connected(b.port):
             pass

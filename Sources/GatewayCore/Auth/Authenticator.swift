@@ -7,12 +7,18 @@ public struct ConnectCredentials: Sendable {
     public var password: ByteBuffer?
     /// The peer's address, for logs and address-based rules.
     public var remoteAddress: String?
+    /// The subject CN of a client certificate the TLS layer verified against `tls.ca_file`, when
+    /// `tls.use_cn_as_username` made it the username (then `username` is this value). A client with a
+    /// certificate identity is authenticated by its certificate: no password is needed (as mosquitto's
+    /// `use_identity_as_username`).
+    public var certificateIdentity: String?
 
-    public init(clientID: String, username: String?, password: ByteBuffer?, remoteAddress: String?) {
+    public init(clientID: String, username: String?, password: ByteBuffer?, remoteAddress: String?, certificateIdentity: String? = nil) {
         self.clientID = clientID
         self.username = username
         self.password = password
         self.remoteAddress = remoteAddress
+        self.certificateIdentity = certificateIdentity
     }
 }
 
@@ -24,6 +30,10 @@ public enum AuthenticationResult: Sendable, Hashable {
     case badCredentials
     /// Valid credentials, but this client may not connect: return code 5 / reason 0x87.
     case notAuthorized
+    /// The decision could not be made now (the user store is unreachable, or too many password checks
+    /// are already queued): return code 3 / reason 0x88 (server unavailable), so the client retries
+    /// later instead of treating its credentials as wrong.
+    case unavailable
 }
 
 /// Decides whether a CONNECT is allowed. Implementations may await (a database look-up through the pool).
@@ -44,8 +54,9 @@ public protocol Authorizer: Sendable {
 
 /// The built-in authenticator when no user store is configured: with anonymous access allowed every
 /// client is accepted (a presented username is kept for ACLs and logs, as mosquitto does without a
-/// password file). Without anonymous access there is nobody a username could match: a client without
-/// credentials is not authorized (return code 5) and one with credentials has bad credentials (4).
+/// password file). Without anonymous access only clients authenticated by a verified certificate
+/// (``ConnectCredentials/certificateIdentity``) are accepted: a client without credentials is not
+/// authorized (return code 5) and one with a username has bad credentials (4).
 public struct AnonymousAuthenticator: Authenticator {
     public var allowAnonymous: Bool
 
@@ -55,6 +66,7 @@ public struct AnonymousAuthenticator: Authenticator {
 
     public func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationResult {
         if allowAnonymous { return .accepted(username: credentials.username) }
+        if let identity = credentials.certificateIdentity { return .accepted(username: identity) }
         return credentials.username == nil ? .notAuthorized : .badCredentials
     }
 }

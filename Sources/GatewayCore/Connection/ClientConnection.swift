@@ -55,6 +55,10 @@ public final class ClientConnection {
     private var clientTopicAliasMaximum: UInt16 = 0
     /// PUBACK/PUBREC packets in receive order; some wait for a storage commit.
     private let acks = AckQueue()
+    /// The CN of the client certificate the TLS layer verified, when the transport made it the CONNECT
+    /// username (`tls.use_cn_as_username`); set before the CONNECT is handled. The authenticator then
+    /// accepts the client by its certificate.
+    public var certificateIdentity: String?
 
     /// - Parameters:
     ///   - broker: the broker core.
@@ -213,7 +217,13 @@ public final class ClientConnection {
             }
         }
         let verdict = await broker.authenticator.authenticate(
-            ConnectCredentials(clientID: clientID, username: connect.username, password: connect.password, remoteAddress: remoteAddress)
+            ConnectCredentials(
+                clientID: clientID,
+                username: connect.username,
+                password: connect.password,
+                remoteAddress: remoteAddress,
+                certificateIdentity: certificateIdentity.flatMap { $0 == connect.username ? $0 : nil }
+            )
         )
         switch verdict {
         case .accepted(let name):
@@ -222,6 +232,8 @@ public final class ClientConnection {
             return rejectConnect(.badUsernameOrPassword, v5: .badUserNameOrPassword, "bad username or password")
         case .notAuthorized:
             return rejectConnect(.notAuthorized, v5: .notAuthorized, "not authorized")
+        case .unavailable:
+            return rejectConnect(.serverUnavailable, v5: .serverUnavailable, "authentication unavailable")
         }
         if let will = connect.will,
             !broker.authorizer.isAllowed(.publish, topic: will.topic, clientID: clientID, username: username)

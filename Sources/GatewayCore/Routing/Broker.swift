@@ -16,16 +16,22 @@ public final class Broker: Sendable {
     public var configuration: BrokerConfiguration { live.withLock { $0 } }
     public let metrics: GatewayMetrics
     let logger: Logger
-    /// The authenticator given at init; nil means the built-in one, which follows the live
+    /// The authenticator and authorizer in effect; ``replaceAccessControl(authenticator:authorizer:)``
+    /// (SIGHUP) swaps them. A nil authenticator means the built-in one, which follows the live
     /// `allowAnonymous` setting.
-    private let customAuthenticator: (any Authenticator)?
+    private let accessControl: Mutex<AccessControl>
+    private struct AccessControl: Sendable {
+        var authenticator: (any Authenticator)?
+        var authorizer: any Authorizer
+    }
     /// Decides CONNECTs: the configured authenticator, or anonymous access per the live configuration.
     var authenticator: any Authenticator {
-        customAuthenticator ?? AnonymousAuthenticator(allowAnonymous: configuration.allowAnonymous)
+        accessControl.withLock { $0.authenticator } ?? AnonymousAuthenticator(allowAnonymous: configuration.allowAnonymous)
     }
+    /// Decides topic access (ACLs). Read once per decision: a reload may replace it.
+    var authorizer: any Authorizer { accessControl.withLock { $0.authorizer } }
     /// The configuration behind ``configuration``; short critical sections, never held while calling out.
     private let live: Mutex<BrokerConfiguration>
-    let authorizer: any Authorizer
     let budget: QueueBudget
     let retained = RetainedStore()
     /// The telemetry ingest queue, when storage is configured.
@@ -63,8 +69,7 @@ public final class Broker: Sendable {
         self.ingest = ingest
         self.journal = journal
         self.live = Mutex(configuration)
-        self.customAuthenticator = authenticator
-        self.authorizer = authorizer
+        self.accessControl = Mutex(AccessControl(authenticator: authenticator, authorizer: authorizer))
         self.metrics = metrics
         self.logger = logger
         self.budget = QueueBudget(limit: configuration.globalMaxQueuedBytes)
@@ -580,6 +585,16 @@ public final class Broker: Sendable {
             current = current.applyingLiveChanges(from: new)
             return current
         }
+    }
+
+    /// Replaces the authenticator and the authorizer (a SIGHUP reload of `auth`). Connected clients
+    /// keep their sessions; their next PUBLISH and SUBSCRIBE, and every later CONNECT, are decided by
+    /// the new ones.
+    /// - Parameters:
+    ///   - authenticator: decides CONNECTs; nil means anonymous access per the live `allowAnonymous`.
+    ///   - authorizer: decides topic access.
+    public func replaceAccessControl(authenticator: (any Authenticator)?, authorizer: any Authorizer) {
+        accessControl.withLock { $0 = AccessControl(authenticator: authenticator, authorizer: authorizer) }
     }
 
     /// Open network connections by transport (transports without connections are absent).

@@ -6,7 +6,8 @@ import Synchronization
 ///
 /// `size` connections are opened up front and never more: thousands of clients share them. A caller
 /// that finds none free waits in line, at most `acquireTimeout`; waits are measured
-/// (`iotgw_db_pool_wait_seconds`) and the in-use and waiting counts are gauges.
+/// (`iotgw_db_pool_wait_seconds`) and the in-use, waiting and peak in-use (`iotgw_db_pool_peak_in_use`)
+/// counts are gauges.
 public final class ConnectionPool<Connection: Sendable>: Sendable {
     /// Thrown when no connection became free within the acquire timeout.
     public struct AcquireTimeout: Error, CustomStringConvertible {
@@ -28,6 +29,8 @@ public final class ConnectionPool<Connection: Sendable>: Sendable {
     private let inUseGauge = Gauge(label: "iotgw_db_pool_in_use")
     private let waitingGauge = Gauge(label: "iotgw_db_pool_waiting")
     private let waitTimer = Timer(label: "iotgw_db_pool_wait_seconds", preferredDisplayUnit: .seconds)
+    /// The most connections lent out at once since start: proof that a burst never went past the pool.
+    private let peakGauge = Gauge(label: "iotgw_db_pool_peak_in_use")
     private let peak = Atomic<Int>(0)
 
     /// - Parameters:
@@ -37,6 +40,7 @@ public final class ConnectionPool<Connection: Sendable>: Sendable {
         self.size = connections.count
         self.acquireTimeout = acquireTimeout
         self.state = Mutex(State(idle: Deque(connections)))
+        peakGauge.record(0)
     }
 
     /// The most connections that were lent out at once.
@@ -132,7 +136,12 @@ public final class ConnectionPool<Connection: Sendable>: Sendable {
         var current = peak.load(ordering: .relaxed)
         while inUse > current {
             let (exchanged, original) = peak.compareExchange(expected: current, desired: inUse, ordering: .relaxed)
-            if exchanged { break }
+            if exchanged {
+                // Recorded under the pool's lock, after reading the peak again: two racing callers
+                // cannot leave the smaller value in the gauge.
+                state.withLock { _ in peakGauge.record(peak.load(ordering: .relaxed)) }
+                break
+            }
             current = original
         }
     }

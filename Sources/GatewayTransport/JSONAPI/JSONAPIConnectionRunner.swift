@@ -100,6 +100,8 @@ struct JSONAPIConnectionRunner: Sendable {
                 username: certificateName ?? request.username,
                 password: request.password.map { ByteBuffer(bytes: $0) }
             )
+            // A certificate CN (verified against tls.ca_file) authenticates the client.
+            connection.certificateIdentity = certificateName
             let actions = await connection.handle(.connect(connect))
             for action in actions {
                 if case .send(.connack(let connack)) = action, connack.reasonCode.isFailure {

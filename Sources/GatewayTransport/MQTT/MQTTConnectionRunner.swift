@@ -57,6 +57,9 @@ struct MQTTConnectionRunner: Sendable {
                             {
                                 connect.username = name
                                 packet = .connect(connect)
+                                // Only a certificate verified against tls.ca_file reaches here (without
+                                // a CA none is requested): it authenticates the client.
+                                connection.certificateIdentity = name
                             }
                             actions = await connection.handle(packet)
                             if try await perform(actions, connection: connection, handle: handle, outbound: outbound) {

@@ -8,16 +8,19 @@ import Synchronization
 /// SIGHUP: reads the configuration file again (on NIO's thread pool, never on an event loop) and
 /// applies what can change live, without dropping connections.
 ///
-/// Live: `log.level`, `auth.anonymous`, `limits.max_connections`, `limits.max_inflight`,
-/// `limits.max_queued_messages`, `limits.max_queued_bytes`, `limits.session_expiry`,
-/// `limits.max_client_id_length`, `limits.max_keep_alive` and `mqtt.sys_interval` (see
-/// `BrokerConfiguration.applyingLiveChanges(from:)` for when each takes effect). Changes to other keys
-/// are logged as needing a restart and not applied. An invalid file changes nothing: the error is
-/// logged and the running configuration stays.
+/// Live: `log.level`, `auth.*` except `auth.hash_threads` and `auth.max_pending_hashes` (the
+/// authenticator and the ACL are replaced, and the auth cache is flushed on every reload),
+/// `limits.max_connections`, `limits.max_inflight`, `limits.max_queued_messages`,
+/// `limits.max_queued_bytes`, `limits.session_expiry`, `limits.max_client_id_length`,
+/// `limits.max_keep_alive` and `mqtt.sys_interval` (see `BrokerConfiguration.applyingLiveChanges(from:)`
+/// for when each takes effect). Changes to other keys are logged as needing a restart and not applied;
+/// so is `auth.backend: database` when the gateway runs without a database (then no `auth` key
+/// changes). An invalid file changes nothing: the error is logged and the running configuration stays.
 final class ConfigReloader: Sendable {
     /// The keys applied live, as written in the file.
     static let liveKeys: Set<String> = [
-        "log.level", "auth.anonymous", "limits.max_connections", "limits.max_inflight", "limits.max_queued_messages",
+        "log.level", "auth.anonymous", "auth.backend", "auth.cache_ttl", "auth.negative_cache_ttl", "auth.cache_size",
+        "auth.acl", "limits.max_connections", "limits.max_inflight", "limits.max_queued_messages",
         "limits.max_queued_bytes", "limits.session_expiry", "limits.max_client_id_length", "limits.max_keep_alive",
         "mqtt.sys_interval",
     ]
@@ -26,6 +29,7 @@ final class ConfigReloader: Sendable {
     /// `--log-level`, which wins over `log.level` on every reload too.
     private let commandLineLevel: Logger.Level?
     private let broker: Broker
+    private let accessControl: AccessControl
     private let logControl: LogControl
     private let notifier: SystemdNotifier
     private let logger: Logger
@@ -37,6 +41,7 @@ final class ConfigReloader: Sendable {
         initial: GatewayConfigFile,
         commandLineLevel: Logger.Level?,
         broker: Broker,
+        accessControl: AccessControl,
         logControl: LogControl,
         notifier: SystemdNotifier,
         logger: Logger
@@ -45,6 +50,7 @@ final class ConfigReloader: Sendable {
         self.running = Mutex(initial)
         self.commandLineLevel = commandLineLevel
         self.broker = broker
+        self.accessControl = accessControl
         self.logControl = logControl
         self.notifier = notifier
         self.logger = logger
@@ -88,7 +94,12 @@ final class ConfigReloader: Sendable {
         let before = running.withLock { $0 }
         var after = before
         after.log.level = new.log.level
-        after.auth.anonymous = new.auth.anonymous
+        if accessControl.canApply(new.auth) {
+            after.auth = new.auth
+            // Start-up only: the hashing threads and their queue exist once.
+            after.auth.hashThreads = before.auth.hashThreads
+            after.auth.maxPendingHashes = before.auth.maxPendingHashes
+        }
         after.limits.maxConnections = new.limits.maxConnections
         after.limits.maxInflight = new.limits.maxInflight
         after.limits.maxQueuedMessages = new.limits.maxQueuedMessages
@@ -103,6 +114,7 @@ final class ConfigReloader: Sendable {
             logControl.level = level
         }
         broker.reconfigure(after.brokerConfiguration)
+        accessControl.apply(after)
         running.withLock { $0 = after }
         return (applied, restartRequired)
     }
@@ -124,14 +136,19 @@ final class ConfigReloader: Sendable {
     private static func flatten(_ config: GatewayConfigFile) throws -> [String: String] {
         let object = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(config))
         var out: [String: String] = [:]
-        func walk(_ value: Any, _ prefix: String) {
+        func walk(_ value: Any, _ prefix: String) throws {
             if let dictionary = value as? [String: Any] {
-                for (key, child) in dictionary { walk(child, prefix.isEmpty ? key : "\(prefix).\(key)") }
+                for (key, child) in dictionary { try walk(child, prefix.isEmpty ? key : "\(prefix).\(key)") }
+            } else if let array = value as? [Any] {
+                // A list (`auth.acl`) compares as a whole, in a canonical text: the description of
+                // decoded dictionaries has no fixed key order.
+                let canonical = try JSONSerialization.data(withJSONObject: array, options: [.sortedKeys])
+                out[prefix] = String(decoding: canonical, as: UTF8.self)
             } else {
                 out[prefix] = "\(value)"
             }
         }
-        walk(object, "")
+        try walk(object, "")
         return out
     }
 }
