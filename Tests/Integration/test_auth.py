@@ -11,6 +11,7 @@ import re
 import signal
 import struct
 import subprocess
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -280,9 +281,9 @@ async def _connect_all(port: int, n: int) -> list[int]:
     return list(codes)
 
 
-def test_2000_authenticated_connects_through_a_pool_of_4(make_broker):
-    b = make_broker(start=False, auth=AUTH_ON, storage={"pool": {"size": 4}},
-                    limits={"max_connections": 5000}, admin={"enabled": True})
+def _connect_burst(b, backend: str) -> None:
+    """2,000 simultaneous authenticated CONNECTs: all accepted, the pool never above 4, one look-up and one
+    scrypt verification per user."""
     for k in range(USERS):
         add_user(b, f"user{k}", f"pw-{k}")
     b.start()
@@ -293,12 +294,51 @@ def test_2000_authenticated_connects_through_a_pool_of_4(make_broker):
     peak = metric(b.admin_port, "iotgw_db_pool_peak_in_use")
     lookups = metric(b.admin_port, "iotgw_auth_lookups_total")
     verifications = metric(b.admin_port, "iotgw_auth_verifications_total")
-    print(f"\n{CONNECTS} authenticated CONNECTs ({USERS} users) in {elapsed:.2f} s; "
+    print(f"\n{backend}: {CONNECTS} authenticated CONNECTs ({USERS} users) in {elapsed:.2f} s; "
           f"pool peak {peak:.0f}, look-ups {lookups:.0f}, scrypt verifications {verifications:.0f}")
     assert peak <= 4
     # One look-up and one verification per user: single flight plus the caches.
     assert lookups == USERS
     assert verifications == USERS
+
+
+def test_2000_authenticated_connects_through_a_pool_of_4(make_broker):
+    b = make_broker(start=False, auth=AUTH_ON, storage={"pool": {"size": 4}},
+                    limits={"max_connections": 5000}, admin={"enabled": True})
+    _connect_burst(b, "sqlite")
+
+
+def test_2000_authenticated_connects_postgres_sees_at_most_4_sessions(make_broker, postgres_db):
+    """The same burst with the users table in PostgreSQL; the server's own view (pg_stat_activity,
+    sampled every 20 ms during the burst) never shows more than pool.size sessions of the gateway."""
+    storage = postgres_db.storage_config()
+    storage["pool"] = {"size": 4}
+    b = make_broker(start=False, auth=AUTH_ON, storage=storage,
+                    limits={"max_connections": 5000}, admin={"enabled": True})
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        con = postgres_db.server.connect(postgres_db.name)
+        try:
+            with con.cursor() as cur:
+                while not stop.is_set():
+                    cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'iotgw'",
+                                (postgres_db.name,))
+                    samples.append(cur.fetchone()[0])
+                    stop.wait(0.02)
+        finally:
+            con.close()
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        sampler.start()
+        _connect_burst(b, "postgres")
+    finally:
+        stop.set()
+        sampler.join(10)
+    print(f"pg_stat_activity: at most {max(samples)} gateway sessions in {len(samples)} samples")
+    assert samples and max(samples) <= 4, f"PostgreSQL saw {max(samples)} sessions from the gateway"
 
 
 # -- without telemetry storage ------------------------------------------------------------------

@@ -160,12 +160,17 @@ public final class DatabaseAuthenticator: Authenticator {
         do {
             let matches = try await verifications.run(VerificationKey(key: key, storedHash: stored)) {
                 metrics.verifications.increment()
-                return try await hasher.verify(secret, against: stored)
+                let matches = try await hasher.verify(secret, against: stored)
+                // Remembered before the flight ends: a caller that missed the cache a moment ago then
+                // either joins this flight or finds the entry, and never runs scrypt a second time.
+                if matches {
+                    state.withLock { state in
+                        if state.epoch == epoch { state.cache.storeVerified(key, storedHash: stored, now: clock.now) }
+                    }
+                }
+                return matches
             }
             guard matches else { return .badCredentials }
-            state.withLock { state in
-                if state.epoch == epoch { state.cache.storeVerified(key, storedHash: stored, now: clock.now) }
-            }
             return .accepted(username: username)
         } catch is PasswordHash.FormatError {
             logger.error("stored password hash is not usable; reset it with `iotgw user passwd`", metadata: ["mqtt.username": "\(username)"])
