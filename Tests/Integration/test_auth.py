@@ -281,8 +281,10 @@ async def _connect_all(port: int, n: int) -> list[int]:
 
 
 def test_2000_authenticated_connects_through_a_pool_of_4(make_broker):
+    # connect_timeout also bounds the wait for authentication after CONNECT; scrypt in this debug build
+    # takes 0.5-2 s per run on a loaded machine, and 8 runs share 2 hashing threads.
     b = make_broker(start=False, auth=AUTH_ON, storage={"pool": {"size": 4}},
-                    limits={"max_connections": 5000}, admin={"enabled": True})
+                    limits={"max_connections": 5000, "connect_timeout": 30}, admin={"enabled": True})
     for k in range(USERS):
         add_user(b, f"user{k}", f"pw-{k}")
     b.start()
