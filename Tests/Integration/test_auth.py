@@ -283,7 +283,9 @@ async def _connect_all(port: int, n: int) -> list[int]:
 
 def _connect_burst(b, backend: str) -> None:
     """2,000 simultaneous authenticated CONNECTs: all accepted, the pool never above 4, one look-up and one
-    scrypt verification per user."""
+    scrypt verification per user. The brokers get connect_timeout 30, which also bounds the wait for
+    authentication after CONNECT: scrypt in a debug build takes 0.5-2 s per run on a loaded machine, and
+    8 runs share 2 hashing threads."""
     for k in range(USERS):
         add_user(b, f"user{k}", f"pw-{k}")
     b.start()
@@ -304,7 +306,7 @@ def _connect_burst(b, backend: str) -> None:
 
 def test_2000_authenticated_connects_through_a_pool_of_4(make_broker):
     b = make_broker(start=False, auth=AUTH_ON, storage={"pool": {"size": 4}},
-                    limits={"max_connections": 5000}, admin={"enabled": True})
+                    limits={"max_connections": 5000, "connect_timeout": 30}, admin={"enabled": True})
     _connect_burst(b, "sqlite")
 
 
@@ -314,7 +316,7 @@ def test_2000_authenticated_connects_postgres_sees_at_most_4_sessions(make_broke
     storage = postgres_db.storage_config()
     storage["pool"] = {"size": 4}
     b = make_broker(start=False, auth=AUTH_ON, storage=storage,
-                    limits={"max_connections": 5000}, admin={"enabled": True})
+                    limits={"max_connections": 5000, "connect_timeout": 30}, admin={"enabled": True})
     samples: list[int] = []
     stop = threading.Event()
 

@@ -159,10 +159,13 @@ public final class DatabaseAuthenticator: Authenticator {
         }
         do {
             let matches = try await verifications.run(VerificationKey(key: key, storedHash: stored)) {
+                // A flight that ended between our cache miss and now has filled the cache: look again
+                // before paying for scrypt. The result is cached before the flight ends, so no caller
+                // can miss both the flight and the cache.
+                let cached = state.withLock { state in state.cache.isVerified(key, storedHash: stored, now: clock.now) }
+                if cached { return true }
                 metrics.verifications.increment()
                 let matches = try await hasher.verify(secret, against: stored)
-                // Remembered before the flight ends: a caller that missed the cache a moment ago then
-                // either joins this flight or finds the entry, and never runs scrypt a second time.
                 if matches {
                     state.withLock { state in
                         if state.epoch == epoch { state.cache.storeVerified(key, storedHash: stored, now: clock.now) }
@@ -170,8 +173,7 @@ public final class DatabaseAuthenticator: Authenticator {
                 }
                 return matches
             }
-            guard matches else { return .badCredentials }
-            return .accepted(username: username)
+            return matches ? .accepted(username: username) : .badCredentials
         } catch is PasswordHash.FormatError {
             logger.error("stored password hash is not usable; reset it with `iotgw user passwd`", metadata: ["mqtt.username": "\(username)"])
             return .badCredentials
@@ -189,6 +191,9 @@ public final class DatabaseAuthenticator: Authenticator {
             return cached
         }
         return try await lookups.run(username) {
+            // As for verifications: a flight that ended after our miss has filled the cache already.
+            let refreshed = state.withLock { state in state.epoch == epoch ? state.cache.user(username, now: clock.now) : nil }
+            if let refreshed { return refreshed }
             let hash = try await lookupLimiter.run {
                 metrics.lookups.increment()
                 return try await users.passwordHash(for: username)
