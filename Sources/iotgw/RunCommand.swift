@@ -247,6 +247,11 @@ struct RunCommand: AsyncParsableCommand {
             // The database of the users table alone: closed after the connections drained.
             services.append(.init(service: closingService))
         }
+        if let openDatabase {
+            // Shuts down before the services that close the database.
+            readiness.set("database", .ready)
+            services.append(.init(service: DatabaseProbeService(database: openDatabase, readiness: readiness, logger: logger)))
+        }
         services.append(.init(service: server))
         let group = ServiceGroup(
             configuration: .init(

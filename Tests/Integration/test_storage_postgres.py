@@ -24,11 +24,11 @@ OUTAGE_PUBLISHERS = 10
 OUTAGE_SECONDS = 10.0
 
 
-def storage_state(broker) -> tuple[int, str | None]:
-    """(/readyz status, the storage component's state)."""
+def storage_state(broker, component: str = "storage") -> tuple[int, str | None]:
+    """(/readyz status, the state of one component: `storage` (commits) or `database` (the probe))."""
     r = get(broker.admin_port, "/readyz")
     components = {c["name"]: c for c in r.json()["components"]}
-    return r.status, components.get("storage", {}).get("state")
+    return r.status, components.get(component, {}).get("state")
 
 
 def test_unreachable_postgres_refuses_to_start(make_broker, tmp_path):
@@ -151,3 +151,24 @@ def test_outage_postgres_stopped_10s_nothing_acknowledged_is_lost(make_broker, p
         stop_all(pubs)
     b.signal(signal.SIGTERM)
     assert b.wait(b.shutdown_timeout + 10) == 0, "exit status after SIGTERM"
+
+
+def test_idle_gateway_reports_an_outage(make_broker, private_postgres):
+    """No traffic at all, so no commit fails: the database probe alone turns /readyz 503 (component
+    `database`) within seconds of the server stopping, and ready again once it is back."""
+    db = private_postgres
+    b = make_broker(config_format="json", admin={"enabled": True}, storage=db.storage_config())
+    assert storage_state(b, "database") == (200, "ready")
+    db.server.stop()
+    stopped_at = time.monotonic()
+    wait_until(lambda: storage_state(b, "database") == (503, "not_ready"), 20, interval=0.1,
+               message="/readyz 503 with the database not ready")
+    down_after = time.monotonic() - stopped_at
+    assert storage_state(b)[1] == "ready", "no commit failed: the ingest component stays ready"
+    db.server.start()
+    started_at = time.monotonic()
+    wait_until(lambda: storage_state(b, "database") == (200, "ready"), 30, interval=0.1, message="/readyz ready again")
+    print(f"idle outage: not ready {down_after:.1f}s after the stop, ready {time.monotonic() - started_at:.1f}s after the start")
+    assert b.alive()
+    b.signal(signal.SIGTERM)
+    assert b.wait(b.shutdown_timeout + 10) == 0

@@ -2,6 +2,10 @@ import DequeModule
 import Metrics
 import Synchronization
 
+/// Thrown when no pooled connection became free within the acquire timeout: the database is busy,
+/// which is not the same as unreachable.
+public protocol PoolExhausted: Error {}
+
 /// A fixed set of database connections lent out one at a time.
 ///
 /// `size` connections are opened up front and never more: thousands of clients share them. A caller
@@ -10,7 +14,7 @@ import Synchronization
 /// counts are gauges.
 public final class ConnectionPool<Connection: Sendable>: Sendable {
     /// Thrown when no connection became free within the acquire timeout.
-    public struct AcquireTimeout: Error, CustomStringConvertible {
+    public struct AcquireTimeout: PoolExhausted, CustomStringConvertible {
         public var description: String { "no database connection became free in time" }
     }
 
