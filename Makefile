@@ -7,8 +7,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= Configs/iotgw.yaml
 
 # System packages: the C libraries the simulator and bridge link against, the reference broker and
-# clients the tests drive, and openssl for test certificates.
-APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl
+# clients the tests drive, openssl for test certificates, and iproute2 (`ip netns`) for the bridge test
+# that runs an upstream and two gateways as three hosts in network namespaces.
+APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl iproute2
 # Python test clients (real peers for the end-to-end suite).
 PIP_PACKAGES := paho-mqtt==2.* websockets pytest prometheus_client jsonschema pyyaml
 

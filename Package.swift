@@ -96,6 +96,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The upstream bridge: libmosquitto on a thread of its own per bridge, feeding the broker.
+        .target(
+            name: "GatewayBridge",
+            dependencies: [
+                "GatewayCore",
+                "MQTTCodec",
+                "CMosquitto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // glibc's malloc.h (malloc_trim), for returning memory after waves of disconnects.
         .systemLibrary(name: "CMalloc"),
         // libmosquitto and libwebsockets, used by the simulator (and the bridge) only.
@@ -120,6 +135,7 @@ let package = Package(
                 "GatewayConfig",
                 "GatewayTransport",
                 "GatewayStorage",
+                "GatewayBridge",
                 "MQTTCodec",
                 "CMalloc",
                 "Simulator",
@@ -183,6 +199,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GatewayBridgeTests",
+            dependencies: ["GatewayBridge", "GatewayCore", "MQTTCodec"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -44,6 +44,10 @@ public final class Session: Sendable {
     private let budget: QueueBudget
     private let metrics: GatewayMetrics
     private let state: Mutex<State>
+    /// When true, a QoS 1/2 message that does not fit is dropped (and counted) even while connected,
+    /// instead of disconnecting the owner as a slow consumer: internal clients (the bridge) have no
+    /// socket to close, and their queue is the store-and-forward buffer.
+    let dropsWhenFull: Bool
 
     struct Limits: Sendable {
         var maxInflight: Int
@@ -93,8 +97,17 @@ public final class Session: Sendable {
         var dropping = false
     }
 
-    init(clientID: String, persistent: Bool, expiryInterval: Double?, limits: Limits, budget: QueueBudget, metrics: GatewayMetrics) {
+    init(
+        clientID: String,
+        persistent: Bool,
+        expiryInterval: Double?,
+        limits: Limits,
+        budget: QueueBudget,
+        metrics: GatewayMetrics,
+        dropsWhenFull: Bool = false
+    ) {
         self.clientID = clientID
+        self.dropsWhenFull = dropsWhenFull
         self.limits = limits
         self.budget = budget
         self.metrics = metrics
@@ -248,7 +261,7 @@ public final class Session: Sendable {
                         globalFull ? .globalCap : (queued.qos == .atMostOnce ? .queueFullQoS0 : .queueFullQoS12)
                     let firstOfEpisode = !state.dropping
                     state.dropping = true
-                    if queued.qos != .atMostOnce && state.owner != nil {
+                    if queued.qos != .atMostOnce && state.owner != nil && !dropsWhenFull {
                         return (.slowConsumer, nil, firstOfEpisode)
                     }
                     return (.dropped(reason), nil, firstOfEpisode)
