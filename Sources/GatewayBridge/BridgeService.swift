@@ -2,6 +2,7 @@ public import GatewayCore
 public import Logging
 public import ServiceLifecycle
 import Foundation
+import Synchronization
 
 /// One bridge as a `Service`: starts its worker thread, and on graceful shutdown (which the
 /// ServiceGroup orders after the listeners drained, so queued messages had their chance to leave)
@@ -43,26 +44,73 @@ public final class BridgeService: Service, CustomStringConvertible {
         self.worker = BridgeWorker(configuration: configuration, client: client, status: status, logger: logger, onStateChange: onStateChange)
     }
 
+    /// How long shutdown waits for the bridge thread after asking it to stop. The thread answers within
+    /// one `poll` round unless it is inside a blocking connect to an address that does not answer
+    /// (the kernel's connect timeout); shutdown then goes on without it, as the process is ending.
+    static let stopTimeout: Duration = .seconds(3)
+
     public func run() async throws {
         let worker = self.worker
-        let name = "iotgw-bridge-\(configuration.name)"
-        await withTaskGroup(of: Void.self) { group in
+        let exit = ThreadExit()
+        let thread = Thread {
+            worker.run()
+            exit.finish()
+        }
+        thread.name = "iotgw-bridge-\(configuration.name)"
+        thread.start()
+        // Returns on graceful shutdown, or throws when the service is cancelled: stop either way.
+        try? await gracefulShutdown()
+        worker.requestStop()
+        let finished = await withTaskGroup(of: Bool.self) { group in
             group.addTask {
-                await withCheckedContinuation { (finished: CheckedContinuation<Void, Never>) in
-                    let thread = Thread {
-                        worker.run()
-                        finished.resume()
-                    }
-                    thread.name = name
-                    thread.start()
+                await exit.wait()
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(for: Self.stopTimeout)
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        if !finished {
+            worker.logger.notice("bridge thread did not stop in time (blocked in a connect); shutting down without it")
+        }
+    }
+}
+
+/// The end of a bridge thread, awaited by ``BridgeService/run()``: a one-shot signal whose waiter
+/// can also give up (task cancellation), resumed exactly once either way.
+private final class ThreadExit: Sendable {
+    private let state = Mutex<(done: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    /// Called by the thread when it ends.
+    func finish() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.done = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Returns when the thread ended, or when the calling task is cancelled.
+    func wait() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { state -> Bool in
+                    if state.done || Task.isCancelled { return true }
+                    state.waiter = continuation
+                    return false
                 }
+                if resumeNow { continuation.resume() }
             }
-            group.addTask {
-                // Returns on graceful shutdown, or throws when the service is cancelled: stop either way.
-                try? await gracefulShutdown()
-                worker.requestStop()
-            }
-            await group.waitForAll()
+        } onCancel: {
+            state.withLock { state -> CheckedContinuation<Void, Never>? in
+                defer { state.waiter = nil }
+                return state.waiter
+            }?.resume()
         }
     }
 }
