@@ -23,6 +23,7 @@ import pytest
 from conftest import IOTGW_BIN, MOSQUITTO_BIN
 from helpers import PahoClient, free_port, iotgw_only, port_accepts, wait_until
 from operations_helpers import get
+from test_tls import pki  # noqa: F401  (the module-scoped CA and certificates fixture)
 
 
 class Upstream:
@@ -33,7 +34,7 @@ class Upstream:
     """
 
     def __init__(self, tmp_path: Path, name: str = "upstream", host: str = "127.0.0.1",
-                 port: int | None = None, netns: str | None = None):
+                 port: int | None = None, netns: str | None = None, extra: list[str] | None = None):
         self.port = port or free_port()
         self.host = host
         self.netns = netns
@@ -55,6 +56,7 @@ class Upstream:
             "log_type error",
             "log_type warning",
             "log_type notice",
+            *(extra or []),
         ]) + "\n")
         self.log_path = self.dir / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
@@ -187,6 +189,42 @@ def test_bridge_out_and_in(make_broker, upstreams, protocol):
     finally:
         for client in (device, gateway_sub, upstream_sub):
             client.stop()
+
+
+def test_bridge_over_mutual_tls(make_broker, upstreams, pki):  # noqa: F811
+    iotgw_only("the bridge is an iotgw feature")
+    tls_port = free_port()
+    # A plain listener for the test's own clients, and a TLS listener that requires a client certificate.
+    upstream = upstreams(extra=[f"listener {tls_port} 127.0.0.1", f"cafile {pki['ca.pem']}",
+                                f"certfile {pki['server.pem']}", f"keyfile {pki['server.key']}",
+                                "require_certificate true"])
+    gateway = start_gateway(make_broker, [bridge_config(tls_port, [{"topic": "devices/#", "direction": "out", "qos": 1}],
+                                                        tls={"enabled": True, "ca_file": pki["ca.pem"],
+                                                             "cert_file": pki["client.pem"], "key_file": pki["client.key"]})])
+    wait_bridge_state(gateway, "connected")
+    watcher = PahoClient(upstream.port, client_id="tls-watcher").start()
+    watcher.subscribe([("devices/#", 1)])
+    device = PahoClient(gateway.port, client_id="tls-device").start()
+    try:
+        for i in range(3):
+            device.publish("devices/t", f"t:{i}".encode(), qos=1)
+        assert payloads(watcher.get_n(3, timeout=10)) == [f"t:{i}" for i in range(3)]
+    finally:
+        device.stop()
+        watcher.stop()
+
+
+def test_bridge_without_client_certificate_is_down_with_error(make_broker, upstreams, pki):  # noqa: F811
+    iotgw_only("the bridge is an iotgw feature")
+    tls_port = free_port()
+    upstreams(extra=[f"listener {tls_port} 127.0.0.1", f"cafile {pki['ca.pem']}", f"certfile {pki['server.pem']}",
+                     f"keyfile {pki['server.key']}", "require_certificate true"])
+    gateway = start_gateway(make_broker, [bridge_config(tls_port, [{"topic": "devices/#", "direction": "out", "qos": 1}],
+                                                        tls={"enabled": True, "ca_file": pki["ca.pem"]})])
+    stats = wait_bridge_state(gateway, "down")
+    assert stats["last_error"], stats
+    # Readiness is not affected by default (required_for_readiness: false).
+    assert get(gateway.admin_port, "/readyz").status == 200
 
 
 # --------------------------------------------------------------------------------------
