@@ -22,7 +22,7 @@ import pytest
 
 from conftest import IOTGW_BIN, MOSQUITTO_BIN
 from helpers import PahoClient, free_port, iotgw_only, port_accepts, wait_until
-from operations_helpers import get
+from operations_helpers import get, http_request
 from test_tls import pki  # noqa: F401  (the module-scoped CA and certificates fixture)
 
 
@@ -225,6 +225,27 @@ def test_bridge_without_client_certificate_is_down_with_error(make_broker, upstr
     assert stats["last_error"], stats
     # Readiness is not affected by default (required_for_readiness: false).
     assert get(gateway.admin_port, "/readyz").status == 200
+
+
+def test_internal_session_is_listed_and_an_admin_disconnect_reconnects(make_broker, upstreams):
+    iotgw_only("the bridge is an iotgw feature")
+    upstream = upstreams()
+    gateway = start_gateway(make_broker, [bridge_config(upstream.port, [{"topic": "devices/#", "direction": "out"}])])
+    wait_bridge_state(gateway, "connected")
+    listed = get(gateway.admin_port, "/api/v1/clients?prefix=%24bridge%2F").json()
+    assert [(c["client_id"], c["connected"], c["persistent"]) for c in listed["clients"]] == [("$bridge/up", True, True)]
+    assert http_request(gateway.admin_port, "DELETE", "/api/v1/clients/%24bridge%2Fup").status == 200
+
+    def reconnected():
+        metrics = get(gateway.admin_port, "/metrics").body.decode()
+        return re.search(r'^iotgw_bridge_connects_total\{bridge="up",result="success"\} 2(\.0)?$', metrics, re.M)
+    wait_until(reconnected, 10, message="the bridge connected a second time")
+    wait_bridge_state(gateway, "connected")
+    # A network client cannot take the internal session over.
+    client = PahoClient(gateway.port, client_id="$bridge/up")
+    with pytest.raises(AssertionError, match="CONNACK refused"):
+        client.start()
+    client.stop()
 
 
 # --------------------------------------------------------------------------------------
