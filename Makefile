@@ -7,9 +7,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= Configs/iotgw.yaml
 
 # System packages: the C libraries the simulator and bridge link against, the reference broker and
-# clients the tests drive, openssl for test certificates, and PostgreSQL (server and psql) for the
-# PostgreSQL storage tests.
-APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl postgresql
+# clients the tests drive, openssl for test certificates, PostgreSQL (server and psql) for the
+# PostgreSQL storage tests, and iproute2 (`ip netns`) for the bridge test that runs an upstream and two
+# gateways as three hosts in network namespaces.
+APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl postgresql iproute2
 # Python test clients (real peers for the end-to-end suite) and a PostgreSQL driver to read the rows back.
 PIP_PACKAGES := paho-mqtt==2.* websockets pytest prometheus_client jsonschema pyyaml psycopg2-binary
 

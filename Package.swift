@@ -102,6 +102,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The upstream bridge: libmosquitto on a thread of its own per bridge, feeding the broker.
+        .target(
+            name: "GatewayBridge",
+            dependencies: [
+                "GatewayCore",
+                "MQTTCodec",
+                "CMosquitto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // glibc's malloc.h (malloc_trim), for returning memory after waves of disconnects.
         .systemLibrary(name: "CMalloc"),
         // libmosquitto and libwebsockets, used by the simulator (and the bridge) only.
@@ -126,6 +141,7 @@ let package = Package(
                 "GatewayConfig",
                 "GatewayTransport",
                 "GatewayStorage",
+                "GatewayBridge",
                 "MQTTCodec",
                 "CMalloc",
                 "Simulator",
@@ -191,6 +207,11 @@ let package = Package(
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GatewayBridgeTests",
+            dependencies: ["GatewayBridge", "GatewayCore", "MQTTCodec"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

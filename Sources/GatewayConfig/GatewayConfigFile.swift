@@ -15,11 +15,13 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
     public var websocket = WebSocket()
     public var admin = Admin()
     public var storage = Storage()
+    /// `bridges`: connections to upstream brokers (see `GatewayConfigFile+Bridges.swift`). Default none.
+    public var bridges: [Bridge] = []
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case log, listeners, limits, mqtt, auth, shutdown, tls, websocket, admin, storage
+        case log, listeners, limits, mqtt, auth, shutdown, tls, websocket, admin, storage, bridges
     }
 
     public init(from decoder: any Decoder) throws {
@@ -35,6 +37,7 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         websocket = try c.value(.websocket, default: WebSocket())
         admin = try c.value(.admin, default: Admin())
         storage = try c.value(.storage, default: Storage())
+        bridges = try c.value(.bridges, default: [])
     }
 
     /// `log`: logging.
@@ -379,6 +382,7 @@ extension GatewayConfigFile {
         check(shutdown.timeout > 0, "shutdown.timeout", "must be more than 0 seconds")
         errors += storageValidationErrors()
         errors += authValidationErrors()
+        errors += bridgeValidationErrors()
         return errors
     }
 

@@ -13,7 +13,7 @@ struct CheckConfigCommand: ParsableCommand {
     @Argument(help: "The configuration file (.yaml, .yml or .json).")
     var file: String
 
-    @Flag(name: .customLong("skip-tls-files"), help: "Check keys and values only; do not read the TLS certificate, key and CA files (to check a production file away from its certificates).")
+    @Flag(name: .customLong("skip-tls-files"), help: "Check keys and values only; do not read the TLS certificate, key and CA files (listeners and bridges) (to check a production file away from its certificates).")
     var skipTLSFiles = false
 
     func run() throws {
@@ -24,6 +24,7 @@ struct CheckConfigCommand: ParsableCommand {
             // Loads the TLS certificate and key too: a bad file fails here as it would at start-up.
             if !skipTLSFiles {
                 _ = try config.serverConfiguration(path: file)
+                try config.checkBridgeTLSFiles(path: file)
             }
             print("\(file): OK\(skipTLSFiles ? " (TLS files not read)" : "")")
         } catch {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CMalloc
 import Foundation
+import GatewayBridge
 import GatewayConfig
 import GatewayCore
 import GatewayStorage
@@ -38,6 +39,7 @@ struct RunCommand: AsyncParsableCommand {
             file = try ConfigLoader.load(path: config)
             serverConfiguration = try file.serverConfiguration(path: config)
             databaseConfiguration = try file.databaseConfiguration(path: config)
+            try file.checkBridgeTLSFiles(path: config)
         } catch {
             printError("iotgw: invalid configuration: \(error)")
             throw ExitCode(2)
@@ -198,10 +200,19 @@ struct RunCommand: AsyncParsableCommand {
             logger: logger
         )
         let probe = EventLoopProbe(group: MultiThreadedEventLoopGroup.singleton)
+        let bridges = file.bridgeConfigurations.map { configuration in
+            let component = "bridge:\(configuration.name)"
+            if configuration.requiredForReadiness { readiness.set(component, .notReady("connecting")) }
+            return BridgeService(configuration: configuration, broker: broker, logger: logger) { state, error in
+                guard configuration.requiredForReadiness else { return }
+                readiness.set(component, state == .connected ? .ready : .notReady(error.map { "\(state.rawValue): \($0)" } ?? state.rawValue))
+            }
+        }
 
         // ServiceGroup shuts services down in reverse order: the gateway first (stop accepting, drain,
-        // close), then the admin listener (which answers /readyz 503 during the drain), housekeeping,
-        // the watchdog, and the signal handler last (it still forces the exit on a second signal).
+        // close), then the bridges, the ingest queue, the admin listener (which answers /readyz 503
+        // during the drain), housekeeping, the watchdog, and the signal handler last (it still forces
+        // the exit on a second signal).
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(
                 service: SignalService(
@@ -230,6 +241,20 @@ struct RunCommand: AsyncParsableCommand {
                 readiness: readiness,
                 metricsText: { registry.emitToBuffer() },
                 telemetry: telemetryReader,
+                bridges: {
+                    bridges.map { bridge in
+                        let status = bridge.status.snapshot
+                        return AdminBridgeStatus(
+                            name: status.name,
+                            state: status.state.rawValue,
+                            lastError: status.lastError,
+                            queued: status.queued,
+                            forwarded: status.forwarded,
+                            received: status.received,
+                            dropped: status.dropped.values.reduce(0, +)
+                        )
+                    }
+                },
                 startedAt: startedAt,
                 logger: logger
             )
@@ -252,6 +277,9 @@ struct RunCommand: AsyncParsableCommand {
             readiness.set("database", .ready)
             services.append(.init(service: DatabaseProbeService(database: openDatabase, readiness: readiness, logger: logger)))
         }
+        // Bridges after storage and before the server: they stop once the listeners drained (the
+        // drain gives queued messages time to reach the upstream) and before storage closes.
+        for bridge in bridges { services.append(.init(service: bridge)) }
         services.append(.init(service: server))
         let group = ServiceGroup(
             configuration: .init(

@@ -204,6 +204,11 @@ public final class ClientConnection {
         guard clientID.utf8.count <= configuration.maxClientIDLength else {
             return rejectConnect(.identifierRejected, v5: .clientIdentifierNotValid, "client id longer than \(configuration.maxClientIDLength) bytes")
         }
+        if clientID.hasPrefix(InternalClient.reservedPrefix) {
+            // The bridges' own sessions live under `$bridge/`; a network client taking one over would
+            // receive (and acknowledge away) what is queued for an upstream.
+            return rejectConnect(.identifierRejected, v5: .clientIdentifierNotValid, "client ids starting with \(InternalClient.reservedPrefix) are reserved")
+        }
         logger[metadataKey: "mqtt.client.id"] = "\(clientID)"
         if connect.properties.authenticationMethod != nil {
             return rejectConnect(.notAuthorized, v5: .badAuthenticationMethod, "enhanced authentication is not supported")

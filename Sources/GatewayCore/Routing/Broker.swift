@@ -652,4 +652,18 @@ public final class Broker: Sendable {
     public func recordQueueLevels() {
         metrics.queueLevels(messages: budget.queuedMessages, bytes: budget.usedBytes)
     }
+
+    // MARK: Internal clients
+
+    /// Registers `session` under its client id unless a session with that id exists, and returns the
+    /// one now registered (see ``attachInternalClient(clientID:subscriptions:limits:)``).
+    func installInternalSession(_ session: Session) -> Session {
+        let installed = state.withLock { state -> Session in
+            if let existing = state.sessions[session.clientID] { return existing }
+            state.sessions[session.clientID] = session
+            return session
+        }
+        metrics.sessions(sessionCount)
+        return installed
+    }
 }

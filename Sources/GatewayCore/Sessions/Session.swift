@@ -49,6 +49,10 @@ public final class Session: Sendable {
     /// Where changes are mirrored for recovery (nil: storage off). Used only while `State.journaling`.
     private let journal: StateJournal?
     private let state: Mutex<State>
+    /// When true, a QoS 1/2 message that does not fit is dropped (and counted) even while connected,
+    /// instead of disconnecting the owner as a slow consumer: internal clients (the bridge) have no
+    /// socket to close, and their queue is the store-and-forward buffer.
+    let dropsWhenFull: Bool
 
     struct Limits: Sendable {
         var maxInflight: Int
@@ -109,9 +113,11 @@ public final class Session: Sendable {
         limits: Limits,
         budget: QueueBudget,
         metrics: GatewayMetrics,
-        journal: StateJournal? = nil
+        journal: StateJournal? = nil,
+        dropsWhenFull: Bool = false
     ) {
         self.clientID = clientID
+        self.dropsWhenFull = dropsWhenFull
         self.limits = limits
         self.budget = budget
         self.metrics = metrics
@@ -325,7 +331,7 @@ public final class Session: Sendable {
                         globalFull ? .globalCap : (queued.qos == .atMostOnce ? .queueFullQoS0 : .queueFullQoS12)
                     let firstOfEpisode = !state.dropping
                     state.dropping = true
-                    if queued.qos != .atMostOnce && state.owner != nil {
+                    if queued.qos != .atMostOnce && state.owner != nil && !dropsWhenFull {
                         return (.slowConsumer, nil, firstOfEpisode)
                     }
                     return (.dropped(reason), nil, firstOfEpisode)

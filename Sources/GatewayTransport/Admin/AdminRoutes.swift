@@ -89,6 +89,8 @@ struct AdminRoutes: Sendable {
     let startedAt: ContinuousClock.Instant
     /// Stored telemetry for `/api/v1/messages`; nil when storage is disabled.
     var telemetry: (any TelemetryReader)? = nil
+    /// The bridges for `/api/v1/stats`.
+    var bridges: @Sendable () -> [AdminBridgeStatus] = { [] }
 
     /// The most clients one `/api/v1/clients` page returns.
     static let maxPageSize = 1000
@@ -184,8 +186,21 @@ struct AdminRoutes: Sendable {
                         ("bytes_sent", .int(totals.bytesSent)),
                     ])
                 ),
+                ("bridges", .array(bridges().map(Self.bridgeJSON))),
             ])
         )
+    }
+
+    private static func bridgeJSON(_ bridge: AdminBridgeStatus) -> AdminJSON {
+        .object([
+            ("name", .string(bridge.name)),
+            ("state", .string(bridge.state)),
+            ("last_error", bridge.lastError.map { .string($0) } ?? .null),
+            ("queued", .int(bridge.queued)),
+            ("forwarded", .int(bridge.forwarded)),
+            ("received", .int(bridge.received)),
+            ("dropped", .int(bridge.dropped)),
+        ])
     }
 
     private func clients(_ request: AdminRequest) -> AdminResponse {

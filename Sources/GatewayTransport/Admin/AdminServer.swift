@@ -58,6 +58,7 @@ public final class AdminServer: Service {
     ///   - broker: the broker the API reads and disconnects clients of.
     ///   - readiness: the components `/readyz` reports.
     ///   - metricsText: the Prometheus text exposition (`registry.emitToBuffer()`).
+    ///   - bridges: the bridges' status for `/api/v1/stats`.
     ///   - startedAt: when the gateway started, for uptime.
     ///   - onBound: called with the bound address (tests read the port from it with port 0).
     public init(
@@ -66,6 +67,7 @@ public final class AdminServer: Service {
         readiness: ReadinessRegistry,
         metricsText: @escaping @Sendable () -> [UInt8],
         telemetry: (any TelemetryReader)? = nil,
+        bridges: @escaping @Sendable () -> [AdminBridgeStatus] = { [] },
         startedAt: ContinuousClock.Instant = .now,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
@@ -80,7 +82,8 @@ public final class AdminServer: Service {
             token: configuration.token,
             healthTimeout: configuration.healthTimeout,
             startedAt: startedAt,
-            telemetry: telemetry
+            telemetry: telemetry,
+            bridges: bridges
         )
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
