@@ -371,8 +371,6 @@ def test_upstream_outage_store_and_forward(make_broker, upstreams):
             client.stop()
 
 
-@pytest.mark.skip(reason="needs durable sessions (the internal session $bridge/NAME persisted with storage on), "
-                         "which another branch adds; the lead enables this test after merging it")
 def test_gateway_kill9_while_upstream_down(make_broker, upstreams):
     iotgw_only("the bridge is an iotgw feature")
     upstream = upstreams()

@@ -159,6 +159,9 @@ extension Broker {
                 ),
                 budget: budget,
                 metrics: metrics,
+                // With storage on, its subscriptions and QoS 1/2 queue are journalled like any
+                // persistent session's, so the store-and-forward queue survives a restart.
+                journal: journal,
                 dropsWhenFull: true
             )
         )
