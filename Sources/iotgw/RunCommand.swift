@@ -145,7 +145,11 @@ struct RunCommand: AsyncParsableCommand {
             // in memory when the first client connects.
             let loadStarted = ContinuousClock.now
             do {
-                let report = try await broker.restore(from: stateStore)
+                let internalClients = Dictionary(
+                    file.bridgeConfigurations.map { ($0.internalClientID, $0.queue) },
+                    uniquingKeysWith: { first, _ in first }
+                )
+                let report = try await broker.restore(from: stateStore, internalClients: internalClients)
                 logger.info(
                     "session store loaded",
                     metadata: [

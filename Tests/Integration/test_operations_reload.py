@@ -1,4 +1,4 @@
-"""(Operations) SIGHUP reloads the live settings (log level, auth, limits, mqtt.sys_interval)
+"""(Operations) SIGHUP reloads the live settings (log level, auth, limits, mqtt.sys_interval, storage.topics)
 without dropping connections; an invalid file keeps the running configuration."""
 
 from __future__ import annotations
@@ -120,3 +120,38 @@ def test_sys_interval_is_live(make_broker):
         p = c.expect_packet(timeout=10, what="$SYS/broker/uptime after sys_interval became 1")
         topic, _, payload = p.publish_fields()
         assert topic == "$SYS/broker/uptime" and int(payload) >= 0
+
+
+def test_storage_topics_are_live(make_broker):
+    """storage.topics changed by SIGHUP: messages published afterwards are selected by the new filters
+    (read back from the SQLite database), and the connection stays up."""
+    import json
+    import sqlite3
+    from pathlib import Path
+
+    from helpers import PahoClient, stop_all
+
+    b = make_broker(config_format="json", storage={"topics": ["kept/#"]})
+    tag = unique("live")
+    database = Path(b.config["storage"]["data_dir"]) / "iotgw.db"
+
+    def stored() -> set[str]:
+        con = sqlite3.connect(str(database), timeout=5)
+        try:
+            return {row[0] for row in con.execute("SELECT topic FROM messages WHERE topic LIKE ?", (f"%/{tag}/%",))}
+        finally:
+            con.close()
+
+    pub = PahoClient(b.port, client_id=f"{tag}-pub").start()
+    try:
+        pub.publish(f"kept/{tag}/1", b"a", qos=1)
+        pub.publish(f"other/{tag}/1", b"b", qos=1)
+        assert stored() == {f"kept/{tag}/1"}
+        b.config_path.write_text(json.dumps(deep_merge(b.config, {"storage": {"topics": ["other/#"]}})) + "\n")
+        reload(b, "configuration reloaded")
+        assert "storage.topics" in b.log_path.read_text(errors="replace"), "the reload log names storage.topics"
+        pub.publish(f"kept/{tag}/2", b"c", qos=1)
+        pub.publish(f"other/{tag}/2", b"d", qos=1)
+        assert stored() == {f"kept/{tag}/1", f"other/{tag}/2"}
+    finally:
+        stop_all([pub])

@@ -29,12 +29,16 @@ extension Broker {
     ///
     /// Remaining expiry counts from the wall-clock time the session's connection ended; a session that
     /// was still connected when the process died counts as disconnected now.
+    ///
+    /// - Parameter internalClients: the queue limits of internal clients (bridges) by client id: their
+    ///   restored sessions get these limits and drop new messages when full instead of disconnecting,
+    ///   as ``attachInternalClient(clientID:subscriptions:limits:)`` would have made them.
     @discardableResult
-    public func restore(from store: any BrokerStateStore) async throws -> RestoreReport {
+    public func restore(from store: any BrokerStateStore, internalClients: [String: InternalClient.Limits] = [:]) async throws -> RestoreReport {
         let started = ContinuousClock.now
         let snapshot = try await store.load()
         let read = started.duration(to: .now)
-        let report = restore(snapshot)
+        let report = restore(snapshot, internalClients: internalClients)
         logger.debug(
             "session store read and applied",
             metadata: ["iotgw.restore.read": "\(read)", "iotgw.restore.apply": "\(started.duration(to: .now) - read)"]
@@ -42,7 +46,7 @@ extension Broker {
         return report
     }
 
-    func restore(_ snapshot: BrokerStateSnapshot) -> RestoreReport {
+    func restore(_ snapshot: BrokerStateSnapshot, internalClients: [String: InternalClient.Limits] = [:]) -> RestoreReport {
         var report = RestoreReport()
         let now = self.now
         let wallNow = WallClock.millisecondsSinceEpoch()
@@ -71,14 +75,18 @@ extension Broker {
                 // Connected when the process died: its expiry starts now (and survives another crash).
                 journal?.append(.upsertSession(StoredSessionRecord(clientID: record.clientID, expiryInterval: record.expiryInterval, disconnectedAt: wallNow)))
             }
+            let internalLimits = internalClients[record.clientID]
             let session = Session(
                 clientID: record.clientID,
                 persistent: true,
                 expiryInterval: record.expiryInterval,
-                limits: limits,
+                limits: internalLimits.map {
+                    Session.Limits(maxInflight: $0.maxInflight, maxQueuedMessages: $0.maxQueuedMessages, maxQueuedBytes: $0.maxQueuedBytes)
+                } ?? limits,
                 budget: budget,
                 metrics: metrics,
-                journal: journal
+                journal: journal,
+                dropsWhenFull: internalLimits != nil || record.clientID.hasPrefix(InternalClient.reservedPrefix)
             )
             let subscriptions = (subscriptionsByClient[record.clientID] ?? []).map { stored in
                 (key: stored.key, Session.StoredSubscription(options: stored.options, subscriptionIdentifier: stored.subscriptionIdentifier, group: stored.group))

@@ -15,7 +15,8 @@ public final class IngestQueue: Sendable {
     let store: any TelemetryStore
     let logger: Logger
     private let state = Mutex(State())
-    private let filters: [String]
+    /// `storage.topics`: live, so SIGHUP can change what is stored.
+    private let filters: Mutex<[String]>
     private let onAvailabilityChange: (@Sendable (Bool) -> Void)?
 
     private let depthGauge = Gauge(label: "iotgw_ingest_queue_messages")
@@ -61,13 +62,21 @@ public final class IngestQueue: Sendable {
         self.configuration = configuration
         self.store = store
         self.logger = logger
-        self.filters = configuration.topics
+        self.filters = Mutex(configuration.topics)
         self.onAvailabilityChange = onAvailabilityChange
     }
 
     /// Whether messages on `topic` are stored.
     public func stores(topic: String) -> Bool {
-        filters.contains { SubscriptionIndex.matches(filter: $0, topic: topic) }
+        filters.withLock { filters in filters.contains { SubscriptionIndex.matches(filter: $0, topic: topic) } }
+    }
+
+    /// The stored topic filters now in effect.
+    public var topics: [String] { filters.withLock { $0 } }
+
+    /// Replaces the stored topic filters (SIGHUP). Messages published from now on are selected by them.
+    public func setTopics(_ topics: [String]) {
+        filters.withLock { $0 = topics }
     }
 
     /// What ``submit(_:onCommit:)`` did with a record.

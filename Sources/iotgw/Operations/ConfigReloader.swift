@@ -108,6 +108,10 @@ final class ConfigReloader: Sendable {
         after.limits.maxClientIDLength = new.limits.maxClientIDLength
         after.limits.maxKeepAlive = new.limits.maxKeepAlive
         after.mqtt.sysInterval = new.mqtt.sysInterval
+        if let ingest = broker.ingest {
+            after.storage.topics = new.storage.topics
+            ingest.setTopics(after.storage.topics)
+        }
         let applied = Self.changedKeys(before, after)
         let restartRequired = Self.changedKeys(after, new)
         if let level = commandLineLevel ?? Logger.Level(rawValue: after.log.level) {
