@@ -78,17 +78,7 @@ public struct TopicMapper: Sendable {
 
     /// Whether `filter` matches `topic` (MQTT section 4.7; `$` topics only match filters naming them).
     public static func matches(filter: String, topic: String) -> Bool {
-        if topic.hasPrefix("$") && (filter.hasPrefix("+") || filter.hasPrefix("#")) { return false }
-        var f = filter.split(separator: "/", omittingEmptySubsequences: false)[...]
-        var t = topic.split(separator: "/", omittingEmptySubsequences: false)[...]
-        while let level = f.first {
-            if level == "#" { return true }
-            guard let topicLevel = t.first else { return false }
-            if level != "+" && level != topicLevel { return false }
-            f = f.dropFirst()
-            t = t.dropFirst()
-        }
-        return t.isEmpty
+        MQTTTopic.matches(filter: filter, topic: topic)
     }
 
     private static func merged(_ entries: [(String, MQTTQoS)]) -> [(filter: String, qos: MQTTQoS)] {

@@ -25,6 +25,22 @@ public enum MQTTTopic {
     /// Splits `$share/GROUP/FILTER` into its group and filter, or returns `nil` when `filter` is not a
     /// shared subscription. A malformed share (empty group, wildcard in the group, missing filter)
     /// returns `.invalid`.
+    /// Whether `filter` matches the topic name `topic` (MQTT section 4.7; a topic starting with `$`
+    /// matches only filters that name its first level).
+    public static func matches(filter: String, topic: String) -> Bool {
+        if topic.hasPrefix("$") && (filter.hasPrefix("+") || filter.hasPrefix("#")) { return false }
+        var f = filter.split(separator: "/", omittingEmptySubsequences: false)[...]
+        var t = topic.split(separator: "/", omittingEmptySubsequences: false)[...]
+        while let level = f.first {
+            if level == "#" { return true }
+            guard let topicLevel = t.first else { return false }
+            if level != "+" && level != topicLevel { return false }
+            f = f.dropFirst()
+            t = t.dropFirst()
+        }
+        return t.isEmpty
+    }
+
     public static func parseShared(_ filter: String) -> SharedFilter? {
         guard filter.hasPrefix("$share/") else { return nil }
         let rest = filter.dropFirst("$share/".count)

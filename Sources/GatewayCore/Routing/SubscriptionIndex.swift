@@ -178,16 +178,6 @@ extension SubscriptionIndex {
 
     /// Whether `filter` matches `topic` (a direct check, used for retained messages and tests).
     static func matches(filter: String, topic: String) -> Bool {
-        if topic.hasPrefix("$") && (filter.hasPrefix("+") || filter.hasPrefix("#")) { return false }
-        var f = filter.split(separator: "/", omittingEmptySubsequences: false)[...]
-        var t = topic.split(separator: "/", omittingEmptySubsequences: false)[...]
-        while let level = f.first {
-            if level == "#" { return true }
-            guard let topicLevel = t.first else { return false }
-            if level != "+" && level != topicLevel { return false }
-            f = f.dropFirst()
-            t = t.dropFirst()
-        }
-        return t.isEmpty
+        MQTTTopic.matches(filter: filter, topic: topic)
     }
 }
