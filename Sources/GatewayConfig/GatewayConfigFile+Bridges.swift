@@ -152,25 +152,7 @@ extension GatewayConfigFile {
         }
 
         /// `bridges[i].queue`: the store-and-forward queue (the bridge's internal session).
-        public struct Queue: Codable, Sendable, Equatable {
-            /// `bridges[i].queue.max_messages`: messages waiting for the upstream. Default 10000.
-            public var maxMessages = 10_000
-            /// `bridges[i].queue.max_bytes`: bytes waiting for the upstream. Default 16777216 (16 MiB).
-            public var maxBytes = 16 * 1_048_576
-
-            public init() {}
-            enum CodingKeys: String, CodingKey, CaseIterable {
-                case maxMessages = "max_messages"
-                case maxBytes = "max_bytes"
-            }
-            public init(from decoder: any Decoder) throws {
-                try decoder.rejectUnknownKeys(CodingKeys.self)
-                let c = try decoder.container(keyedBy: CodingKeys.self)
-                let d = Queue()
-                maxMessages = try c.value(.maxMessages, default: d.maxMessages)
-                maxBytes = try c.value(.maxBytes, default: d.maxBytes)
-            }
-        }
+        public typealias Queue = GatewayConfigFile.QueueBounds
 
         /// `bridges[i].reconnect`: exponential backoff with jitter between connection attempts.
         public struct Reconnect: Codable, Sendable, Equatable {

@@ -126,25 +126,7 @@ extension GatewayConfigFile {
         }
 
         /// `storage.queue`: the bounded ingest queue.
-        public struct Queue: Codable, Sendable, Equatable {
-            /// `storage.queue.max_messages`. Default 10000.
-            public var maxMessages = 10_000
-            /// `storage.queue.max_bytes`. Default 16777216 (16 MiB).
-            public var maxBytes = 16 * 1_048_576
-
-            public init() {}
-            enum CodingKeys: String, CodingKey, CaseIterable {
-                case maxMessages = "max_messages"
-                case maxBytes = "max_bytes"
-            }
-            public init(from decoder: any Decoder) throws {
-                try decoder.rejectUnknownKeys(CodingKeys.self)
-                let c = try decoder.container(keyedBy: CodingKeys.self)
-                let d = Queue()
-                maxMessages = try c.value(.maxMessages, default: d.maxMessages)
-                maxBytes = try c.value(.maxBytes, default: d.maxBytes)
-            }
-        }
+        public typealias Queue = GatewayConfigFile.QueueBounds
 
         /// `storage.batch`: group commit.
         public struct Batch: Codable, Sendable, Equatable {
