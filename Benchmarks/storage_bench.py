@@ -8,7 +8,8 @@ run --processes publisher processes of --clients paho-mqtt clients each, every c
 messages in flight, for --seconds after a one-second warm-up; count PUBACKs in the measured window, then
 stop the publishers, let the last PUBACKs arrive, SIGTERM the gateway (it flushes its queue) and count the
 rows. On PostgreSQL, pg_stat_activity is sampled every 50 ms for the gateway's sessions
-(application_name iotgw) and the peak reported.
+(application_name iotgw) and the peak reported; the commit latency p50/p99 comes from the gateway's
+`iotgw_ingest_commit_seconds` histogram (interpolated inside its buckets).
 
 Needs paho-mqtt 2.x and psycopg2 (make test installs both). Loopback only; stops everything it started.
 
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from urllib.parse import urlparse
 
@@ -103,8 +105,10 @@ def run_case(args, backend: str, ack: str) -> dict:
         admin.autocommit = True
         admin.cursor().execute(f"CREATE DATABASE {dbname}")
         storage.update({"backend": "postgres", "postgres": {**pg, "database": dbname}})
+    admin_port = free_port()
     config = {"log": {"level": "warning"}, "listeners": {"mqtt": {"host": "127.0.0.1", "port": port},
-                                                         "ws": {"enabled": False}}, "storage": storage}
+                                                         "ws": {"enabled": False}}, "storage": storage,
+              "admin": {"enabled": True, "host": "127.0.0.1", "port": admin_port}}
     config_path = os.path.join(work, "bench.json")
     with open(config_path, "w") as f:
         json.dump(config, f)
@@ -152,6 +156,9 @@ def run_case(args, backend: str, ack: str) -> dict:
         sampling.set()
         if sampler:
             sampler.join(5)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).read().decode()
+        commit_p50 = histogram_quantile(metrics, "iotgw_ingest_commit_seconds", 0.5)
+        commit_p99 = histogram_quantile(metrics, "iotgw_ingest_commit_seconds", 0.99)
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(30)
         sent = sum(r[0] for r in results)
@@ -169,7 +176,8 @@ def run_case(args, backend: str, ack: str) -> dict:
             nrows = con.execute("SELECT count(*) FROM messages").fetchone()[0]
             con.close()
         return {"backend": backend, "ack": ack, "msg_per_s": acked / args.seconds, "sent": sent, "rows": nrows,
-                "unacked_at_end": unacked, "exit": rc, "peak_pg_sessions": peak[0] if pg else None}
+                "unacked_at_end": unacked, "exit": rc, "peak_pg_sessions": peak[0] if pg else None,
+                "commit_p50_ms": (commit_p50 or 0) * 1000, "commit_p99_ms": (commit_p99 or 0) * 1000}
     finally:
         sampling.set()
         if proc.poll() is None:
@@ -183,6 +191,28 @@ def run_case(args, backend: str, ack: str) -> dict:
             admin.cursor().execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
             admin.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def histogram_quantile(metrics_text: str, name: str, q: float) -> float | None:
+    """The q-quantile of a Prometheus histogram, interpolated linearly inside the bucket that holds it
+    (as coarse as the buckets)."""
+    buckets = []
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            span = count - lower_count
+            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / span if span else 1)
+        lower_bound, lower_count = bound, count
+    return None
 
 
 def main() -> None:
@@ -204,7 +234,8 @@ def main() -> None:
     for backend, ack in cases:
         r = run_case(args, backend, ack)
         print(f"{backend:8} ack: {ack:9} {r['msg_per_s']:8.0f} PUBACKed msg/s; {r['sent']} sent, {r['rows']} rows "
-              f"after SIGTERM (exit {r['exit']}), {r['unacked_at_end']} unacknowledged at the end"
+              f"after SIGTERM (exit {r['exit']}), {r['unacked_at_end']} unacknowledged at the end; "
+              f"commit p50/p99 {r['commit_p50_ms']:.1f}/{r['commit_p99_ms']:.1f} ms"
               + (f"; peak pg_stat_activity sessions: {r['peak_pg_sessions']}" if r["peak_pg_sessions"] is not None else ""),
               flush=True)
 
