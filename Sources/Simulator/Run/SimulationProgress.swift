@@ -65,11 +65,9 @@ struct ProgressMonitor {
             if done(counters, now) { return }
             // A cancelled run skips ahead to disconnecting, which still waits for the engines to close their clients.
             if Task.isCancelled && phase != "disconnecting" { return }
-            do {
-                try await Task.sleep(for: .milliseconds(10))
-            } catch {
-                usleep(10_000)
-            }
+            // Once cancelled, Task.sleep returns at once; a detached sleep is not cancelled and keeps
+            // this loop from spinning (or blocking a cooperative thread) while the engines close.
+            await Task.detached { try? await Task.sleep(for: .milliseconds(10)) }.value
         }
     }
 }
