@@ -10,7 +10,7 @@ import Testing
 
 /// The admin endpoints' answers, without sockets: the routes over a real broker, readiness registry
 /// and event-loop probe.
-@Suite("Admin routes")
+@Suite("Admin routes", .timeLimit(.minutes(1)))
 struct AdminRoutesTests {
     private static let logger = Logger(label: "iotgw.tests", factory: { _ in SwiftLogNoOpLogHandler() })
 
@@ -59,16 +59,17 @@ struct AdminRoutesTests {
         #expect(text(response).hasPrefix(#"{"status":"ok","event_loops":[{"index":0,"responding":true,"lag_seconds":"#))
     }
 
-    @Test("a stuck event loop makes the probe report it within the bound")
+    @Test("a stuck event loop makes the probe report it without waiting for the loop")
     func stuckLoop() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
         let release = DispatchSemaphore(value: 0)
         loop.execute { release.wait() }  // blocks the loop: what a bug would do
-        let started = ContinuousClock.now
+        // The loop stays blocked until after the probe returned, so returning at all shows the probe
+        // answers on its timeout, not on the loop (no wall-clock bound: that would be timing luck on a
+        // loaded machine).
         let samples = await EventLoopProbe(group: group).probe(timeout: .milliseconds(200))
         #expect(samples.count == 1 && samples[0].lag == nil)
-        #expect(started.duration(to: .now) < .seconds(2))
         release.signal()
         try await group.shutdownGracefully()
     }
