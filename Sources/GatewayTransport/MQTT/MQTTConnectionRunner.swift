@@ -49,6 +49,15 @@ struct MQTTConnectionRunner: Sendable {
             try await channel.executeThenClose { inbound, outbound in
                 var actions: [ClientConnection.Action] = []
                 var handledSinceYield = 0
+                // False once a write failed (the peer closed): packets it sent before closing are still
+                // buffered inbound and are handled — a PUBLISH followed by DISCONNECT and close is
+                // routed — but nothing more is written.
+                var output = Output()
+                defer {
+                    if let error = output.error {
+                        logger.debug("connection stopped writing", metadata: ["error": "\(error)"])
+                    }
+                }
                 do {
                     for try await input in inbound {
                         if case .packet(var packet) = input {
@@ -62,12 +71,12 @@ struct MQTTConnectionRunner: Sendable {
                                 connection.certificateIdentity = name
                             }
                             actions = await connection.handle(packet)
-                            if try await perform(actions, connection: connection, handle: handle, outbound: outbound) {
+                            if await perform(actions, connection: connection, handle: handle, outbound: outbound, output: &output) {
                                 return
                             }
                         }
-                        if connection.isConnected {
-                            try await writeQueued(connection: connection, channel: handle.channel, outbound: outbound)
+                        if connection.isConnected && output.open {
+                            await writeQueued(connection: connection, channel: handle.channel, outbound: outbound, output: &output)
                         }
                         // A publisher whose packets are already buffered never suspends on `next()`, so it
                         // could keep a cooperative thread for thousands of packets while its subscribers'
@@ -86,7 +95,7 @@ struct MQTTConnectionRunner: Sendable {
                     cause = .keepAliveTimeout
                     actions = connection.keepAliveExpired()
                 }
-                _ = try await perform(actions, connection: connection, handle: handle, outbound: outbound)
+                _ = await perform(actions, connection: connection, handle: handle, outbound: outbound, output: &output)
             }
         } catch {
             logger.debug("connection ended with error", metadata: ["error": "\(error)"])
@@ -95,20 +104,42 @@ struct MQTTConnectionRunner: Sendable {
         connection.connectionClosed(cause: cause)
     }
 
+    /// Whether the connection can still be written to, and the first write error.
+    struct Output {
+        var open = true
+        var error: (any Error)?
+
+        /// Runs one write; a failure closes the output (later writes are skipped) and is kept for the log.
+        mutating func attempt(_ write: () async throws -> Void) async {
+            guard open else { return }
+            do {
+                try await write()
+            } catch {
+                open = false
+                self.error = error
+            }
+        }
+    }
+
     /// Performs the core's actions in order. Returns true when the connection is to close.
     private func perform(
         _ actions: [ClientConnection.Action],
         connection: ClientConnection,
         handle: ChannelConnectionHandle,
-        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
-    ) async throws -> Bool {
+        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+        output: inout Output
+    ) async -> Bool {
         for action in actions {
             switch action {
             case .send(let packet):
-                try await outbound.write(packet.encode(version: connection.version, allocator: handle.channel.allocator))
+                await output.attempt {
+                    try await outbound.write(packet.encode(version: connection.version, allocator: handle.channel.allocator))
+                }
             case .keepAlive(let seconds):
                 handle.connected(version: connection.version)
-                try await handle.channel.triggerUserOutboundEvent(KeepAliveHandler.SetKeepAlive(seconds: seconds))
+                await output.attempt {
+                    try await handle.channel.triggerUserOutboundEvent(KeepAliveHandler.SetKeepAlive(seconds: seconds))
+                }
             case .close:
                 return true
             }
@@ -121,8 +152,9 @@ struct MQTTConnectionRunner: Sendable {
     private func writeQueued(
         connection: ClientConnection,
         channel: any Channel,
-        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
-    ) async throws {
+        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+        output: inout Output
+    ) async {
         let version = connection.version
         let metrics = broker.metrics
         var batch: [ByteBuffer] = []
@@ -135,8 +167,8 @@ struct MQTTConnectionRunner: Sendable {
                 }
             }
             if batch.isEmpty { return }
-            try await outbound.write(contentsOf: batch)
-            if batch.count < Self.writeBatch { return }
+            await output.attempt { try await outbound.write(contentsOf: batch) }
+            if !output.open || batch.count < Self.writeBatch { return }
         }
     }
 }
