@@ -114,19 +114,26 @@ public final class GatewayServer: Service {
     }
 
     public func run() async throws {
-        typealias MQTTListener = (name: String, channel: NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never>, runner: MQTTConnectionRunner)
+        typealias MQTTListener = (
+            name: String,
+            channel: NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never>,
+            runner: MQTTConnectionRunner,
+            accepted: AcceptedChannels<ConnectionInput, ByteBuffer>
+        )
         typealias WebSocketListener = (name: String, channel: NIOAsyncChannel<PendingWebSocket, Never>, transport: GatewayMetrics.Transport, tls: TLSContext?)
         var mqttListeners: [MQTTListener] = []
         var webSocketListeners: [WebSocketListener] = []
         if let mqtt = configuration.mqtt {
             let runner = MQTTConnectionRunner(broker: broker, transport: .tcp, registry: registry, logger: logger)
-            mqttListeners.append(("mqtt", try await bindMQTT(mqtt, tls: nil), runner))
+            let accepted = AcceptedChannels<ConnectionInput, ByteBuffer>()
+            mqttListeners.append(("mqtt", try await bindMQTT(mqtt, tls: nil, accepted: accepted), runner, accepted))
         }
         if let mqtts = configuration.mqtts {
             guard let tls = configuration.tls else { throw MissingTLSContext(listener: "mqtts") }
             var runner = MQTTConnectionRunner(broker: broker, transport: .tls, registry: registry, logger: logger)
             runner.useCertificateCommonName = tls.useCommonNameAsUsername
-            mqttListeners.append(("mqtts", try await bindMQTT(mqtts, tls: tls), runner))
+            let accepted = AcceptedChannels<ConnectionInput, ByteBuffer>()
+            mqttListeners.append(("mqtts", try await bindMQTT(mqtts, tls: tls, accepted: accepted), runner, accepted))
         }
         if let ws = configuration.ws {
             webSocketListeners.append(("ws", try await bindWebSocket(ws, tls: nil), .ws, nil))
@@ -149,9 +156,10 @@ public final class GatewayServer: Service {
             for listener in mqttListeners {
                 let channel = listener.channel
                 let runner = listener.runner
+                let accepted = listener.accepted
                 group.addTask {
                     try await Self.closingOnCancellation(channel.channel, registry: self.registry) {
-                        try await Self.acceptLoop(channel, runner: runner)
+                        try await Self.acceptLoop(channel, runner: runner, accepted: accepted)
                     }
                 }
             }
@@ -225,13 +233,21 @@ public final class GatewayServer: Service {
 
     private static func acceptLoop(
         _ server: NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never>,
-        runner: MQTTConnectionRunner
+        runner: MQTTConnectionRunner,
+        accepted: AcceptedChannels<ConnectionInput, ByteBuffer>
     ) async throws {
-        try await server.executeThenClose { inbound in
-            try await ConnectionTasks.forEach(in: inbound) { connection in
-                await runner.run(connection)
+        do {
+            try await server.executeThenClose { inbound in
+                try await ConnectionTasks.forEach(in: inbound) { connection in
+                    accepted.take(connection)
+                    await runner.run(connection)
+                }
             }
+        } catch {
+            await accepted.closeOrphans()
+            throw error
         }
+        await accepted.closeOrphans()
     }
 
     private func shutDown(listeners: [any Channel]) async {
@@ -257,7 +273,11 @@ public final class GatewayServer: Service {
         registry.closeAll(reason: .serverShuttingDown)
     }
 
-    private func bindMQTT(_ listener: ListenerConfiguration, tls: TLSContext?) async throws -> NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never> {
+    private func bindMQTT(
+        _ listener: ListenerConfiguration,
+        tls: TLSContext?,
+        accepted: AcceptedChannels<ConnectionInput, ByteBuffer>
+    ) async throws -> NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never> {
         let connectTimeout = TimeAmount.milliseconds(Int64(configuration.connectTimeout * 1000))
         let maxPacketSize = configuration.maxPacketSize
         return try await ServerBootstrap(group: eventLoopGroup)
@@ -276,7 +296,9 @@ public final class GatewayServer: Service {
                         ByteToMessageHandler(MQTTPacketDecoder(parser: MQTTPacketParser(maximumPacketSize: maxPacketSize)))
                     )
                     try channel.pipeline.syncOperations.addHandler(ConnectionInputHandler())
-                    return try NIOAsyncChannel<ConnectionInput, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    let connection = try NIOAsyncChannel<ConnectionInput, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    accepted.accepted(connection)
+                    return connection
                 }
             }
     }
