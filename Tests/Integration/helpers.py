@@ -422,7 +422,36 @@ class Received:
     retain: bool
 
 
-class PahoClient:
+class QueuedPahoClient:
+    """What both paho wrappers share: received messages in ``self.messages`` (a queue), the paho client in
+    ``self.client``, its network thread started when ``self._started``."""
+
+    def get(self, timeout: float = DEFAULT_TIMEOUT, what: str = "a message"):
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"expected {what} within {timeout}s, got none") from None
+
+    def drain(self) -> list:
+        out = []
+        while True:
+            try:
+                out.append(self.messages.get_nowait())
+            except queue.Empty:
+                return out
+
+    def stop(self) -> None:
+        """DISCONNECT (if connected) and stop the network thread. Safe to call twice."""
+        try:
+            self.client.disconnect()
+        except Exception:
+            pass
+        if self._started:
+            self.client.loop_stop()
+            self._started = False
+
+
+class PahoClient(QueuedPahoClient):
     """paho-mqtt (MQTT 3.1.1, callback API v2) with its network loop on a background thread.
 
     Received messages go to ``self.messages`` (a ``queue.Queue`` of ``Received``).
@@ -502,12 +531,6 @@ class PahoClient:
             assert info.is_published(), f"publish to {topic!r} not acknowledged within {timeout}s"
         return info
 
-    def get(self, timeout: float = DEFAULT_TIMEOUT, what: str = "a message") -> Received:
-        try:
-            return self.messages.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"expected {what} within {timeout}s, got none") from None
-
     def get_n(self, n: int, timeout: float = DEFAULT_TIMEOUT) -> list[Received]:
         deadline = time.monotonic() + timeout
         out: list[Received] = []
@@ -519,23 +542,6 @@ class PahoClient:
                 raise AssertionError(f"expected {n} messages within {timeout}s, got {len(out)}") from None
         return out
 
-    def drain(self) -> list[Received]:
-        out = []
-        while True:
-            try:
-                out.append(self.messages.get_nowait())
-            except queue.Empty:
-                return out
-
-    def stop(self) -> None:
-        """DISCONNECT (if connected) and stop the network thread. Safe to call twice."""
-        try:
-            self.client.disconnect()
-        except Exception:
-            pass
-        if self._started:
-            self.client.loop_stop()
-            self._started = False
 
 
 def stop_all(clients: list[PahoClient], timeout: float = 10.0) -> None:
@@ -969,7 +975,7 @@ class Received5:
     properties: dict[str, object]
 
 
-class PahoV5Client:
+class PahoV5Client(QueuedPahoClient):
     """paho-mqtt with ``protocol=MQTTv5`` (callback API v2), network loop on a background thread.
 
     Received messages go to ``self.messages`` (``Received5``); CONNACK lands in ``connack``
@@ -1059,12 +1065,6 @@ class PahoV5Client:
             assert info.is_published(), f"publish to {topic!r} not acknowledged within {timeout}s"
         return info
 
-    def get(self, timeout: float = DEFAULT_TIMEOUT, what: str = "a message") -> Received5:
-        try:
-            return self.messages.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"expected {what} within {timeout}s, got none") from None
-
     def get_n(self, n: int, timeout: float = DEFAULT_TIMEOUT) -> list[Received5]:
         deadline = time.monotonic() + timeout
         return [self.get(max(deadline - time.monotonic(), 0.001), what=f"message {i + 1} of {n}") for i in range(n)]
@@ -1079,20 +1079,3 @@ class PahoV5Client:
                 return before
             before.append(m)
 
-    def drain(self) -> list[Received5]:
-        out = []
-        while True:
-            try:
-                out.append(self.messages.get_nowait())
-            except queue.Empty:
-                return out
-
-    def stop(self) -> None:
-        """DISCONNECT (if connected) and stop the network thread. Safe to call twice."""
-        try:
-            self.client.disconnect()
-        except Exception:
-            pass
-        if self._started:
-            self.client.loop_stop()
-            self._started = False
