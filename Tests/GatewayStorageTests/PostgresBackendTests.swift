@@ -158,6 +158,44 @@ struct PostgresBackendTests {
         let waited = ContinuousClock.now - started
         #expect(waited >= .seconds(1) && waited < .seconds(5), "waited \(waited)")
     }
+
+    @Test(
+        "A query on a connection that has closed fails at once instead of waiting forever",
+        .enabled(if: PostgresTestServer.base != nil, PostgresTestServer.skipReason)
+    )
+    func queryOnClosedConnectionFails() async throws {
+        try await PostgresTestServer.withAdminConnection { connection in
+            let pooled = PooledPostgresConnection(connection: connection, logger: silentLogger)
+            #expect(try await pooled.query("SELECT 1", []).first?.values == [.integer(1)])
+            try await connection.close()
+            await #expect(throws: ClosedConnectionGuard.ConnectionClosed.self) {
+                _ = try await pooled.query("SELECT 1", [])
+            }
+        }
+    }
+
+    @Test(
+        "A query whose connection closes while it waits ends with ConnectionClosed (postgres-nio drops such queries)",
+        .enabled(if: PostgresTestServer.base != nil, PostgresTestServer.skipReason)
+    )
+    func queryLostWithItsConnectionEnds() async throws {
+        try await PostgresTestServer.withAdminConnection { connection in
+            // Stands in for a query postgres-nio lost: it only ends when the test lets it.
+            let (release, releaseContinuation) = AsyncStream<Void>.makeStream()
+            let started = Flag()
+            let waiter = Task {
+                try await ClosedConnectionGuard.run(on: connection) {
+                    started.set()
+                    for await _ in release {}
+                    return 1
+                }
+            }
+            while !started.isSet { await Task.yield() }
+            try await connection.close()
+            await #expect(throws: ClosedConnectionGuard.ConnectionClosed.self) { _ = try await waiter.value }
+            releaseContinuation.finish()
+        }
+    }
 }
 
 /// A one-way flag shared between tasks.

@@ -321,19 +321,23 @@ struct PooledPostgresConnection: SQLConnection {
             case .blob(let value): bindings.append(value)
             }
         }
-        let rows = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger)
-        var result: [SQLRow] = []
-        var columns: [String]?
-        for try await row in rows {
-            var values: [SQLValue] = []
-            values.reserveCapacity(row.count)
-            for cell in row {
-                values.append(try Self.value(cell))
+        let query = PostgresQuery(unsafeSQL: sql, binds: bindings)
+        let (connection, logger) = (connection, logger)
+        return try await ClosedConnectionGuard.run(on: connection) {
+            let rows = try await connection.query(query, logger: logger)
+            var result: [SQLRow] = []
+            var columns: [String]?
+            for try await row in rows {
+                var values: [SQLValue] = []
+                values.reserveCapacity(row.count)
+                for cell in row {
+                    values.append(try Self.value(cell))
+                }
+                if columns == nil { columns = row.map(\.columnName) }
+                result.append(SQLRow(columns: columns ?? [], values: values))
             }
-            if columns == nil { columns = row.map(\.columnName) }
-            result.append(SQLRow(columns: columns ?? [], values: values))
+            return result
         }
-        return result
     }
 
     /// Decodes a cell by its column's data type.
