@@ -7,7 +7,9 @@ the gateway drains; the metrics text parsed by prometheus_client's parser.
 from __future__ import annotations
 
 import json
+import select
 import signal
+import socket
 import time
 
 import pytest
@@ -252,3 +254,28 @@ def test_admin_port_in_use_fails_start_with_status_1(make_broker):
             assert rc == 1, f"exit status {rc} (attempt {attempt})\n{b.log_tail()}"
             assert time.monotonic() - t0 < 10
             assert "Address already in use" in b.log_path.read_text()
+
+
+def test_admin_connections_over_the_limit_are_closed_and_the_gateway_lives_on(make_broker):
+    """The admin listener serves at most 64 connections at once; the ones over that are closed at once.
+    (Closing them without finishing their async channel made NIO trap: 65 idle admin connections
+    crashed the gateway.)"""
+    b = make_broker(admin=ADMIN)
+    socks = [socket.create_connection(("127.0.0.1", b.admin_port), timeout=10) for _ in range(80)]
+    try:
+        def closed_by_gateway() -> int:
+            readable, _, _ = select.select(socks, [], [], 0)
+            return sum(1 for s in readable if s.recv(1, socket.MSG_PEEK) == b"")
+        wait_until(lambda: closed_by_gateway() >= 16, 10, interval=0.1,
+                   message="the 16 connections over the limit of 64 closed by the gateway")
+        assert b.alive(), b.log_tail()
+    finally:
+        for s in socks:
+            s.close()
+    # Once the others are gone, the listener answers again.
+    r = wait_until(lambda: (lambda r: r if r.status == 200 else None)(get(b.admin_port, "/healthz")), 10,
+                   interval=0.1, message="/healthz 200 after the crowd left")
+    assert r.json()["status"] == "ok"
+    b.signal(signal.SIGTERM)
+    assert b.wait(b.shutdown_timeout + 10) == 0, b.log_tail()
+    assert "Fatal error" not in b.log_path.read_text(errors="replace")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 
 import pytest
 
-from helpers import PahoClient, is_iotgw, port_accepts, raw_connected, stop_all, unique, wait_until
+from helpers import (PahoClient, connect_packet, is_iotgw, port_accepts, raw_connected, stop_all, unique,
+                     wait_until)
 
 PUBLISHERS = 100
 OUTSTANDING_PER_PUBLISHER = 4  # unacknowledged publishes each client may have at once
@@ -153,3 +155,46 @@ def test_sigterm_under_qos1_load_loses_nothing_acknowledged(make_broker):
         if driver is not None:
             driver.stop()
         stop_all(pubs + [sub])
+
+
+def test_connections_arriving_during_sigterm_on_every_listener(make_broker):
+    """Clients keep connecting to the MQTT, WebSocket and admin listeners while SIGTERM arrives: a
+    connection accepted just as its listener closes is closed, never left to NIO (which traps on an
+    unfinished async channel: apple/swift-nio#2637), and the gateway exits 0."""
+    if not is_iotgw():
+        pytest.skip("the WebSocket and admin listeners are iotgw's")
+    b = make_broker(admin={"enabled": True}, listeners={"ws": {"enabled": True}})
+    stop = threading.Event()
+    made = {"mqtt": 0, "ws": 0, "admin": 0}
+    requests = {
+        "mqtt": (b.port, connect_packet("storm")),
+        "ws": (b.ws_port, (f"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                           "Sec-WebSocket-Protocol: mqtt\r\n\r\n").encode()),
+        "admin": (b.admin_port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+    }
+
+    def storm(name: str) -> None:
+        port, request = requests[name]
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(request)
+                made[name] += 1
+            except OSError:
+                pass  # refused once the listener closed
+
+    threads = [threading.Thread(target=storm, args=(name,), daemon=True) for name in made for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: all(n >= 50 for n in made.values()), 20, message="50 connections on each listener")
+        b.signal(signal.SIGTERM)
+        rc = b.wait(b.shutdown_timeout + 10)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+    assert rc == 0, f"exit {rc} after {made}\n{b.log_tail()}"
+    assert "Fatal error" not in b.log_path.read_text(errors="replace")

@@ -92,6 +92,7 @@ public final class AdminServer: Service {
 
     public func run() async throws {
         let idleTimeout = TimeAmount.milliseconds(Int64(configuration.idleTimeout * 1000))
+        let accepted = AcceptedConnections<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>>()
         let server = try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -101,7 +102,9 @@ public final class AdminServer: Service {
                     try sync.addHandler(IdleStateHandler(readTimeout: idleTimeout))
                     try sync.addHandler(CloseOnIdleHandler())
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
-                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
+                    let connection = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
+                    accepted.accepted(connection)
+                    return connection
                 }
             }
         if let address = server.channel.localAddress {
@@ -114,7 +117,9 @@ public final class AdminServer: Service {
         // Graceful shutdown cancels the accept loop and every connection task: admin requests are short
         // and nothing is lost by cutting them. The cancellation that ends the loop is not an error.
         do {
-            try await serve(server, routes: routes, logger: logger, maxConnections: maxConnections)
+            try await accepted.acceptingThenClosingOrphans {
+                try await serve(server, accepted: accepted, routes: routes, logger: logger, maxConnections: maxConnections)
+            }
         } catch is CancellationError {
             logger.debug("admin listener closed")
         }
@@ -122,6 +127,7 @@ public final class AdminServer: Service {
 
     private func serve(
         _ server: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>,
+        accepted: AcceptedConnections<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>>,
         routes: AdminRoutes,
         logger: Logger,
         maxConnections: Int
@@ -130,9 +136,11 @@ public final class AdminServer: Service {
             try await withThrowingDiscardingTaskGroup { group in
                 try await server.executeThenClose { inbound in
                     for try await connection in inbound {
+                        accepted.take(connection)
                         guard self.openConnections.wrappingAdd(1, ordering: .relaxed).newValue <= maxConnections else {
                             self.openConnections.subtract(1, ordering: .relaxed)
-                            connection.channel.close(promise: nil)
+                            // Closed through its async wrapper: dropping an unfinished NIOAsyncChannel traps.
+                            group.addTask { await connection.discard() }
                             continue
                         }
                         group.addTask {

@@ -19,14 +19,33 @@ enum WebSocketRoute: Sendable {
 }
 
 /// A connection accepted by a WebSocket listener, before its HTTP upgrade has finished.
-struct PendingWebSocket: Sendable {
+struct PendingWebSocket: AcceptedConnection {
     let channel: any Channel
     let route: EventLoopFuture<WebSocketRoute>
+
+    var acceptedID: ObjectIdentifier { ObjectIdentifier(channel) }
+
+    /// Closes the connection; an upgrade that still completes hands over an async channel, which is
+    /// finished too. Never waits for the upgrade (it may never complete).
+    func discard() async {
+        channel.close(promise: nil)
+        route.whenSuccess { route in
+            switch route {
+            case .mqtt(let channel): Task { await channel.discard() }
+            case .json(let channel, _): Task { await channel.discard() }
+            case .echo, .refused: break
+            }
+        }
+    }
 }
 
 extension GatewayServer {
     /// Binds a ws or wss listener: (TLS), HTTP/1.1, and the typed WebSocket upgrade that routes by path.
-    func bindWebSocket(_ listener: ListenerConfiguration, tls: TLSContext?) async throws -> NIOAsyncChannel<PendingWebSocket, Never> {
+    func bindWebSocket(
+        _ listener: ListenerConfiguration,
+        tls: TLSContext?,
+        accepted: AcceptedConnections<PendingWebSocket>
+    ) async throws -> NIOAsyncChannel<PendingWebSocket, Never> {
         let webSocket = configuration.webSocket
         let connectTimeout = TimeAmount.milliseconds(Int64(configuration.connectTimeout * 1000))
         let maxPacketSize = configuration.maxPacketSize
@@ -96,7 +115,9 @@ extension GatewayServer {
                         if case .refused = route { return }
                         timeout.cancel()
                     }
-                    return PendingWebSocket(channel: channel, route: route)
+                    let pending = PendingWebSocket(channel: channel, route: route)
+                    accepted.accepted(pending)
+                    return pending
                 }
             }
     }

@@ -118,29 +118,37 @@ public final class GatewayServer: Service {
             name: String,
             channel: NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never>,
             runner: MQTTConnectionRunner,
-            accepted: AcceptedChannels<ConnectionInput, ByteBuffer>
+            accepted: AcceptedConnections<NIOAsyncChannel<ConnectionInput, ByteBuffer>>
         )
-        typealias WebSocketListener = (name: String, channel: NIOAsyncChannel<PendingWebSocket, Never>, transport: GatewayMetrics.Transport, tls: TLSContext?)
+        typealias WebSocketListener = (
+            name: String,
+            channel: NIOAsyncChannel<PendingWebSocket, Never>,
+            transport: GatewayMetrics.Transport,
+            tls: TLSContext?,
+            accepted: AcceptedConnections<PendingWebSocket>
+        )
         var mqttListeners: [MQTTListener] = []
         var webSocketListeners: [WebSocketListener] = []
         if let mqtt = configuration.mqtt {
             let runner = MQTTConnectionRunner(broker: broker, transport: .tcp, registry: registry, logger: logger)
-            let accepted = AcceptedChannels<ConnectionInput, ByteBuffer>()
+            let accepted = AcceptedConnections<NIOAsyncChannel<ConnectionInput, ByteBuffer>>()
             mqttListeners.append(("mqtt", try await bindMQTT(mqtt, tls: nil, accepted: accepted), runner, accepted))
         }
         if let mqtts = configuration.mqtts {
             guard let tls = configuration.tls else { throw MissingTLSContext(listener: "mqtts") }
             var runner = MQTTConnectionRunner(broker: broker, transport: .tls, registry: registry, logger: logger)
             runner.useCertificateCommonName = tls.useCommonNameAsUsername
-            let accepted = AcceptedChannels<ConnectionInput, ByteBuffer>()
+            let accepted = AcceptedConnections<NIOAsyncChannel<ConnectionInput, ByteBuffer>>()
             mqttListeners.append(("mqtts", try await bindMQTT(mqtts, tls: tls, accepted: accepted), runner, accepted))
         }
         if let ws = configuration.ws {
-            webSocketListeners.append(("ws", try await bindWebSocket(ws, tls: nil), .ws, nil))
+            let accepted = AcceptedConnections<PendingWebSocket>()
+            webSocketListeners.append(("ws", try await bindWebSocket(ws, tls: nil, accepted: accepted), .ws, nil, accepted))
         }
         if let wss = configuration.wss {
             guard let tls = configuration.tls else { throw MissingTLSContext(listener: "wss") }
-            webSocketListeners.append(("wss", try await bindWebSocket(wss, tls: tls), .wss, tls))
+            let accepted = AcceptedConnections<PendingWebSocket>()
+            webSocketListeners.append(("wss", try await bindWebSocket(wss, tls: tls, accepted: accepted), .wss, tls, accepted))
         }
         let named: [(String, any Channel)] = mqttListeners.map { ($0.name, $0.channel.channel) } + webSocketListeners.map { ($0.name, $0.channel.channel) }
         let bound = named.compactMap { name, channel in
@@ -178,19 +186,23 @@ public final class GatewayServer: Service {
                 let logger = self.logger
                 let useCommonName = listener.tls?.useCommonNameAsUsername ?? false
                 let channel = listener.channel
+                let accepted = listener.accepted
                 let webSocketMQTTRunner = mqttRunner
                 group.addTask {
                     try await Self.closingOnCancellation(channel.channel, registry: registry) {
-                        try await channel.executeThenClose { inbound in
-                            try await ConnectionTasks.forEach(in: inbound) { pending in
-                                await Self.runWebSocket(
-                                    pending,
-                                    mqttRunner: webSocketMQTTRunner,
-                                    jsonRunner: jsonRunner,
-                                    useCommonName: useCommonName,
-                                    registry: registry,
-                                    logger: logger
-                                )
+                        try await accepted.acceptingThenClosingOrphans {
+                            try await channel.executeThenClose { inbound in
+                                try await ConnectionTasks.forEach(in: inbound) { pending in
+                                    accepted.take(pending)
+                                        await Self.runWebSocket(
+                                        pending,
+                                        mqttRunner: webSocketMQTTRunner,
+                                        jsonRunner: jsonRunner,
+                                        useCommonName: useCommonName,
+                                        registry: registry,
+                                        logger: logger
+                                    )
+                                }
                             }
                         }
                     }
@@ -234,20 +246,16 @@ public final class GatewayServer: Service {
     private static func acceptLoop(
         _ server: NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never>,
         runner: MQTTConnectionRunner,
-        accepted: AcceptedChannels<ConnectionInput, ByteBuffer>
+        accepted: AcceptedConnections<NIOAsyncChannel<ConnectionInput, ByteBuffer>>
     ) async throws {
-        do {
+        try await accepted.acceptingThenClosingOrphans {
             try await server.executeThenClose { inbound in
                 try await ConnectionTasks.forEach(in: inbound) { connection in
                     accepted.take(connection)
                     await runner.run(connection)
                 }
             }
-        } catch {
-            await accepted.closeOrphans()
-            throw error
         }
-        await accepted.closeOrphans()
     }
 
     private func shutDown(listeners: [any Channel]) async {
@@ -276,7 +284,7 @@ public final class GatewayServer: Service {
     private func bindMQTT(
         _ listener: ListenerConfiguration,
         tls: TLSContext?,
-        accepted: AcceptedChannels<ConnectionInput, ByteBuffer>
+        accepted: AcceptedConnections<NIOAsyncChannel<ConnectionInput, ByteBuffer>>
     ) async throws -> NIOAsyncChannel<NIOAsyncChannel<ConnectionInput, ByteBuffer>, Never> {
         let connectTimeout = TimeAmount.milliseconds(Int64(configuration.connectTimeout * 1000))
         let maxPacketSize = configuration.maxPacketSize
