@@ -29,10 +29,14 @@ final class LogWriter: Sendable {
         var writerWaiting = false
         /// True while the writer holds a batch it has not finished writing.
         var writing = false
+        /// Callers of ``flush(timeout:)`` waiting for the buffer to empty.
+        var flushWaiters = 0
     }
 
     private let state = Mutex(State())
     private let wakeUp = DispatchSemaphore(value: 0)
+    /// Signalled once per flush waiter when the writer finds the buffer empty.
+    private let drained = DispatchSemaphore(value: 0)
     private let droppedTotal = Atomic<Int>(0)
     private let droppedCounter: Counter
     private let fileDescriptor: Int32
@@ -78,23 +82,36 @@ final class LogWriter: Sendable {
         }
     }
 
-    /// Waits (sleeping, up to `timeout`) until everything queued so far is written: before the process
-    /// exits. Returns whether the buffer emptied in time.
+    /// Waits (up to `timeout`) until everything queued so far is written: before the process exits.
+    /// The writer thread wakes the caller when it finds the buffer empty. Returns whether it emptied in time.
     @discardableResult
     func flush(timeout: Duration) -> Bool {
-        let deadline = ContinuousClock.now.advanced(by: timeout)
-        while ContinuousClock.now < deadline {
-            if state.withLock({ $0.lines.isEmpty && !$0.writing }) { return true }
-            usleep(2_000)
+        let (empty, wake) = state.withLock { state -> (Bool, Bool) in
+            if state.lines.isEmpty && !state.writing && state.droppedSinceReport == 0 { return (true, false) }
+            state.flushWaiters += 1
+            // A sleeping writer with only a drop report to write is woken for it.
+            let wake = state.writerWaiting
+            state.writerWaiting = false
+            return (false, wake)
         }
+        if empty { return true }
+        if wake { wakeUp.signal() }
+        let (seconds, attoseconds) = timeout.components
+        let nanoseconds = Int(clamping: seconds) &* 1_000_000_000 &+ Int(attoseconds / 1_000_000_000)
+        if drained.wait(timeout: .now() + .nanoseconds(nanoseconds)) == .success { return true }
+        // Timed out; the writer may have signalled in between, which the next flush then takes.
+        state.withLock { $0.flushWaiters = max(0, $0.flushWaiters - 1) }
         return false
     }
 
     private func writeLoop() {
         while true {
+            var flushed = 0
             let batch = state.withLock { state -> ([[UInt8]], Int)? in
                 guard !state.lines.isEmpty || state.droppedSinceReport > 0 else {
                     state.writerWaiting = true
+                    flushed = state.flushWaiters
+                    state.flushWaiters = 0
                     return nil
                 }
                 let batch = state.lines
@@ -106,6 +123,7 @@ final class LogWriter: Sendable {
                 return (batch, dropped)
             }
             guard let (lines, dropped) = batch else {
+                for _ in 0..<flushed { drained.signal() }
                 wakeUp.wait()
                 continue
             }
