@@ -69,7 +69,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
 # Keys whose override has no mosquitto equivalent that matters for the tests that set them.
 _MOSQUITTO_IGNORED = {"log.level", "shutdown.timeout", "limits.global_max_queued_bytes",
                       "limits.session_expiry", "listeners.mqtt.host", "listeners.mqtt.port",
-                      "listeners.ws.enabled", "listeners.ws.host", "listeners.ws.port"}
+                      "listeners.ws.enabled", "listeners.ws.host", "listeners.ws.port",
+                      "storage.enabled"}  # the mosquitto config always says `persistence false`
 
 #: Listeners make_broker gives a free port when a test enables them.
 EXTRA_LISTENERS = ("ws", "mqtts", "wss")
