@@ -183,11 +183,15 @@ public struct Simulation: Sendable {
         control.setPhase(.publishing(PublishOrder(start: publishStart, end: publishEnd, fanout: fanout, responders: responders, ready: readySet)))
         await monitor.wait(phase: "publishing") { _, now in now >= publishEnd }
 
-        // Phase 3: drain until everything expected arrived (or the drain time is up).
+        // Phase 3: drain until everything expected arrived and, at QoS 1/2, every publish was acknowledged
+        // (a gateway with `ack: persisted` delivers before the PUBACK, which waits for the commit), or the
+        // drain time is up.
         control.setPhase(.draining)
         let drainDeadline = MonotonicClock.now() + UInt64(plan.scenario.drain.nanoseconds)
+        let awaitAcknowledgements = plan.scenario.publish.qos > 0
         await monitor.wait(phase: "draining") { counters, now in
-            (counters.delivered >= counters.expected && counters.repliesReceived >= counters.requestsSent) || now >= drainDeadline
+            (counters.delivered >= counters.expected && counters.repliesReceived >= counters.requestsSent
+                && (!awaitAcknowledgements || counters.acknowledged >= counters.published)) || now >= drainDeadline
         }
 
         // Phase 4: disconnect and collect.
