@@ -238,9 +238,10 @@ final class BridgeWorker: @unchecked Sendable {
         mosquitto_subscribe_callback_set(mosq) { _, context, mid, count, granted in
             BridgeWorker.from(context).didSubscribe(mid: mid, count: count, granted: granted)
         }
-        mosquitto_message_callback_set(mosq) { _, context, message in
+        // The v5 callback also serves 3.1.1 (its property list is then empty).
+        mosquitto_message_v5_callback_set(mosq) { _, context, message, properties in
             guard let message else { return }
-            BridgeWorker.from(context).didReceive(message.pointee)
+            BridgeWorker.from(context).didReceive(message.pointee, properties: properties)
         }
         mosquitto_publish_v5_callback_set(mosq) { _, context, mid, reasonCode, _ in
             BridgeWorker.from(context).didPublish(mid: mid, reasonCode: reasonCode)
@@ -392,8 +393,12 @@ final class BridgeWorker: @unchecked Sendable {
             }
             var mid: Int32 = 0
             let qos = Int32(publish.qos.rawValue)
-            let rc = publish.payload.withUnsafeReadableBytes { bytes in
-                mosquitto_publish(mosq, &mid, topic, Int32(bytes.count), bytes.baseAddress, qos, publish.retain)
+            // On MQTT 5 the message's properties go along (what is left of its expiry included).
+            var (properties, failed) = configuration.protocolVersion == .v5
+                ? BridgeProperties.mosquittoList(publish.properties) : (nil, false)
+            defer { mosquitto_property_free_all(&properties) }
+            let rc = failed ? MOSQ_ERR_NOMEM.rawValue : publish.payload.withUnsafeReadableBytes { bytes in
+                mosquitto_publish_v5(mosq, &mid, topic, Int32(bytes.count), bytes.baseAddress, qos, publish.retain, properties)
             }
             if rc == MOSQ_ERR_SUCCESS.rawValue {
                 if echo != nil {
@@ -441,7 +446,7 @@ final class BridgeWorker: @unchecked Sendable {
 
     // MARK: Receiving (upstream → gateway)
 
-    private func didReceive(_ message: mosquitto_message) {
+    private func didReceive(_ message: mosquitto_message, properties list: OpaquePointer?) {
         let remoteTopic = message.topic.map { String(cString: $0) } ?? ""
         let payload = UnsafeRawBufferPointer(start: message.payload, count: Int(message.payloadlen))
         if echo != nil, echo!.isEcho(topic: remoteTopic, payload: payload, now: clock.now) {
@@ -455,7 +460,15 @@ final class BridgeWorker: @unchecked Sendable {
         var buffer = ByteBufferAllocator().buffer(capacity: payload.count)
         buffer.writeBytes(payload)
         let qos = MQTTQoS(rawValue: UInt8(clamping: message.qos)) ?? .atMostOnce
-        client.publish(Message(topic: topic, payload: buffer, qos: qos, retain: message.retain))
+        let properties = BridgeProperties.properties(from: list)
+        client.publish(Message(
+            topic: topic,
+            payload: buffer,
+            qos: qos,
+            retain: message.retain,
+            properties: properties,
+            expiresAt: properties.messageExpiryInterval.map { clock.now.advanced(by: .seconds(Int64($0))) }
+        ))
         status.received()
     }
 

@@ -21,7 +21,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import IOTGW_BIN, MOSQUITTO_BIN
-from helpers import PahoClient, free_port, iotgw_only, port_accepts, wait_until
+from helpers import (P_CONTENT_TYPE, P_CORRELATION_DATA, P_MESSAGE_EXPIRY, P_PAYLOAD_FORMAT, P_RESPONSE_TOPIC,
+                     P_USER_PROPERTY, PUBACK, PahoClient, Publish5, ack5_packet, free_port, iotgw_only, parse_ack5,
+                     port_accepts, prop, publish5_packet, raw5_connected, wait_until)
 from operations_helpers import get, http_request
 from test_tls import pki  # noqa: F401  (the module-scoped CA and certificates fixture)
 
@@ -589,3 +591,53 @@ def test_check_config_accepts_shipped_bridge_example():
     example = Path(__file__).resolve().parents[2] / "Configs" / "bridge.yaml"
     r = subprocess.run([str(IOTGW_BIN), "check-config", str(example)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+# --------------------------------------------------------------------------------------
+# (6) MQTT 5 properties across the bridge
+
+
+def test_mqtt5_bridge_carries_message_properties_both_ways(make_broker, upstreams):
+    """On an MQTT 5 bridge a message keeps what a broker forwards (§3.3.2.3): Payload Format Indicator,
+    the rest of its Message Expiry Interval, Content Type, Response Topic, Correlation Data and User
+    Properties in order with repeats, gateway → upstream and upstream → gateway. Raw MQTT 5 clients on
+    both sides read the properties off the wire."""
+    iotgw_only("the bridge is an iotgw feature")
+    upstream = upstreams()
+    gateway = start_gateway(make_broker, [bridge_config(upstream.port, protocol="mqttv5", rules=[
+        {"topic": "devices/#", "direction": "out", "qos": 1},
+        {"topic": "commands/#", "direction": "in", "qos": 1},
+    ])])
+    wait_bridge_state(gateway, "connected")
+    sent = [(P_PAYLOAD_FORMAT, 1), (P_MESSAGE_EXPIRY, 300), (P_CONTENT_TYPE, "application/json"),
+            (P_RESPONSE_TOPIC, "replies/x"), (P_CORRELATION_DATA, b"\x00\x01corr"),
+            (P_USER_PROPERTY, ("site", "north")), (P_USER_PROPERTY, ("unit", "C")), (P_USER_PROPERTY, ("site", "south"))]
+
+    def check(got: Publish5, topic: str, payload: bytes) -> None:
+        assert (got.topic, got.payload, got.qos) == (topic, payload, 1), got
+        props = got.properties
+        assert prop(props, P_PAYLOAD_FORMAT) == 1, props
+        assert 290 <= prop(props, P_MESSAGE_EXPIRY, 0) <= 300, props
+        assert prop(props, P_CONTENT_TYPE) == "application/json", props
+        assert prop(props, P_RESPONSE_TOPIC) == "replies/x", props
+        assert prop(props, P_CORRELATION_DATA) == b"\x00\x01corr", props
+        assert [v for i, v in props if i == P_USER_PROPERTY] == [("site", "north"), ("unit", "C"), ("site", "south")], props
+
+    with raw5_connected(upstream.port, "up-sub5") as up_sub, raw5_connected(gateway.port, "gw-sub5") as gw_sub:
+        assert up_sub.subscribe5(1, [("devices/#", 1)]) == [1]
+        assert gw_sub.subscribe5(1, [("commands/#", 1)]) == [1]
+        with raw5_connected(gateway.port, "device-5") as device:
+            device.send(publish5_packet("devices/x", b'{"t":21.5}', qos=1, packet_id=1, properties=sent))
+            ack = device.expect_packet(what="PUBACK")
+            assert parse_ack5(ack)[:2] == (1, 0), ack
+        got = up_sub.expect_publish5(what="the forwarded PUBLISH upstream")
+        check(got, "devices/x", b'{"t":21.5}')
+        up_sub.send(ack5_packet(PUBACK, got.packet_id))
+
+        with raw5_connected(upstream.port, "commander-5") as commander:
+            commander.send(publish5_packet("commands/x", b'{"set":1}', qos=1, packet_id=1, properties=sent))
+            ack = commander.expect_packet(what="PUBACK from mosquitto")
+            assert parse_ack5(ack)[:2] == (1, 0), ack
+        got = gw_sub.expect_publish5(what="the bridged PUBLISH in the gateway")
+        check(got, "commands/x", b'{"set":1}')
+        gw_sub.send(ack5_packet(PUBACK, got.packet_id))
