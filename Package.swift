@@ -211,7 +211,13 @@ let package = Package(
         ),
         .testTarget(
             name: "GatewayBridgeTests",
-            dependencies: ["GatewayBridge", "GatewayCore", "MQTTCodec"],
+            dependencies: [
+                "CMosquitto",
+                "GatewayBridge",
+                "GatewayCore",
+                "MQTTCodec",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
