@@ -29,10 +29,13 @@ extension GatewayConfigFile {
         /// `auth.acl`: topic access rules, first match wins; empty (the default) allows everything, any
         /// rule makes the default deny.
         public var acl: [ACLEntry] = []
+        /// `auth.login_throttle`: blocking addresses that fail to log in too often (`backend: database`).
+        public var loginThrottle = LoginThrottleSettings()
 
         public init() {}
         enum CodingKeys: String, CodingKey, CaseIterable {
             case anonymous, backend, acl
+            case loginThrottle = "login_throttle"
             case cacheTTL = "cache_ttl"
             case negativeCacheTTL = "negative_cache_ttl"
             case cacheSize = "cache_size"
@@ -51,6 +54,41 @@ extension GatewayConfigFile {
             hashThreads = try c.value(.hashThreads, default: d.hashThreads)
             maxPendingHashes = try c.value(.maxPendingHashes, default: d.maxPendingHashes)
             acl = try c.value(.acl, default: d.acl)
+            loginThrottle = try c.value(.loginThrottle, default: d.loginThrottle)
+        }
+    }
+
+    /// `auth.login_throttle`: an address with `max_failures` failed logins (wrong password or unknown
+    /// user) within `window` seconds is refused for `block` seconds, without a password check.
+    public struct LoginThrottleSettings: Codable, Sendable, Equatable {
+        /// `auth.login_throttle.max_failures`: failures that block an address; 0 turns it off. Default 10.
+        public var maxFailures = 10
+        /// `auth.login_throttle.window`: seconds over which failures are counted. Default 60.
+        public var window = 60.0
+        /// `auth.login_throttle.block`: seconds a blocked address is refused. Default 300.
+        public var block = 300.0
+
+        public init() {}
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case maxFailures = "max_failures"
+            case window, block
+        }
+        public init(from decoder: any Decoder) throws {
+            try decoder.rejectUnknownKeys(CodingKeys.self)
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let d = LoginThrottleSettings()
+            maxFailures = try c.value(.maxFailures, default: d.maxFailures)
+            window = try c.value(.window, default: d.window)
+            block = try c.value(.block, default: d.block)
+        }
+
+        /// The throttle's runtime settings.
+        public var configuration: LoginThrottle.Configuration {
+            var c = LoginThrottle.Configuration()
+            c.maxFailures = maxFailures
+            c.window = window
+            c.block = block
+            return c
         }
     }
 
@@ -103,6 +141,9 @@ extension GatewayConfigFile {
         check((1...1_000_000).contains(auth.cacheSize), "auth.cache_size", "must be 1-1000000")
         check((1...64).contains(auth.hashThreads), "auth.hash_threads", "must be 1-64")
         check((0...1_000_000).contains(auth.maxPendingHashes), "auth.max_pending_hashes", "must be 0-1000000")
+        check((0...1_000_000).contains(auth.loginThrottle.maxFailures), "auth.login_throttle.max_failures", "must be 0-1000000 (0 turns the throttle off)")
+        check(auth.loginThrottle.window > 0 && auth.loginThrottle.window <= 86_400, "auth.login_throttle.window", "must be above 0 and at most 86400 seconds")
+        check(auth.loginThrottle.block > 0 && auth.loginThrottle.block <= 604_800, "auth.login_throttle.block", "must be above 0 and at most 604800 seconds (a week)")
         for (index, entry) in auth.acl.enumerated() {
             let key = "auth.acl[\(index)]"
             check(ACLRule.Permission(rawValue: entry.permission) != nil, "\(key).permission", "'\(entry.permission)' is not one of allow, deny")

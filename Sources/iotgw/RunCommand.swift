@@ -165,7 +165,7 @@ struct RunCommand: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
-        let accessControl = AccessControl(broker: broker, databaseAuthenticator: databaseAuthenticator)
+        let accessControl = AccessControl(broker: broker, databaseAuthenticator: databaseAuthenticator, logger: logger)
         accessControl.apply(file)
         logger.info(
             "authentication",

@@ -423,3 +423,44 @@ def test_user_add_prompts_on_a_terminal_without_echo(make_broker, tmp_path):
     b.start()
     assert connack311(b.port, unique("t"), "tty-user", "typed-secret") == 0
     assert connack311(b.port, unique("t"), "tty-other", "one") == 4
+
+
+# -- login throttle ----------------------------------------------------------------------------
+
+
+def test_failed_logins_block_the_address_then_expire(make_broker):
+    """auth.login_throttle: 3 failed logins from 127.0.0.1 block it; the right password is then refused
+    too, without a password check (MQTT 5 0x9F, 3.1.1 return code 5), counted in a metric and logged;
+    once the block is over the right password is accepted again."""
+    b = make_broker(start=False, auth={**AUTH_ON, "login_throttle": {"max_failures": 3, "window": 60, "block": 3}},
+                    admin={"enabled": True})
+    add_user(b, "dev1", "right-password")
+    b.start()
+    assert connack311(b.port, unique("ok"), "dev1", "right-password") == 0
+    assert connack311(b.port, unique("bad"), "dev1", "wrong-1") == 4
+    assert connack5(b.port, "dev1", "wrong-2") == 0x86
+    assert connack311(b.port, unique("who"), "nobody", "x") == 4
+    verifications = metric(b.admin_port, "iotgw_auth_verifications_total")
+    blocked_at = time.monotonic()
+    assert connack5(b.port, "dev1", "right-password") == 0x9F
+    assert connack311(b.port, unique("blocked"), "dev1", "right-password") == 5
+    assert metric(b.admin_port, "iotgw_auth_verifications_total") == verifications, "a blocked CONNECT was hashed"
+    assert metric(b.admin_port, "iotgw_auth_throttled_connects_total") == 2
+    assert metric(b.admin_port, "iotgw_auth_login_blocks_total") == 1
+    assert "login throttled: too many failed logins from one address" in b.log_path.read_text(errors="replace")
+    wait_until(lambda: connack311(b.port, unique("again"), "dev1", "right-password") == 0, 15, interval=0.5,
+               message="the right password accepted once the 3 s block is over")
+    assert time.monotonic() - blocked_at >= 2.5, "the block ended early"
+
+
+def test_login_throttle_off_and_bad_settings(make_broker, tmp_path):
+    """max_failures 0 turns the throttle off; a bad value names the key and the daemon refuses to start."""
+    b = make_broker(start=False, auth={**AUTH_ON, "login_throttle": {"max_failures": 0}})
+    add_user(b, "dev1", "right-password")
+    b.start()
+    for i in range(12):
+        assert connack311(b.port, unique(f"bad{i}"), "dev1", "wrong") == 4
+    assert connack311(b.port, unique("ok"), "dev1", "right-password") == 0
+    bad = make_broker(start=False, auth={**AUTH_ON, "login_throttle": {"window": 0}})
+    r = subprocess.run(bad.argv, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert r.returncode != 0 and "auth.login_throttle.window" in r.stdout + r.stderr, r

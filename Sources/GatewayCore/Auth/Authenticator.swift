@@ -34,6 +34,9 @@ public enum AuthenticationResult: Sendable, Hashable {
     /// are already queued): return code 3 / reason 0x88 (server unavailable), so the client retries
     /// later instead of treating its credentials as wrong.
     case unavailable
+    /// Too many failed logins from the client's address (``LoginThrottle``): refused without a
+    /// password check, reason 0x9F (connection rate exceeded) / return code 5.
+    case throttled
 }
 
 /// Decides whether a CONNECT is allowed. Implementations may await (a database look-up through the pool).

@@ -239,6 +239,8 @@ public final class ClientConnection {
             return rejectConnect(.notAuthorized, v5: .notAuthorized, "not authorized")
         case .unavailable:
             return rejectConnect(.serverUnavailable, v5: .serverUnavailable, "authentication unavailable")
+        case .throttled:
+            return rejectConnect(.notAuthorized, v5: .connectionRateExceeded, "too many failed logins from this address")
         }
         if let will = connect.will,
             !broker.authorizer.isAllowed(.publish, topic: will.topic, clientID: clientID, username: username)

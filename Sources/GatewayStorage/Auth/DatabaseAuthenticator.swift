@@ -231,6 +231,7 @@ public final class DatabaseAuthenticator: Authenticator {
             case .badCredentials: badCredentials.increment()
             case .notAuthorized: notAuthorized.increment()
             case .unavailable: unavailable.increment()
+            case .throttled: break  // decided (and counted) by the LoginThrottle in front of this
             }
         }
     }

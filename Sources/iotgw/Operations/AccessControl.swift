@@ -14,10 +14,13 @@ final class AccessControl: Sendable {
     let broker: Broker
     /// Checks passwords against the users table; nil when no database is open.
     let databaseAuthenticator: DatabaseAuthenticator?
+    /// Blocks addresses that fail to log in too often; in front of the database authenticator.
+    let loginThrottle: LoginThrottle
 
-    init(broker: Broker, databaseAuthenticator: DatabaseAuthenticator?) {
+    init(broker: Broker, databaseAuthenticator: DatabaseAuthenticator?, logger: Logger) {
         self.broker = broker
         self.databaseAuthenticator = databaseAuthenticator
+        self.loginThrottle = LoginThrottle(configuration: .init(), logger: logger)
     }
 
     /// Whether `auth` can take effect without a restart.
@@ -28,9 +31,12 @@ final class AccessControl: Sendable {
     /// Puts `file.auth` into effect and forgets every cached user and password check.
     func apply(_ file: GatewayConfigFile) {
         var authenticator: (any Authenticator)?
+        loginThrottle.reconfigure(file.auth.loginThrottle.configuration)
         if let databaseAuthenticator {
             databaseAuthenticator.reconfigure(file.databaseAuthenticatorConfiguration)
-            if file.auth.backend == "database" { authenticator = databaseAuthenticator }
+            if file.auth.backend == "database" {
+                authenticator = ThrottledAuthenticator(inner: databaseAuthenticator, throttle: loginThrottle)
+            }
         }
         broker.replaceAccessControl(authenticator: authenticator, authorizer: file.authorizer)
     }
