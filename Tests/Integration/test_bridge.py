@@ -623,21 +623,18 @@ def test_mqtt5_bridge_carries_message_properties_both_ways(make_broker, upstream
         assert prop(props, P_CORRELATION_DATA) == b"\x00\x01corr", props
         assert [v for i, v in props if i == P_USER_PROPERTY] == [("site", "north"), ("unit", "C"), ("site", "south")], props
 
+    def cross(publisher_port: int, client_id: str, topic: str, payload: bytes, receiver) -> None:
+        """Publish with every property on one side; the receiver on the other side gets them all."""
+        with raw5_connected(publisher_port, client_id) as publisher:
+            publisher.send(publish5_packet(topic, payload, qos=1, packet_id=1, properties=sent))
+            ack = publisher.expect_packet(what="PUBACK")
+            assert parse_ack5(ack)[:2] == (1, 0), ack
+        got = receiver.expect_publish5(what=f"{topic} across the bridge")
+        check(got, topic, payload)
+        receiver.send(ack5_packet(PUBACK, got.packet_id))
+
     with raw5_connected(upstream.port, "up-sub5") as up_sub, raw5_connected(gateway.port, "gw-sub5") as gw_sub:
         assert up_sub.subscribe5(1, [("devices/#", 1)]) == [1]
         assert gw_sub.subscribe5(1, [("commands/#", 1)]) == [1]
-        with raw5_connected(gateway.port, "device-5") as device:
-            device.send(publish5_packet("devices/x", b'{"t":21.5}', qos=1, packet_id=1, properties=sent))
-            ack = device.expect_packet(what="PUBACK")
-            assert parse_ack5(ack)[:2] == (1, 0), ack
-        got = up_sub.expect_publish5(what="the forwarded PUBLISH upstream")
-        check(got, "devices/x", b'{"t":21.5}')
-        up_sub.send(ack5_packet(PUBACK, got.packet_id))
-
-        with raw5_connected(upstream.port, "commander-5") as commander:
-            commander.send(publish5_packet("commands/x", b'{"set":1}', qos=1, packet_id=1, properties=sent))
-            ack = commander.expect_packet(what="PUBACK from mosquitto")
-            assert parse_ack5(ack)[:2] == (1, 0), ack
-        got = gw_sub.expect_publish5(what="the bridged PUBLISH in the gateway")
-        check(got, "commands/x", b'{"set":1}')
-        gw_sub.send(ack5_packet(PUBACK, got.packet_id))
+        cross(gateway.port, "device-5", "devices/x", b'{"t":21.5}', up_sub)
+        cross(upstream.port, "commander-5", "commands/x", b'{"set":1}', gw_sub)
