@@ -17,31 +17,35 @@ struct ACLRevocationTests {
         ACLRule(permission: .deny, access: access, topic: topic, username: username)
     }
 
-    /// Connects `client` as `clientID` with `username`, checking that it is accepted.
-    private func connect(
-        _ client: TestClient,
+    /// A client connected to `broker` as `clientID` with `username` (checked accepted), subscribed to
+    /// `filters` (when any; checked granted as asked).
+    private func client(
+        _ broker: Broker,
         _ clientID: String,
         username: String?,
         cleanStart: Bool = true,
+        subscribed filters: [(String, MQTTQoS)] = [],
         sourceLocation: SourceLocation = #_sourceLocation
-    ) async {
+    ) async -> TestClient {
+        let client = TestClient(broker)
         let actions = await client.connect(clientID, cleanStart: cleanStart, username: username)
         guard case .connack(let connack)? = sentPackets(actions).first, connack.reasonCode == .success else {
             Issue.record("CONNECT of \(clientID) not accepted: \(describe(actions))", sourceLocation: sourceLocation)
-            return
+            return client
         }
+        if !filters.isEmpty {
+            let granted = await client.subscribe(filters, sourceLocation: sourceLocation)
+            #expect(granted == filters.map { MQTTReasonCode($0.1.rawValue) }, sourceLocation: sourceLocation)
+        }
+        return client
     }
 
     @Test("connected: the revoked subscriber stops receiving, a still-permitted one keeps receiving")
     func connectedSubscriber() async {
         let broker = makeBroker()
         broker.replaceAccessControl(authenticator: nil, authorizer: rules(allow(.readwrite, "#")))
-        let alice = TestClient(broker)
-        await connect(alice, "alice-1", username: "alice")
-        #expect(await alice.subscribe([("fleet/#", .atMostOnce), ("devices/alice/#", .atMostOnce)]) == [.grantedQoS0, .grantedQoS0])
-        let bob = TestClient(broker)
-        await connect(bob, "bob-1", username: "bob")
-        #expect(await bob.subscribe([("fleet/#", .atMostOnce)]) == [.grantedQoS0])
+        let alice = await client(broker, "alice-1", username: "alice", subscribed: [("fleet/#", .atMostOnce), ("devices/alice/#", .atMostOnce)])
+        let bob = await client(broker, "bob-1", username: "bob", subscribed: [("fleet/#", .atMostOnce)])
         #expect(broker.subscriptionCount == 3)
 
         let revoked = broker.replaceAccessControl(
@@ -52,8 +56,7 @@ struct ACLRevocationTests {
         #expect(broker.subscriptionCount == 2)
         #expect(Set(broker.session(clientID: "alice-1")!.subscriptions.keys) == ["devices/alice/#"])
 
-        let publisher = TestClient(broker)
-        await connect(publisher, "pub", username: nil)
+        let publisher = await client(broker, "pub", username: nil)
         await publisher.publish("fleet/all", "to the fleet")
         await publisher.publish("devices/alice/cmd", "for alice")
         #expect(alice.drainPublishes().map(\.text) == ["for alice"])
@@ -67,11 +70,8 @@ struct ACLRevocationTests {
     @Test("queued messages of a revoked filter are dropped (QoS 0 and 1); in-flight ones complete; others stay")
     func queuedMessages() async {
         let broker = makeBroker()
-        let alice = TestClient(broker)
-        await connect(alice, "alice-1", username: "alice")
-        await alice.subscribe([("fleet/#", .atLeastOnce), ("devices/alice/#", .atLeastOnce)])
-        let publisher = TestClient(broker)
-        await connect(publisher, "pub", username: nil)
+        let alice = await client(broker, "alice-1", username: "alice", subscribed: [("fleet/#", .atLeastOnce), ("devices/alice/#", .atLeastOnce)])
+        let publisher = await client(broker, "pub", username: nil)
         await publisher.publish("fleet/1", "in flight", qos: .atLeastOnce, id: 1)
         let inflight = alice.poll()?.publish
         #expect(inflight?.text == "in flight")
@@ -93,12 +93,11 @@ struct ACLRevocationTests {
     @Test("offline persistent session: checked with the username it connected with; its queue loses the revoked messages")
     func offlineSession() async {
         let broker = makeBroker()
-        let device = TestClient(broker)
-        await connect(device, "dev-7", username: "alice", cleanStart: false)
-        await device.subscribe([("devices/alice/#", .atLeastOnce), ("fleet/#", .atLeastOnce)])
+        let device = await client(
+            broker, "dev-7", username: "alice", cleanStart: false, subscribed: [("devices/alice/#", .atLeastOnce), ("fleet/#", .atLeastOnce)]
+        )
         device.closed()
-        let publisher = TestClient(broker)
-        await connect(publisher, "pub", username: nil)
+        let publisher = await client(broker, "pub", username: nil)
         await publisher.publish("fleet/x", "fleet", qos: .atLeastOnce, id: 1)
         await publisher.publish("devices/alice/y", "mine", qos: .atLeastOnce, id: 2)
         let session = broker.session(clientID: "dev-7")
@@ -108,8 +107,7 @@ struct ACLRevocationTests {
 
         #expect(broker.replaceAccessControl(authenticator: nil, authorizer: rules(allow(.read, "devices/%u/#"), allow(.write, "#"))) == 1)
         #expect(session?.queuedCount == 1)
-        let back = TestClient(broker)
-        await connect(back, "dev-7", username: "alice", cleanStart: false)
+        let back = await client(broker, "dev-7", username: "alice", cleanStart: false)
         #expect(back.drainPublishes().map(\.text) == ["mine"])
         #expect(Set(broker.session(clientID: "dev-7")!.subscriptions.keys) == ["devices/alice/#"])
     }
@@ -117,12 +115,11 @@ struct ACLRevocationTests {
     @Test("%u and %c rules: a session's own client id and username decide; an anonymous session loses %u subscriptions")
     func substitutions() async {
         let broker = makeBroker()
-        let named = TestClient(broker)
-        await connect(named, "sensor-1", username: "alice")
-        await named.subscribe([("clients/sensor-1/in/#", .atMostOnce), ("clients/sensor-1/out", .atMostOnce), ("users/alice/#", .atMostOnce)])
-        let anonymous = TestClient(broker)
-        await connect(anonymous, "sensor-2", username: nil)
-        await anonymous.subscribe([("clients/sensor-2/in/#", .atMostOnce), ("users/alice/#", .atMostOnce)])
+        _ = await client(
+            broker, "sensor-1", username: "alice",
+            subscribed: [("clients/sensor-1/in/#", .atMostOnce), ("clients/sensor-1/out", .atMostOnce), ("users/alice/#", .atMostOnce)]
+        )
+        _ = await client(broker, "sensor-2", username: nil, subscribed: [("clients/sensor-2/in/#", .atMostOnce), ("users/alice/#", .atMostOnce)])
         #expect(broker.subscriptionCount == 5)
 
         let revoked = broker.replaceAccessControl(
@@ -138,14 +135,9 @@ struct ACLRevocationTests {
     @Test("shared subscription: the revoked member leaves the group; its queued share goes to the remaining member")
     func sharedSubscription() async {
         let broker = makeBroker()
-        let m1 = TestClient(broker)
-        await connect(m1, "worker-1", username: "alice")
-        await m1.subscribe([("$share/g/jobs/+", .atLeastOnce)])
-        let m2 = TestClient(broker)
-        await connect(m2, "worker-2", username: "bob")
-        await m2.subscribe([("$share/g/jobs/+", .atLeastOnce)])
-        let publisher = TestClient(broker)
-        await connect(publisher, "pub", username: nil)
+        let m1 = await client(broker, "worker-1", username: "alice", subscribed: [("$share/g/jobs/+", .atLeastOnce)])
+        let m2 = await client(broker, "worker-2", username: "bob", subscribed: [("$share/g/jobs/+", .atLeastOnce)])
+        let publisher = await client(broker, "pub", username: nil)
         await publisher.publish("jobs/1", "j1", qos: .atLeastOnce, id: 1)
         await publisher.publish("jobs/2", "j2", qos: .atLeastOnce, id: 2)
         let queuedFor1 = broker.session(clientID: "worker-1")!.queuedCount
@@ -174,8 +166,7 @@ struct ACLRevocationTests {
         #expect(broker.subscriptionCount == 1)
         bridge.connect(handle: RecordingHandle())
         broker.replaceAccessControl(authenticator: nil, authorizer: AllowAllAuthorizer())
-        let device = TestClient(broker)
-        await connect(device, "device", username: nil)
+        let device = await client(broker, "device", username: nil)
         await device.publish("devices/x", "up", qos: .atLeastOnce, id: 1)
         #expect(bridge.nextDelivery().map { String(buffer: $0.payload) } == "up")
     }
@@ -188,9 +179,8 @@ struct ACLRevocationTests {
         // reload's own sweep runs before the subscription exists.
         let racing = SwappingAuthorizer { broker.replaceAccessControl(authenticator: nil, authorizer: strict) }
         broker.replaceAccessControl(authenticator: nil, authorizer: racing)
-        let client = TestClient(broker)
-        await connect(client, "c", username: nil)
-        let codes = await client.subscribe([("secret/#", .atMostOnce)])
+        let subscriber = await client(broker, "c", username: nil)
+        let codes = await subscriber.subscribe([("secret/#", .atMostOnce)])
         #expect(codes == [.grantedQoS0])
         #expect(racing.swapped)
         #expect(broker.subscriptionCount == 0)
