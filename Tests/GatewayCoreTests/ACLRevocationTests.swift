@@ -112,6 +112,24 @@ struct ACLRevocationTests {
         #expect(Set(broker.session(clientID: "dev-7")!.subscriptions.keys) == ["devices/alice/#"])
     }
 
+    @Test("a persistent session resumed under another username keeps only what that username may read")
+    func resumedByAnotherUser() async {
+        let broker = makeBroker()
+        broker.replaceAccessControl(authenticator: nil, authorizer: rules(allow(.readwrite, "devices/%u/#")))
+        let alice = await client(broker, "shared-id", username: "alice", cleanStart: false, subscribed: [("devices/alice/#", .atLeastOnce)])
+        alice.closed()
+        let alicePublisher = await client(broker, "alice-pub", username: "alice")
+        await alicePublisher.publish("devices/alice/secret", "for alice only", qos: .atLeastOnce, id: 1)
+        #expect(broker.session(clientID: "shared-id")?.queuedCount == 1)
+
+        let bob = await client(broker, "shared-id", username: "bob", cleanStart: false)
+        #expect(bob.drainPublishes().isEmpty)
+        #expect(broker.session(clientID: "shared-id")?.username == "bob")
+        #expect(broker.session(clientID: "shared-id")?.subscriptions.isEmpty == true)
+        #expect(broker.subscriptionCount == 0)
+        #expect(broker.queuedMessages == 0)
+    }
+
     @Test("%u and %c rules: a session's own client id and username decide; an anonymous session loses %u subscriptions")
     func substitutions() async {
         let broker = makeBroker()

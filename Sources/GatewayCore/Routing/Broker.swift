@@ -203,6 +203,11 @@ public final class Broker: Sendable {
             logger.debug("session taken over", metadata: ["mqtt.client.id": "\(clientID)"])
             previous.close(reason: .sessionTakenOver)
         }
+        if opened.sessionPresent {
+            // A resumed session now acts for this connection's username, which may not be the one its
+            // subscriptions were granted to (or, for a session stored before migration v4, unknown).
+            revokeSubscriptionsNotAllowed(of: opened.session)
+        }
         metrics.sessions(sessionCount)
         return opened
     }
