@@ -13,7 +13,8 @@ import pytest
 
 from helpers import PahoClient, iotgw_only, stop_all, unique, wait_until
 from test_auth import metric
-from test_durable_sessions import db_rows, restart
+from test_durable_sessions import restart
+from test_storage import backend, query  # noqa: F401 (backend is a fixture)
 
 
 @pytest.fixture(autouse=True)
@@ -29,8 +30,12 @@ ALLOW = [
 REVOKE_ALICE = [{"permission": "deny", "access": "read", "topic": "fleet/#", "username": "alice"}] + ALLOW
 
 
-def acl_gateway(make_broker):
-    return make_broker(config_format="json", auth={"anonymous": True, "acl": ALLOW}, admin={"enabled": True})
+def acl_gateway(make_broker, db=None):
+    """A gateway with the ``ALLOW`` rules, storing into SQLite (``db`` None) or the PostgreSQL database ``db``."""
+    b = make_broker(config_format="json", auth={"anonymous": True, "acl": ALLOW}, admin={"enabled": True},
+                    storage=db.storage_config() if db is not None else {})
+    b.postgres_db = db
+    return b
 
 
 def set_acl(b, acl: list) -> None:
@@ -93,8 +98,8 @@ def test_sighup_revokes_a_connected_subscription(make_broker):
         stop_all([alice, bob, pub])
 
 
-def test_restart_with_revoking_rules_removes_the_restored_subscription(make_broker):
-    b = acl_gateway(make_broker)
+def test_restart_with_revoking_rules_removes_the_restored_subscription(make_broker, backend):
+    b = acl_gateway(make_broker, backend)
     cid = unique("alice-dur")
     alice = as_user(PahoClient(b.port, client_id=cid, clean_session=False), "alice").start()
     assert alice.subscribe([("fleet/#", 1), ("devices/alice/#", 1)]) == [1, 1]
@@ -105,7 +110,7 @@ def test_restart_with_revoking_rules_removes_the_restored_subscription(make_brok
     finally:
         pub.stop()
     # The stored session carries the username alice connected with.
-    wait_until(lambda: [r["username"] for r in db_rows(b, "SELECT username FROM sessions WHERE client_id = ?", (cid,))] == ["alice"],
+    wait_until(lambda: [r["username"] for r in query(b, "SELECT username FROM sessions WHERE client_id = ?", (cid,))] == ["alice"],
                10, message="session row with username alice")
 
     b.signal(signal.SIGTERM)
@@ -119,7 +124,7 @@ def test_restart_with_revoking_rules_removes_the_restored_subscription(make_brok
     assert metric(b.admin_port, "iotgw_acl_subscriptions_revoked_total") == 1
     # The queued QoS 1 message of the revoked filter is dropped, and counted.
     assert metric(b.admin_port, 'iotgw_messages_dropped_total{reason="acl_revoked"}') == 1
-    wait_until(lambda: [r["topic_key"] for r in db_rows(b, "SELECT topic_key FROM subscriptions WHERE client_id = ?", (cid,))]
+    wait_until(lambda: [r["topic_key"] for r in query(b, "SELECT topic_key FROM subscriptions WHERE client_id = ?", (cid,))]
                == ["devices/alice/#"], 10, message="the revoked subscription's row deleted")
 
     again = as_user(PahoClient(b.port, client_id=cid, clean_session=False), "alice").start()
@@ -134,4 +139,4 @@ def test_restart_with_revoking_rules_removes_the_restored_subscription(make_brok
     # And it stays gone: the next start restores one subscription and revokes nothing.
     restart(b, signal.SIGTERM)
     assert metric(b.admin_port, "iotgw_acl_subscriptions_revoked_total") == 0
-    assert [r["topic_key"] for r in db_rows(b, "SELECT topic_key FROM subscriptions WHERE client_id = ?", (cid,))] == ["devices/alice/#"]
+    assert [r["topic_key"] for r in query(b, "SELECT topic_key FROM subscriptions WHERE client_id = ?", (cid,))] == ["devices/alice/#"]
