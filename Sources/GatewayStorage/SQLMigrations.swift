@@ -51,6 +51,7 @@ enum SQLMigrations {
         ),
         users,
         sessions,
+        sessionUser,
     ]
 
     /// The `pg_advisory_lock` key that serialises migrations of gateways sharing one PostgreSQL database

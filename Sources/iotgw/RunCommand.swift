@@ -166,13 +166,15 @@ struct RunCommand: AsyncParsableCommand {
             }
         }
         let accessControl = AccessControl(broker: broker, databaseAuthenticator: databaseAuthenticator, logger: logger)
-        accessControl.apply(file)
+        // After the restore: restored subscriptions the configured ACL no longer allows are revoked.
+        let revoked = accessControl.apply(file)
         logger.info(
             "authentication",
             metadata: [
                 "iotgw.auth.backend": "\(file.auth.backend)",
                 "iotgw.auth.anonymous": "\(file.auth.anonymous)",
                 "iotgw.auth.acl.rules": "\(file.auth.acl.count)",
+                "iotgw.auth.acl.revoked": "\(revoked)",
             ]
         )
         readiness.set("listeners", .notReady("starting"))

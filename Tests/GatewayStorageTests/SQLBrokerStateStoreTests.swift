@@ -350,8 +350,10 @@ final class Client {
         self.connection = ClientConnection(broker: broker, handle: handle, remoteAddress: nil, logger: silentLogger)
     }
 
-    func connect(_ clientID: String, cleanStart: Bool = true) async -> MQTTConnAckPacket? {
-        let actions = await send(.connect(MQTTConnectPacket(version: .v3_1_1, cleanStart: cleanStart, keepAlive: 60, clientIdentifier: clientID)))
+    func connect(_ clientID: String, cleanStart: Bool = true, username: String? = nil) async -> MQTTConnAckPacket? {
+        let actions = await send(
+            .connect(MQTTConnectPacket(version: .v3_1_1, cleanStart: cleanStart, keepAlive: 60, clientIdentifier: clientID, username: username))
+        )
         for case .send(.connack(let connack)) in actions { return connack }
         return nil
     }

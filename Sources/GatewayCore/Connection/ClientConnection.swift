@@ -263,6 +263,7 @@ public final class ClientConnection {
         guard
             let opened = broker.openSession(
                 clientID: clientID,
+                username: username,
                 cleanStart: connect.cleanStart,
                 persistent: persistent,
                 expiryInterval: expiry,

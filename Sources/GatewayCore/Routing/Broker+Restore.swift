@@ -73,7 +73,9 @@ extension Broker {
             }
             if record.disconnectedAt == nil {
                 // Connected when the process died: its expiry starts now (and survives another crash).
-                journal?.append(.upsertSession(StoredSessionRecord(clientID: record.clientID, expiryInterval: record.expiryInterval, disconnectedAt: wallNow)))
+                var disconnected = record
+                disconnected.disconnectedAt = wallNow
+                journal?.append(.upsertSession(disconnected))
             }
             let internalLimits = internalClients[record.clientID]
             let session = Session(
@@ -86,7 +88,8 @@ extension Broker {
                 budget: budget,
                 metrics: metrics,
                 journal: journal,
-                dropsWhenFull: internalLimits != nil || record.clientID.hasPrefix(InternalClient.reservedPrefix)
+                dropsWhenFull: internalLimits != nil || record.clientID.hasPrefix(InternalClient.reservedPrefix),
+                username: record.username
             )
             let subscriptions = (subscriptionsByClient[record.clientID] ?? []).map { stored in
                 (key: stored.key, Session.StoredSubscription(options: stored.options, subscriptionIdentifier: stored.subscriptionIdentifier, group: stored.group))

@@ -23,6 +23,9 @@ public final class Broker: Sendable {
     private struct AccessControl: Sendable {
         var authenticator: (any Authenticator)?
         var authorizer: any Authorizer
+        /// Counts replacements, so a SUBSCRIBE decided by an authorizer that was replaced meanwhile
+        /// is checked again (see ``subscribe(_:session:username:version:)``).
+        var generation: UInt64 = 0
     }
     /// Decides CONNECTs: the configured authenticator, or anonymous access per the live configuration.
     var authenticator: any Authenticator {
@@ -30,6 +33,10 @@ public final class Broker: Sendable {
     }
     /// Decides topic access (ACLs). Read once per decision: a reload may replace it.
     var authorizer: any Authorizer { accessControl.withLock { $0.authorizer } }
+    /// The authorizer in effect and its generation (bumped by every replacement).
+    private var currentAuthorizer: (authorizer: any Authorizer, generation: UInt64) {
+        accessControl.withLock { ($0.authorizer, $0.generation) }
+    }
     /// The configuration behind ``configuration``; short critical sections, never held while calling out.
     private let live: Mutex<BrokerConfiguration>
     let budget: QueueBudget
@@ -112,13 +119,16 @@ public final class Broker: Sendable {
         return sessions.reduce(0) { $0 + ($1.isConnected ? 1 : 0) }
     }
 
+    /// Every session, connected or not (internal ones included), in no particular order.
+    var allSessions: [Session] { state.withLock { Array($0.sessions.values) } }
+
     /// The number of sessions, connected or not.
     public var sessionCount: Int { state.withLock { $0.sessions.count } }
 
     /// The session of `clientID`, if any.
     public func session(clientID: String) -> Session? { state.withLock { $0.sessions[clientID] } }
 
-    /// What ``openSession(clientID:cleanStart:expiryInterval:clientReceiveMaximum:handle:)`` decided.
+    /// What ``openSession(clientID:username:cleanStart:persistent:expiryInterval:clientReceiveMaximum:handle:)`` decided.
     struct OpenedSession {
         var session: Session
         var owner: UInt64
@@ -127,8 +137,10 @@ public final class Broker: Sendable {
 
     /// Opens (or resumes) the session of an authenticated client and makes `handle` its owner. A
     /// connection already owning the session is told to close (session takeover, MQTT-3.1.4-2).
+    /// `username` is the identity it authenticated as; the session keeps it for ACL re-checks.
     func openSession(
         clientID: String,
+        username: String?,
         cleanStart: Bool,
         persistent: Bool,
         expiryInterval: Double?,
@@ -182,6 +194,7 @@ public final class Broker: Sendable {
         let previous = opened.session.attach(
             owner: opened.owner,
             handle: handle,
+            username: username,
             persistent: persistent,
             expiryInterval: expiryInterval,
             clientReceiveMaximum: clientReceiveMaximum
@@ -189,6 +202,11 @@ public final class Broker: Sendable {
         if let previous {
             logger.debug("session taken over", metadata: ["mqtt.client.id": "\(clientID)"])
             previous.close(reason: .sessionTakenOver)
+        }
+        if opened.sessionPresent {
+            // A resumed session now acts for this connection's username, which may not be the one its
+            // subscriptions were granted to (or, for a session stored before migration v4, unknown).
+            revokeSubscriptionsNotAllowed(of: opened.session)
         }
         metrics.sessions(sessionCount)
         return opened
@@ -222,7 +240,7 @@ public final class Broker: Sendable {
     /// Hands the shared-subscription deliveries of an ending session to other members of their groups
     /// (MQTT 5 section 4.8.2); everything else ends with the session. Returns how many were not handed on.
     @discardableResult
-    private func redistribute(_ messages: [QueuedMessage], from ending: Session) -> Int {
+    func redistribute(_ messages: [QueuedMessage], from ending: Session) -> Int {
         var dropped = 0
         for var queued in messages {
             guard let key = queued.sharedGroup else {
@@ -436,6 +454,12 @@ public final class Broker: Sendable {
         var retainedMessages: [QueuedMessage] = []
         let now = self.now
         let identifier = packet.properties.subscriptionIdentifiers.first
+        let (authorizer, generation) = currentAuthorizer
+        defer {
+            // A reload that replaced the authorizer while this SUBSCRIBE was being applied may have
+            // re-checked the session before these subscriptions existed: check them against it now.
+            if currentAuthorizer.generation != generation { revokeSubscriptionsNotAllowed(of: session) }
+        }
         for var request in packet.subscriptions {
             let key = request.topicFilter
             var group: String?
@@ -452,7 +476,9 @@ public final class Broker: Sendable {
                     continue
                 }
             }
-            guard authorizer.isAllowed(.subscribe, topic: request.topicFilter, clientID: session.clientID, username: username) else {
+            // Internal clients (bridges) are configured by the operator, not subject to client ACLs.
+            guard session.isInternal || authorizer.isAllowed(.subscribe, topic: request.topicFilter, clientID: session.clientID, username: username)
+            else {
                 codes.append(version == .v5 ? .notAuthorized : .unspecifiedError)
                 continue
             }
@@ -503,11 +529,16 @@ public final class Broker: Sendable {
     /// Applies an UNSUBSCRIBE; returns one reason code per filter.
     func unsubscribe(_ filters: [String], session: Session) -> [MQTTReasonCode] {
         filters.map { key in
-            guard let stored = session.removeSubscription(key: key) else { return .noSubscriptionExisted }
-            state.withLock { state in
-                _ = state.index.remove(filter: stored.options.topicFilter, group: stored.group, clientID: session.clientID)
+            // Under the broker's lock, so a discard of the session cannot interleave: a session no longer
+            // registered (discarded by a clean-start takeover, or by an ACL revocation racing one) has
+            // no index entries left, and those under its client id belong to its successor.
+            state.withLock { state -> MQTTReasonCode in
+                guard let stored = session.removeSubscription(key: key) else { return .noSubscriptionExisted }
+                if state.sessions[session.clientID] === session {
+                    _ = state.index.remove(filter: stored.options.topicFilter, group: stored.group, clientID: session.clientID)
+                }
+                return .success
             }
-            return .success
         }
     }
 
@@ -587,14 +618,21 @@ public final class Broker: Sendable {
         }
     }
 
-    /// Replaces the authenticator and the authorizer (a SIGHUP reload of `auth`). Connected clients
-    /// keep their sessions; their next PUBLISH and SUBSCRIBE, and every later CONNECT, are decided by
-    /// the new ones.
+    /// Replaces the authenticator and the authorizer (a SIGHUP reload of `auth`, and once at start-up
+    /// after ``restore(from:internalClients:)``). Connected clients keep their sessions; their next
+    /// PUBLISH and SUBSCRIBE, and every later CONNECT, are decided by the new ones, and every existing
+    /// subscription that the new authorizer no longer allows is removed at once (see
+    /// ``revokeSubscriptionsNotAllowed()``).
     /// - Parameters:
     ///   - authenticator: decides CONNECTs; nil means anonymous access per the live `allowAnonymous`.
     ///   - authorizer: decides topic access.
-    public func replaceAccessControl(authenticator: (any Authenticator)?, authorizer: any Authorizer) {
-        accessControl.withLock { $0 = AccessControl(authenticator: authenticator, authorizer: authorizer) }
+    /// - Returns: the number of subscriptions revoked.
+    @discardableResult
+    public func replaceAccessControl(authenticator: (any Authenticator)?, authorizer: any Authorizer) -> Int {
+        accessControl.withLock { current in
+            current = AccessControl(authenticator: authenticator, authorizer: authorizer, generation: current.generation &+ 1)
+        }
+        return revokeSubscriptionsNotAllowed()
     }
 
     /// Open network connections by transport (transports without connections are absent).

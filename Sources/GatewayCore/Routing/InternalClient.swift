@@ -76,6 +76,7 @@ public final class InternalClient: Sendable {
         _ = session.attach(
             owner: owner,
             handle: handle,
+            username: nil,
             persistent: true,
             expiryInterval: nil,
             clientReceiveMaximum: Int(UInt16.max)

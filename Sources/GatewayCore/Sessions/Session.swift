@@ -95,6 +95,9 @@ public final class Session: Sendable {
         var needsWake = false
         /// Whether the session is kept after its connection ends.
         var persistent: Bool
+        /// The username its (last) connection authenticated as: ACL rules are re-checked against it when
+        /// the authorizer changes, also while the session is offline.
+        var username: String?
         /// Seconds the session outlives its connection; `nil` means never expires.
         var expiryInterval: Double?
         var disconnectedAt: ContinuousClock.Instant?
@@ -114,7 +117,8 @@ public final class Session: Sendable {
         budget: QueueBudget,
         metrics: GatewayMetrics,
         journal: StateJournal? = nil,
-        dropsWhenFull: Bool = false
+        dropsWhenFull: Bool = false,
+        username: String? = nil
     ) {
         self.clientID = clientID
         self.dropsWhenFull = dropsWhenFull
@@ -122,7 +126,7 @@ public final class Session: Sendable {
         self.budget = budget
         self.metrics = metrics
         self.journal = journal
-        var initial = State(persistent: persistent, expiryInterval: expiryInterval)
+        var initial = State(persistent: persistent, username: username, expiryInterval: expiryInterval)
         initial.journaling = persistent && journal != nil
         self.state = Mutex(initial)
     }
@@ -135,6 +139,7 @@ public final class Session: Sendable {
     func attach(
         owner: UInt64,
         handle: any ConnectionHandle,
+        username: String?,
         persistent: Bool,
         expiryInterval: Double?,
         clientReceiveMaximum: Int
@@ -143,6 +148,7 @@ public final class Session: Sendable {
             let previous = state.handle
             state.owner = owner
             state.handle = handle
+            state.username = username
             state.persistent = persistent
             state.expiryInterval = expiryInterval
             state.clientReceiveMaximum = clientReceiveMaximum
@@ -159,7 +165,14 @@ public final class Session: Sendable {
         guard let journal, state.journaling else { return }
         if state.persistent {
             journal.append(
-                .upsertSession(StoredSessionRecord(clientID: clientID, expiryInterval: state.expiryInterval, disconnectedAt: disconnectedAt))
+                .upsertSession(
+                    StoredSessionRecord(
+                        clientID: clientID,
+                        expiryInterval: state.expiryInterval,
+                        disconnectedAt: disconnectedAt,
+                        username: state.username
+                    )
+                )
             )
         } else {
             // No longer persistent (MQTT 5 expiry 0): the stored session goes now, not at disconnect.
@@ -202,6 +215,13 @@ public final class Session: Sendable {
     public var isConnected: Bool { state.withLock { $0.owner != nil } }
 
     var isPersistent: Bool { state.withLock { $0.persistent } }
+
+    /// The username the session's (last) connection authenticated as; nil when anonymous.
+    var username: String? { state.withLock { $0.username } }
+
+    /// Whether the session belongs to an internal client (a bridge, ``InternalClient``): its client id
+    /// has the reserved prefix network clients may not use. Client ACLs do not apply to it.
+    var isInternal: Bool { clientID.hasPrefix(InternalClient.reservedPrefix) }
 
     /// Whether an offline session has outlived its expiry interval.
     func isExpired(now: ContinuousClock.Instant) -> Bool {
@@ -268,6 +288,42 @@ public final class Session: Sendable {
 
     /// All subscriptions, keyed by the filter as the client sent it.
     var subscriptions: [String: StoredSubscription] { state.withLock { $0.subscriptions } }
+
+    /// Takes out of the queue the messages that none of the session's remaining subscriptions accounts
+    /// for (after subscriptions were revoked): a shared-subscription delivery whose group and filter the
+    /// session no longer holds, or another message whose topic no remaining non-shared filter matches.
+    /// Their stored rows are deleted and their bytes released. Messages already in flight stay: the
+    /// client has received them, and the QoS 1/2 exchange must complete (MQTT-4.4.0-1).
+    /// - Returns: the messages taken out, in queue order (without their stored row).
+    func takeQueuedWithoutSubscription() -> [QueuedMessage] {
+        let (bytes, taken) = state.withLock { state -> (Int, [QueuedMessage]) in
+            let shared = Set(state.subscriptions.values.compactMap { s in s.group.map { SharedGroupKey(group: $0, filter: s.options.topicFilter) } })
+            let filters = state.subscriptions.values.filter { $0.group == nil }.map(\.options.topicFilter)
+            var bytes = 0
+            var taken: [QueuedMessage] = []
+            var kept: Deque<QueuedMessage> = []
+            for queued in state.pending {
+                let covered =
+                    queued.sharedGroup.map(shared.contains) == true
+                    || filters.contains { MQTTTopic.matches(filter: $0, topic: queued.message.topic) }
+                if covered {
+                    kept.append(queued)
+                    continue
+                }
+                journalDelete(queued, &state)
+                bytes += queued.byteCount
+                var out = queued
+                out.seq = nil
+                taken.append(out)
+            }
+            guard !taken.isEmpty else { return (0, []) }
+            state.pending = kept
+            state.pendingBytes -= bytes
+            return (bytes, taken)
+        }
+        if !taken.isEmpty { budget.release(bytes, count: taken.count) }
+        return taken
+    }
 
     // MARK: Inbound QoS 2
 

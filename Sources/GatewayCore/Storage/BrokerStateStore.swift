@@ -58,11 +58,15 @@ public struct StoredSessionRecord: Sendable, Hashable {
     /// Wall-clock milliseconds since the epoch when its connection ended; nil while connected (a
     /// session found connected at start-up after a crash counts as disconnected at start-up).
     public var disconnectedAt: Int64?
+    /// The username the session's client authenticated as (nil: anonymous, or stored before migration
+    /// v4): the ACL is checked against it when the session is restored.
+    public var username: String?
 
-    public init(clientID: String, expiryInterval: Double?, disconnectedAt: Int64?) {
+    public init(clientID: String, expiryInterval: Double?, disconnectedAt: Int64?, username: String? = nil) {
         self.clientID = clientID
         self.expiryInterval = expiryInterval
         self.disconnectedAt = disconnectedAt
+        self.username = username
     }
 }
 

@@ -22,6 +22,7 @@ public final class GatewayMetrics: Sendable {
     private let sessionsGauge: Gauge
     private let retainedGauge: Gauge
     private let malformed: Counter
+    private let aclRevoked: Counter
     /// Totals kept in-process as well (the metrics backend may be a no-op), for `$SYS` and the stats API.
     private let totals = Totals()
 
@@ -81,6 +82,8 @@ public final class GatewayMetrics: Sendable {
         case tooLarge = "too_large"
         /// A session expired with messages still queued.
         case sessionExpired = "session_expired"
+        /// A queued message whose subscription an ACL change revoked.
+        case aclRevoked = "acl_revoked"
     }
 
     public init() {
@@ -120,6 +123,7 @@ public final class GatewayMetrics: Sendable {
         sessionsGauge = Gauge(label: "iotgw_sessions")
         retainedGauge = Gauge(label: "iotgw_retained_messages")
         malformed = Counter(label: "iotgw_malformed_packets_total")
+        aclRevoked = Counter(label: "iotgw_acl_subscriptions_revoked_total")
     }
 
     func connectionOpened(_ transport: Transport, current: Int) {
@@ -164,6 +168,9 @@ public final class GatewayMetrics: Sendable {
 
     func sessions(_ count: Int) { sessionsGauge.record(count) }
     func retained(_ count: Int) { retainedGauge.record(count) }
+
+    /// Records subscriptions removed because the ACL in effect no longer allows them.
+    func subscriptionsRevoked(_ count: Int) { aclRevoked.increment(by: count) }
 
     /// Records a packet that failed to decode.
     public func malformedPacket() { malformed.increment() }

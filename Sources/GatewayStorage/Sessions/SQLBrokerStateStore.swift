@@ -3,7 +3,7 @@ import MQTTCodec
 import NIOCore
 
 /// The durable broker state (tables `sessions`, `subscriptions`, `session_messages`, `retained`,
-/// migration v3) on any ``SQLDatabase``. Written only through the broker's ``StateJournal``, one
+/// migrations v3 and v4) on any ``SQLDatabase``. Written only through the broker's ``StateJournal``, one
 /// transaction per batch; read once, at start-up. Portable SQL only: `$N` placeholders and
 /// `INSERT ... ON CONFLICT ... DO UPDATE`, which SQLite (3.24+) and PostgreSQL both accept.
 public final class SQLBrokerStateStore: BrokerStateStore {
@@ -52,11 +52,14 @@ public final class SQLBrokerStateStore: BrokerStateStore {
                 case .upsertSession(let session):
                     _ = try await connection.query(
                         """
-                        INSERT INTO sessions (client_id, expiry_interval, disconnected_at, updated_at) VALUES ($1, $2, $3, $4)
+                        INSERT INTO sessions (client_id, expiry_interval, disconnected_at, updated_at, username) VALUES ($1, $2, $3, $4, $5)
                         ON CONFLICT (client_id) DO UPDATE SET expiry_interval = excluded.expiry_interval,
-                            disconnected_at = excluded.disconnected_at, updated_at = excluded.updated_at
+                            disconnected_at = excluded.disconnected_at, updated_at = excluded.updated_at, username = excluded.username
                         """,
-                        [.text(session.clientID), session.expiryInterval.map { .real($0) } ?? .null, .optional(session.disconnectedAt), .integer(now)]
+                        [
+                            .text(session.clientID), session.expiryInterval.map { .real($0) } ?? .null, .optional(session.disconnectedAt),
+                            .integer(now), .optional(session.username),
+                        ]
                     )
                 case .deleteSession(let clientID):
                     _ = try await connection.query("DELETE FROM session_messages WHERE client_id = $1", [.text(clientID)])
@@ -157,10 +160,15 @@ public final class SQLBrokerStateStore: BrokerStateStore {
 
     public func load() async throws -> BrokerStateSnapshot {
         var snapshot = BrokerStateSnapshot()
-        for row in try await database.query("SELECT client_id, expiry_interval, disconnected_at FROM sessions ORDER BY client_id") {
+        for row in try await database.query("SELECT client_id, expiry_interval, disconnected_at, username FROM sessions ORDER BY client_id") {
             guard let clientID = row["client_id"].text else { throw CorruptRow(table: "sessions", detail: "client_id") }
             snapshot.sessions.append(
-                StoredSessionRecord(clientID: clientID, expiryInterval: row["expiry_interval"].real, disconnectedAt: row["disconnected_at"].integer)
+                StoredSessionRecord(
+                    clientID: clientID,
+                    expiryInterval: row["expiry_interval"].real,
+                    disconnectedAt: row["disconnected_at"].integer,
+                    username: row["username"].text
+                )
             )
         }
         for row in try await database.query(

@@ -28,8 +28,11 @@ final class AccessControl: Sendable {
         auth.backend != "database" || databaseAuthenticator != nil
     }
 
-    /// Puts `file.auth` into effect and forgets every cached user and password check.
-    func apply(_ file: GatewayConfigFile) {
+    /// Puts `file.auth` into effect and forgets every cached user and password check. Existing
+    /// subscriptions the new ACL no longer allows are revoked (``Broker/replaceAccessControl(authenticator:authorizer:)``).
+    /// - Returns: the number of subscriptions revoked.
+    @discardableResult
+    func apply(_ file: GatewayConfigFile) -> Int {
         var authenticator: (any Authenticator)?
         loginThrottle.reconfigure(file.auth.loginThrottle.configuration)
         if let databaseAuthenticator {
@@ -38,7 +41,7 @@ final class AccessControl: Sendable {
                 authenticator = ThrottledAuthenticator(inner: databaseAuthenticator, throttle: loginThrottle)
             }
         }
-        broker.replaceAccessControl(authenticator: authenticator, authorizer: file.authorizer)
+        return broker.replaceAccessControl(authenticator: authenticator, authorizer: file.authorizer)
     }
 }
 

@@ -9,7 +9,8 @@ import Synchronization
 /// applies what can change live, without dropping connections.
 ///
 /// Live: `log.level`, `auth.*` except `auth.hash_threads` and `auth.max_pending_hashes` (the
-/// authenticator and the ACL are replaced, and the auth cache is flushed on every reload),
+/// authenticator and the ACL are replaced, existing subscriptions the new ACL no longer allows are
+/// revoked, and the auth cache is flushed on every reload),
 /// `limits.max_connections`, `limits.max_inflight`, `limits.max_queued_messages`,
 /// `limits.max_queued_bytes`, `limits.session_expiry`, `limits.max_client_id_length`,
 /// `limits.max_keep_alive` and `mqtt.sys_interval` (see `BrokerConfiguration.applyingLiveChanges(from:)`
