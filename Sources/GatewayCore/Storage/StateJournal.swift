@@ -120,6 +120,7 @@ public final class StateJournal: Sendable {
                     message.state = newState
                     message.packetID = packetID
                     state.pending[index].operation = .insertMessage(message)
+                    state.pending[index].onCommit = Self.chain(state.pending[index].onCommit, onCommit)
                     coalesced.increment()
                     return .done
                 }
@@ -128,6 +129,7 @@ public final class StateJournal: Sendable {
                     state.pending[index].operation = nil
                     state.pendingBytes -= state.pending[index].bytes
                     state.pending[index].bytes = 0
+                    state.pending[index].onCommit = Self.chain(state.pending[index].onCommit, onCommit)
                     coalesced.increment()
                     return .done
                 }
@@ -152,6 +154,19 @@ public final class StateJournal: Sendable {
         case .closed: discardedAfterClose.increment()
         case .wake(let continuation): continuation.resume()
         case .done: break
+        }
+    }
+
+    /// `first`, then `second`: the callbacks of an entry and of an operation folded into it.
+    private static func chain(
+        _ first: (@Sendable () -> Void)?,
+        _ second: (@Sendable () -> Void)?
+    ) -> (@Sendable () -> Void)? {
+        guard let second else { return first }
+        guard let first else { return second }
+        return {
+            first()
+            second()
         }
     }
 
