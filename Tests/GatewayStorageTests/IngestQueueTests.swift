@@ -241,6 +241,44 @@ struct IngestQueueTests {
         #expect(payloads(failedAttempt) == payloads(store.snapshot.committed.first!))
     }
 
+    @Test("Store outage: logged once down, once available again; cancelled while down, run() ends and says what it abandons")
+    func outageLogsAndCancellation() async {
+        let store = FakeTelemetryStore()
+        let lines = LogLines()
+        let availability = Recorder<Bool>()
+        var configuration = IngestConfiguration()
+        configuration.batchMaxDelay = 0.001
+        configuration.batchMaxRows = 2
+        let queue = IngestQueue(
+            configuration: configuration,
+            store: store,
+            logger: Logger(label: "iotgw.storage-tests", factory: { _ in lines }),
+            onAvailabilityChange: { availability.append($0) }
+        )
+        let writer = Task { await queue.run() }
+        store.fail(next: 2)
+        #expect(await queue.submit(record(0), onCommit: nil) == .accepted)
+        await store.waitUntil("the record committed after two failures") { $0.committedRecords.count == 1 }
+        await poll("availability back") { availability.count == 2 }
+        #expect(availability.all == [false, true])
+        #expect(lines.all.map(\.message) == ["telemetry store unavailable; retrying with backoff", "telemetry store available again"])
+        #expect(lines.all.map(\.level) == [.warning, .notice])
+
+        store.failUntilTold()
+        for i in 1...5 {
+            #expect(await queue.submit(record(i), onCommit: nil) == .accepted)
+        }
+        await store.waitUntil("a failed attempt") { $0.failures >= 3 }
+        writer.cancel()
+        await writer.value
+        let last = lines.all.last
+        #expect(last?.message == "telemetry store unavailable at cancellation; abandoning queued records")
+        #expect(last?.level == .error)
+        #expect(last?.metadata["iotgw.ingest.abandoned"] == "5", "the batch being retried and the records queued behind it")
+        #expect(await queue.submit(record(9), onCommit: nil) == .rejected, "cancellation closes the queue")
+        #expect(store.snapshot.committedRecords.count == 1)
+    }
+
     @Test("A fixed number of failures (3) is retried through; nothing lost")
     func retryFixedFailures() async {
         let store = FakeTelemetryStore()
@@ -301,5 +339,39 @@ struct IngestQueueTests {
         #expect(some.stores(topic: "logs/x/y"))
         #expect(!some.stores(topic: "sensors/1/humidity"))
         #expect(!some.stores(topic: "other"))
+    }
+}
+
+/// A log handler keeping every line it is given (level, message, metadata).
+private final class LogLines: LogHandler, Sendable {
+    struct Line: Sendable {
+        var level: Logger.Level
+        var message: String
+        var metadata: [String: String]
+    }
+    private let lines = Mutex<[Line]>([])
+
+    var all: [Line] { lines.withLock { $0 } }
+
+    var logLevel: Logger.Level {
+        get { .trace }
+        set {}
+    }
+    var metadata: Logger.Metadata {
+        get { [:] }
+        set {}
+    }
+    subscript(metadataKey _: String) -> Logger.Metadata.Value? {
+        get { nil }
+        set {}
+    }
+
+    func log(event: LogEvent) {
+        let line = Line(
+            level: event.level,
+            message: event.message.description,
+            metadata: (event.metadata ?? [:]).mapValues(\.description)
+        )
+        lines.withLock { $0.append(line) }
     }
 }
