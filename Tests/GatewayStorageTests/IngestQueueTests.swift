@@ -213,6 +213,44 @@ struct IngestQueueTests {
         #expect(store.snapshot.committedRecords.count == 2)
     }
 
+    @Test("A record larger than max_bytes is taken alone once the queue is empty (backpressure), not waited on forever")
+    func oversizeRecordBackpressure() async {
+        let store = FakeTelemetryStore()
+        let big = record(0, payloadBytes: 4_000)
+        let queue = makeQueue(store) {
+            $0.maxQueuedBytes = big.byteCount / 2
+            $0.overflow = .backpressure
+        }
+        let writer = Task { await queue.run() }
+        let submitted = Task { await queue.submit(big, onCommit: nil) }
+        await store.waitUntil("the oversize record committed", timeout: .seconds(5)) { $0.committedRecords.count == 1 }
+        queue.close()
+        #expect(await submitted.value == .accepted)
+        await writer.value
+        #expect(store.snapshot.committedRecords.map(\.payload.readableBytes) == [4_000])
+    }
+
+    @Test("reject: a record larger than max_bytes is accepted into an empty queue; nothing fits beside it")
+    func oversizeRecordReject() async {
+        let store = FakeTelemetryStore()
+        let big = record(0, payloadBytes: 4_000)
+        let queue = makeQueue(store) {
+            $0.maxQueuedBytes = big.byteCount / 2
+            $0.overflow = .reject
+        }
+        let writer = Task { await queue.run() }
+        store.hold()
+        #expect(await queue.submit(big, onCommit: nil) == .accepted)
+        #expect(await queue.submit(record(1), onCommit: nil) == .rejected, "the queue is over max_bytes")
+        store.release()
+        await store.waitUntil("the oversize record committed") { $0.committedRecords.count == 1 }
+        await poll("the queue to empty") { queue.isEmpty }
+        #expect(await queue.submit(record(2), onCommit: nil) == .accepted)
+        queue.close()
+        await writer.value
+        #expect(store.snapshot.committedRecords.map(\.receivedAt) == [big.receivedAt, record(2).receivedAt])
+    }
+
     @Test("Store failures: the batch is retried until it commits; degraded while failing, not after")
     func retryAfterFailures() async {
         let store = FakeTelemetryStore()

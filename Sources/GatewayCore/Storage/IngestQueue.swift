@@ -96,9 +96,7 @@ public final class IngestQueue: Sendable {
             enum Step { case accepted(CheckedContinuation<Void, Never>?), rejected, wait }
             let step = state.withLock { state -> Step in
                 if state.closed { return .rejected }
-                let count = state.pending.count + state.writing
-                let bytes = state.pendingBytes + state.writingBytes
-                if count < configuration.maxQueuedMessages && bytes + size <= configuration.maxQueuedBytes {
+                if Self.fits(size, in: state, configuration) {
                     state.pending.append(Entry(record: record, onCommit: onCommit))
                     state.pendingBytes += size
                     var writer = state.writerWaiter
@@ -126,9 +124,7 @@ public final class IngestQueue: Sendable {
                 }
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                     let resumeNow = state.withLock { state -> Bool in
-                        let count = state.pending.count + state.writing
-                        let bytes = state.pendingBytes + state.writingBytes
-                        if state.closed || (count < configuration.maxQueuedMessages && bytes + size <= configuration.maxQueuedBytes) {
+                        if state.closed || Self.fits(size, in: state, configuration) {
                             return true
                         }
                         state.spaceWaiters.append(continuation)
@@ -138,6 +134,16 @@ public final class IngestQueue: Sendable {
                 }
             }
         }
+    }
+
+    /// Whether a record of `size` bytes may join the queue. A record larger than `maxQueuedBytes` is
+    /// taken once the queue is empty: refusing it there would stall its publisher for good (backpressure)
+    /// or refuse it on every retry (reject), and the queue then holds that one record alone.
+    private static func fits(_ size: Int, in state: State, _ configuration: IngestConfiguration) -> Bool {
+        let count = state.pending.count + state.writing
+        if count == 0 { return true }
+        let bytes = state.pendingBytes + state.writingBytes
+        return count < configuration.maxQueuedMessages && bytes + size <= configuration.maxQueuedBytes
     }
 
     /// Records queued or being written.
