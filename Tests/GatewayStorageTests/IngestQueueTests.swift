@@ -213,70 +213,38 @@ struct IngestQueueTests {
         #expect(store.snapshot.committedRecords.count == 2)
     }
 
-    @Test("A record larger than max_bytes is taken alone once the queue is empty (backpressure), not waited on forever")
-    func oversizeRecordBackpressure() async {
+    @Test(
+        "A record larger than max_bytes is taken into an empty queue and committed alone",
+        arguments: IngestConfiguration.Overflow.allCases
+    )
+    func oversizeRecord(overflow: IngestConfiguration.Overflow) async {
         let store = FakeTelemetryStore()
         let big = record(0, payloadBytes: 4_000)
         let queue = makeQueue(store) {
             $0.maxQueuedBytes = big.byteCount / 2
-            $0.overflow = .backpressure
-        }
-        let writer = Task { await queue.run() }
-        let submitted = Task { await queue.submit(big, onCommit: nil) }
-        await store.waitUntil("the oversize record committed", timeout: .seconds(5)) { $0.committedRecords.count == 1 }
-        queue.close()
-        #expect(await submitted.value == .accepted)
-        await writer.value
-        #expect(store.snapshot.committedRecords.map(\.payload.readableBytes) == [4_000])
-    }
-
-    @Test("reject: a record larger than max_bytes is accepted into an empty queue; nothing fits beside it")
-    func oversizeRecordReject() async {
-        let store = FakeTelemetryStore()
-        let big = record(0, payloadBytes: 4_000)
-        let queue = makeQueue(store) {
-            $0.maxQueuedBytes = big.byteCount / 2
-            $0.overflow = .reject
+            $0.overflow = overflow
         }
         let writer = Task { await queue.run() }
         store.hold()
+        // Refusing it here would stall its publisher for good (backpressure) or refuse it on every retry (reject).
         #expect(await queue.submit(big, onCommit: nil) == .accepted)
-        #expect(await queue.submit(record(1), onCommit: nil) == .rejected, "the queue is over max_bytes")
-        store.release()
-        await store.waitUntil("the oversize record committed") { $0.committedRecords.count == 1 }
-        await poll("the queue to empty") { queue.isEmpty }
-        #expect(await queue.submit(record(2), onCommit: nil) == .accepted)
-        queue.close()
-        await writer.value
-        #expect(store.snapshot.committedRecords.map(\.receivedAt) == [big.receivedAt, record(2).receivedAt])
-    }
-
-    @Test("Store failures: the batch is retried until it commits; degraded while failing, not after")
-    func retryAfterFailures() async {
-        let store = FakeTelemetryStore()
-        let queue = makeQueue(store) { $0.batchMaxRows = 4 }
-        let writer = Task { await queue.run() }
-        #expect(!queue.isDegraded)
-        store.failUntilTold()
-        let commits = Recorder<Int>()
-        for i in 0..<6 {
-            #expect(await queue.submit(record(i), onCommit: { commits.append(i) }) == .accepted)
+        await store.waitUntil("the oversize record's insert to be held") { $0.held == 1 }
+        // Nothing fits beside it.
+        switch overflow {
+        case .reject:
+            #expect(await queue.submit(record(1), onCommit: nil) == .rejected)
+            store.release()
+        case .backpressure:
+            let second = Task { await queue.submit(record(1), onCommit: nil) }
+            #expect(await staysFalse(for: .milliseconds(300)) { queue.depth > 1 }, "a record joined the oversize one")
+            store.release()
+            #expect(await second.value == .accepted)
         }
-        await store.waitUntil("two failed attempts") { $0.failures >= 2 }
-        await poll("the queue to report degraded") { queue.isDegraded }
-        #expect(commits.count == 0, "no onCommit for a failed batch")
-        #expect(queue.depth == 6, "failed records stay queued")
-        store.stopFailing()
-        await store.waitUntil("all 6 records committed") { $0.committedRecords.count == 6 }
-        await poll("6 onCommit callbacks") { commits.count == 6 }
-        #expect(!queue.isDegraded, "still degraded after a successful commit")
+        let expected = overflow == .reject ? 1 : 2
+        await store.waitUntil("\(expected) committed records") { $0.committedRecords.count == expected }
         queue.close()
         await writer.value
-        #expect(payloads(store.snapshot.committedRecords) == (0..<6).map { "m\($0)" })
-        #expect(commits.all == Array(0..<6))
-        // The retried batch is the same records, unchanged.
-        let failedAttempt = store.snapshot.attempts.first!
-        #expect(payloads(failedAttempt) == payloads(store.snapshot.committed.first!))
+        #expect(store.snapshot.committed.first?.map(\.payload.readableBytes) == [4_000], "the oversize record committed alone")
     }
 
     @Test("Store outage: logged once down, once available again; cancelled while down, run() ends and says what it abandons")
