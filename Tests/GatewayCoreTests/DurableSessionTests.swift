@@ -190,6 +190,35 @@ struct DurableSessionTests {
         #expect(pubackIDs(pub.connection.takeReadyAcknowledgements()) == [1])
     }
 
+    @Test("An update and a delete folded into a queued insert still run their onCommit when that batch commits")
+    func foldedOperationsKeepTheirCallbacks() async {
+        let fixture = JournalFixture()
+        fixture.store.hold()
+        // A held apply keeps everything below in the queue, where it can be folded.
+        fixture.journal.append(.deleteRetained(topic: "warm-up"))
+        await fixture.store.waitForHeldApply()
+        let calls = Mutex<[String]>([])
+        let seq = fixture.journal.nextSequence()
+        let message = StoredSessionMessage(
+            seq: seq, clientID: "folded", state: .queued, packetID: nil, qos: .atLeastOnce, retain: false, topic: "f/1",
+            payload: ByteBuffer(string: "x"), messageQoS: .atLeastOnce, messageRetain: false, properties: nil,
+            publisherClientID: nil, expiresAt: nil, subscriptionIdentifiers: [], sharedGroup: nil, sharedFilter: nil
+        )
+        fixture.journal.append(.insertMessage(message)) { calls.withLock { $0.append("insert") } }
+        fixture.journal.append(.updateMessage(seq: seq, state: .awaitingPuback, packetID: 7)) { calls.withLock { $0.append("update") } }
+        fixture.journal.append(.deleteMessage(seq: seq)) { calls.withLock { $0.append("delete") } }
+        #expect(calls.withLock { $0 }.isEmpty, "a callback ran before its commit")
+        await fixture.finish()
+        #expect(calls.withLock { $0 } == ["insert", "update", "delete"])
+        let messageOperations = fixture.store.applied.filter { operation in
+            switch operation {
+            case .insertMessage, .updateMessage, .deleteMessage: true
+            default: false
+            }
+        }
+        #expect(messageOperations.isEmpty, "the three operations cancel out: \(messageOperations)")
+    }
+
     @Test("publish(_:whenPersisted:) calls back once the copy for an offline persistent session committed")
     func whenPersistedCallback() async {
         let fixture = JournalFixture()

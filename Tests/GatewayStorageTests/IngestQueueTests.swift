@@ -213,32 +213,76 @@ struct IngestQueueTests {
         #expect(store.snapshot.committedRecords.count == 2)
     }
 
-    @Test("Store failures: the batch is retried until it commits; degraded while failing, not after")
-    func retryAfterFailures() async {
+    @Test(
+        "A record larger than max_bytes is taken into an empty queue and committed alone",
+        arguments: IngestConfiguration.Overflow.allCases
+    )
+    func oversizeRecord(overflow: IngestConfiguration.Overflow) async {
         let store = FakeTelemetryStore()
-        let queue = makeQueue(store) { $0.batchMaxRows = 4 }
-        let writer = Task { await queue.run() }
-        #expect(!queue.isDegraded)
-        store.failUntilTold()
-        let commits = Recorder<Int>()
-        for i in 0..<6 {
-            #expect(await queue.submit(record(i), onCommit: { commits.append(i) }) == .accepted)
+        let big = record(0, payloadBytes: 4_000)
+        let queue = makeQueue(store) {
+            $0.maxQueuedBytes = big.byteCount / 2
+            $0.overflow = overflow
         }
-        await store.waitUntil("two failed attempts") { $0.failures >= 2 }
-        await poll("the queue to report degraded") { queue.isDegraded }
-        #expect(commits.count == 0, "no onCommit for a failed batch")
-        #expect(queue.depth == 6, "failed records stay queued")
-        store.stopFailing()
-        await store.waitUntil("all 6 records committed") { $0.committedRecords.count == 6 }
-        await poll("6 onCommit callbacks") { commits.count == 6 }
-        #expect(!queue.isDegraded, "still degraded after a successful commit")
+        let writer = Task { await queue.run() }
+        store.hold()
+        // Refusing it here would stall its publisher for good (backpressure) or refuse it on every retry (reject).
+        #expect(await queue.submit(big, onCommit: nil) == .accepted)
+        await store.waitUntil("the oversize record's insert to be held") { $0.held == 1 }
+        // Nothing fits beside it.
+        switch overflow {
+        case .reject:
+            #expect(await queue.submit(record(1), onCommit: nil) == .rejected)
+            store.release()
+        case .backpressure:
+            let second = Task { await queue.submit(record(1), onCommit: nil) }
+            #expect(await staysFalse(for: .milliseconds(300)) { queue.depth > 1 }, "a record joined the oversize one")
+            store.release()
+            #expect(await second.value == .accepted)
+        }
+        let expected = overflow == .reject ? 1 : 2
+        await store.waitUntil("\(expected) committed records") { $0.committedRecords.count == expected }
         queue.close()
         await writer.value
-        #expect(payloads(store.snapshot.committedRecords) == (0..<6).map { "m\($0)" })
-        #expect(commits.all == Array(0..<6))
-        // The retried batch is the same records, unchanged.
-        let failedAttempt = store.snapshot.attempts.first!
-        #expect(payloads(failedAttempt) == payloads(store.snapshot.committed.first!))
+        #expect(store.snapshot.committed.first?.map(\.payload.readableBytes) == [4_000], "the oversize record committed alone")
+    }
+
+    @Test("Store outage: logged once down, once available again; cancelled while down, run() ends and says what it abandons")
+    func outageLogsAndCancellation() async {
+        let store = FakeTelemetryStore()
+        let lines = LogLines()
+        let availability = Recorder<Bool>()
+        var configuration = IngestConfiguration()
+        configuration.batchMaxDelay = 0.001
+        configuration.batchMaxRows = 2
+        let queue = IngestQueue(
+            configuration: configuration,
+            store: store,
+            logger: Logger(label: "iotgw.storage-tests", factory: { _ in lines }),
+            onAvailabilityChange: { availability.append($0) }
+        )
+        let writer = Task { await queue.run() }
+        store.fail(next: 2)
+        #expect(await queue.submit(record(0), onCommit: nil) == .accepted)
+        await store.waitUntil("the record committed after two failures") { $0.committedRecords.count == 1 }
+        await poll("availability back") { availability.count == 2 }
+        #expect(availability.all == [false, true])
+        #expect(lines.all.map(\.message) == ["telemetry store unavailable; retrying with backoff", "telemetry store available again"])
+        #expect(lines.all.map(\.level) == [.warning, .notice])
+
+        store.failUntilTold()
+        for i in 1...5 {
+            #expect(await queue.submit(record(i), onCommit: nil) == .accepted)
+        }
+        await store.waitUntil("a failed attempt") { $0.failures >= 3 }
+        writer.cancel()
+        await writer.value
+        let last = lines.all.last
+        #expect(last?.message == "telemetry store unavailable at cancellation; abandoning queued records")
+        #expect(last?.level == .error)
+        #expect(last?.metadata["iotgw.ingest.abandoned"] == "5", "the batch being retried and the records queued behind it")
+        #expect(await queue.submit(record(9), onCommit: nil) == .rejected, "cancellation closes the queue")
+        #expect(store.snapshot.committedRecords.count == 1)
     }
 
     @Test("A fixed number of failures (3) is retried through; nothing lost")
@@ -301,5 +345,39 @@ struct IngestQueueTests {
         #expect(some.stores(topic: "logs/x/y"))
         #expect(!some.stores(topic: "sensors/1/humidity"))
         #expect(!some.stores(topic: "other"))
+    }
+}
+
+/// A log handler keeping every line it is given (level, message, metadata).
+private final class LogLines: LogHandler, Sendable {
+    struct Line: Sendable {
+        var level: Logger.Level
+        var message: String
+        var metadata: [String: String]
+    }
+    private let lines = Mutex<[Line]>([])
+
+    var all: [Line] { lines.withLock { $0 } }
+
+    var logLevel: Logger.Level {
+        get { .trace }
+        set {}
+    }
+    var metadata: Logger.Metadata {
+        get { [:] }
+        set {}
+    }
+    subscript(metadataKey _: String) -> Logger.Metadata.Value? {
+        get { nil }
+        set {}
+    }
+
+    func log(event: LogEvent) {
+        let line = Line(
+            level: event.level,
+            message: event.message.description,
+            metadata: (event.metadata ?? [:]).mapValues(\.description)
+        )
+        lines.withLock { $0.append(line) }
     }
 }

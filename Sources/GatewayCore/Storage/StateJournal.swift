@@ -1,10 +1,10 @@
-import DequeModule
 public import Logging
 import Metrics
 import Synchronization
 
 /// The bounded write-behind queue between the broker's in-memory state and its ``BrokerStateStore``,
-/// with the batch writer that empties it (group commit, as ``IngestQueue`` does for telemetry).
+/// with the batch writer that empties it (group commit in a ``GroupCommitWriter``, as ``IngestQueue``
+/// does for telemetry).
 ///
 /// Sessions and the retained store ``append(_:onCommit:)`` operations synchronously, under their own
 /// locks, so the journal sees every row's changes in the order they happened; appending never waits
@@ -41,39 +41,93 @@ public final class StateJournal: Sendable {
     public let configuration: Configuration
     let store: any BrokerStateStore
     let logger: Logger
-    private let state = Mutex(State())
+    private let writer: GroupCommitWriter<Pending>
     private let sequence = Atomic<Int64>(1)
-    private let onAvailabilityChange: (@Sendable (Bool) -> Void)?
 
-    private let depthGauge = Gauge(label: "iotgw_state_journal_operations")
-    private let batchSize = Recorder(label: "iotgw_state_journal_batch_operations")
-    private let commitLatency = Timer(label: "iotgw_state_journal_commit_seconds", preferredDisplayUnit: .seconds)
-    private let committed = Counter(label: "iotgw_state_journal_committed_total")
     private let coalesced = Counter(label: "iotgw_state_journal_coalesced_total")
     private let backpressureWaits = Counter(label: "iotgw_state_journal_backpressure_waits_total")
-    private let commitFailures = Counter(label: "iotgw_state_journal_commit_failures_total")
     private let discardedAfterClose = Counter(label: "iotgw_state_journal_discarded_total")
 
-    private struct Entry: Sendable {
+    private struct Entry: GroupCommitEntry {
         /// nil once cancelled by coalescing (its callback still runs at commit).
         var operation: BrokerStateOperation?
         var onCommit: (@Sendable () -> Void)?
         var bytes: Int
     }
 
-    private struct State: Sendable {
-        var pending: [Entry] = []
-        var pendingBytes = 0
-        /// Operations handed to the writer and not yet committed (still counted against the caps).
-        var writing = 0
-        var writingBytes = 0
-        /// Where each pending (not yet taken) message insert is in `pending`, by seq.
-        var inserts: [Int64: Int] = [:]
-        var spaceWaiters: Deque<CheckedContinuation<Void, Never>> = []
-        var writerWaiter: CheckedContinuation<Void, Never>?
-        var fillWaiter: CheckedContinuation<Void, Never>?
-        var closed = false
-        var storeDown = false
+    /// The operations waiting for the writer, in order, with where each message insert among them is,
+    /// so that a later update folds into it and a later delete cancels it.
+    private struct Pending: GroupCommitBuffer {
+        typealias Entry = StateJournal.Entry
+
+        private var entries: [Entry] = []
+        private(set) var bytes = 0
+        /// Where each pending (not yet taken) message insert is in `entries`, by seq.
+        private var inserts: [Int64: Int] = [:]
+
+        var count: Int { entries.count }
+
+        /// Queues `operation`, or folds it into the pending insert of its message (an update changes
+        /// the insert, a delete cancels it); the folded operation's `onCommit` then runs after the
+        /// insert's. Returns true when folded.
+        mutating func append(_ operation: BrokerStateOperation, onCommit: (@Sendable () -> Void)?) -> Bool {
+            switch operation {
+            case .updateMessage(let seq, let newState, let packetID):
+                if let index = inserts[seq], case .insertMessage(var message)? = entries[index].operation {
+                    message.state = newState
+                    message.packetID = packetID
+                    entries[index].operation = .insertMessage(message)
+                    entries[index].onCommit = Self.chain(entries[index].onCommit, onCommit)
+                    return true
+                }
+            case .deleteMessage(let seq):
+                if let index = inserts.removeValue(forKey: seq) {
+                    entries[index].operation = nil
+                    bytes -= entries[index].bytes
+                    entries[index].bytes = 0
+                    entries[index].onCommit = Self.chain(entries[index].onCommit, onCommit)
+                    return true
+                }
+            default:
+                break
+            }
+            if case .insertMessage(let message) = operation {
+                inserts[message.seq] = entries.count
+            }
+            let size = operation.byteCount
+            entries.append(Entry(operation: operation, onCommit: onCommit, bytes: size))
+            bytes += size
+            return false
+        }
+
+        mutating func removeFirst(_ count: Int) -> (entries: [Entry], bytes: Int) {
+            let taken = Array(entries.prefix(count))
+            entries.removeFirst(count)
+            let takenBytes = taken.reduce(0) { $0 + $1.bytes }
+            bytes -= takenBytes
+            // Taken inserts can no longer absorb updates or deletes; the rest move up by count.
+            if entries.isEmpty {
+                inserts.removeAll(keepingCapacity: true)
+            } else {
+                var moved: [Int64: Int] = [:]
+                for (seq, index) in inserts where index >= count { moved[seq] = index - count }
+                inserts = moved
+            }
+            return (taken, takenBytes)
+        }
+
+        /// `first`, then `second`: the callbacks of an entry and of an operation folded into it.
+        private static func chain(
+            _ first: (@Sendable () -> Void)?,
+            _ second: (@Sendable () -> Void)?
+        ) -> (@Sendable () -> Void)? {
+            guard let second else { return first }
+            guard let first else { return second }
+            return {
+                first()
+                second()
+            }
+        }
     }
 
     /// - Parameters:
@@ -90,8 +144,28 @@ public final class StateJournal: Sendable {
         self.configuration = configuration
         self.store = store
         self.logger = logger
-        self.onAvailabilityChange = onAvailabilityChange
+        writer = GroupCommitWriter(
+            batchMaxEntries: configuration.batchMaxOperations, batchMaxDelay: configuration.batchMaxDelay, names: Self.names,
+            buffer: Pending(), logger: logger, onAvailabilityChange: onAvailabilityChange
+        ) { batch in
+            // Operations cancelled by coalescing are not sent; a batch of nothing else skips the store
+            // (its callbacks still run).
+            let operations = batch.compactMap(\.operation)
+            if !operations.isEmpty { try await store.apply(operations) }
+            return operations.count
+        }
     }
+
+    /// The writer's log lines and metrics (no bytes gauge).
+    private static let names = GroupCommitWriter<Pending>.Names(
+        store: "session store",
+        abandoned: ("queued changes", countKey: "iotgw.journal.abandoned"),
+        metrics: (
+            depth: "iotgw_state_journal_operations", bytes: nil, batchSize: "iotgw_state_journal_batch_operations",
+            commitLatency: "iotgw_state_journal_commit_seconds", committed: "iotgw_state_journal_committed_total",
+            commitFailures: "iotgw_state_journal_commit_failures_total"
+        )
+    )
 
     /// A new broker-wide message sequence number (row key and delivery order of session messages).
     func nextSequence() -> Int64 {
@@ -111,240 +185,44 @@ public final class StateJournal: Sendable {
     /// Queues `operation`; `onCommit` runs once it (or what it was folded into) has committed. Never
     /// waits. After ``close()`` the operation is discarded and counted (nothing is connected by then).
     func append(_ operation: BrokerStateOperation, onCommit: (@Sendable () -> Void)? = nil) {
-        enum Outcome { case closed, done, wake(CheckedContinuation<Void, Never>) }
-        let outcome = state.withLock { state -> Outcome in
-            if state.closed { return .closed }
-            switch operation {
-            case .updateMessage(let seq, let newState, let packetID):
-                if let index = state.inserts[seq], case .insertMessage(var message)? = state.pending[index].operation {
-                    message.state = newState
-                    message.packetID = packetID
-                    state.pending[index].operation = .insertMessage(message)
-                    coalesced.increment()
-                    return .done
-                }
-            case .deleteMessage(let seq):
-                if let index = state.inserts.removeValue(forKey: seq) {
-                    state.pending[index].operation = nil
-                    state.pendingBytes -= state.pending[index].bytes
-                    state.pending[index].bytes = 0
-                    coalesced.increment()
-                    return .done
-                }
-            default:
-                break
-            }
-            let bytes = operation.byteCount
-            if case .insertMessage(let message) = operation {
-                state.inserts[message.seq] = state.pending.count
-            }
-            state.pending.append(Entry(operation: operation, onCommit: onCommit, bytes: bytes))
-            state.pendingBytes += bytes
-            var writer = state.writerWaiter
-            state.writerWaiter = nil
-            if writer == nil && state.pending.count >= configuration.batchMaxOperations {
-                writer = state.fillWaiter
-                state.fillWaiter = nil
-            }
-            return writer.map { .wake($0) } ?? .done
-        }
-        switch outcome {
-        case .closed: discardedAfterClose.increment()
-        case .wake(let continuation): continuation.resume()
-        case .done: break
+        switch writer.enqueue({ pending, _ in pending.append(operation, onCommit: onCommit) }) {
+        case nil: discardedAfterClose.increment()
+        case true?: coalesced.increment()
+        case false?: break
         }
     }
 
     /// Waits while the queue is over its caps (publishers call this before routing a message).
     public func waitForRoom() async {
-        var waited = false
-        while true {
-            let full = state.withLock { state -> Bool in
-                !state.closed && !Self.hasRoom(state, configuration)
-            }
-            guard full else { return }
-            if !waited {
-                backpressureWaits.increment()
-                waited = true
-            }
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow = state.withLock { state -> Bool in
-                    if state.closed || Self.hasRoom(state, configuration) { return true }
-                    state.spaceWaiters.append(continuation)
-                    return false
-                }
-                if resumeNow { continuation.resume() }
-            }
-        }
-    }
-
-    private static func hasRoom(_ state: State, _ configuration: Configuration) -> Bool {
-        state.pending.count + state.writing < configuration.maxPendingOperations
-            && state.pendingBytes + state.writingBytes < configuration.maxPendingBytes
+        await writer.waitForRoom(
+            until: { occupancy in
+                occupancy.count < configuration.maxPendingOperations && occupancy.bytes < configuration.maxPendingBytes
+            },
+            willWait: { backpressureWaits.increment() }
+        )
     }
 
     /// Operations queued or being written.
-    public var depth: Int { state.withLock { $0.pending.count + $0.writing } }
+    public var depth: Int { writer.depth }
 
     /// Publishers waiting in ``waitForRoom()`` now.
-    var waitingPublishers: Int { state.withLock { $0.spaceWaiters.count } }
+    var waitingPublishers: Int { writer.waitingForRoom }
 
     /// True when nothing is queued or being written.
     public var isEmpty: Bool { depth == 0 }
 
     /// True while commits fail.
-    public var isDegraded: Bool { state.withLock { $0.storeDown } }
+    public var isDegraded: Bool { writer.isDegraded }
 
     /// Stops accepting operations; ``run()`` returns once everything queued is committed.
     public func close() {
-        let (writer, filler, waiters) = state.withLock { state -> (CheckedContinuation<Void, Never>?, CheckedContinuation<Void, Never>?, Deque<CheckedContinuation<Void, Never>>) in
-            state.closed = true
-            let writer = state.writerWaiter
-            state.writerWaiter = nil
-            let filler = state.fillWaiter
-            state.fillWaiter = nil
-            let waiters = state.spaceWaiters
-            state.spaceWaiters.removeAll()
-            return (writer, filler, waiters)
-        }
-        writer?.resume()
-        filler?.resume()
-        for waiter in waiters { waiter.resume() }
+        writer.close()
     }
 
     /// The batch writer. Runs until ``close()`` was called and the queue is empty; cancellation closes
     /// the queue too.
     public func run() async {
-        await withTaskCancellationHandler {
-            await write()
-        } onCancel: {
-            close()
-        }
-    }
-
-    private func write() async {
-        var backoff = Duration.milliseconds(100)
-        while true {
-            guard await waitForWork() else { return }
-            if configuration.batchMaxDelay > 0 {
-                await waitForBatchToFill()
-            }
-            let batch = state.withLock { state -> [Entry] in
-                let n = min(configuration.batchMaxOperations, state.pending.count)
-                let batch = Array(state.pending.prefix(n))
-                state.pending.removeFirst(n)
-                let bytes = batch.reduce(0) { $0 + $1.bytes }
-                state.pendingBytes -= bytes
-                state.writing = n
-                state.writingBytes = bytes
-                // Taken inserts can no longer absorb updates or deletes; the rest move up by n.
-                if state.pending.isEmpty {
-                    state.inserts.removeAll(keepingCapacity: true)
-                } else {
-                    var moved: [Int64: Int] = [:]
-                    for (seq, index) in state.inserts where index >= n { moved[seq] = index - n }
-                    state.inserts = moved
-                }
-                return batch
-            }
-            if batch.isEmpty { continue }
-            let operations = batch.compactMap(\.operation)
-            while !operations.isEmpty {
-                let started = ContinuousClock.now
-                do {
-                    try await store.apply(operations)
-                    let elapsed = started.duration(to: .now).components
-                    commitLatency.recordNanoseconds(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
-                    break
-                } catch {
-                    commitFailures.increment()
-                    let wasDown = state.withLock { state -> Bool in
-                        let was = state.storeDown
-                        state.storeDown = true
-                        return was
-                    }
-                    if !wasDown {
-                        logger.warning("session store unavailable; retrying with backoff", metadata: ["error": "\(String(reflecting: error))"])
-                        onAvailabilityChange?(false)
-                    }
-                    if Task.isCancelled {
-                        let abandoned = batch.count + state.withLock { $0.pending.count }
-                        logger.error("session store unavailable at cancellation; abandoning queued changes", metadata: ["iotgw.journal.abandoned": "\(abandoned)"])
-                        return
-                    }
-                    try? await Task.sleep(for: backoff)
-                    backoff = min(backoff * 2, .seconds(5))
-                }
-            }
-            backoff = .milliseconds(100)
-            let (waiters, recovered, depth) = state.withLock { state -> (Deque<CheckedContinuation<Void, Never>>, Bool, Int) in
-                state.writing = 0
-                state.writingBytes = 0
-                let recovered = state.storeDown
-                state.storeDown = false
-                let waiters = state.spaceWaiters
-                state.spaceWaiters.removeAll()
-                return (waiters, recovered, state.pending.count)
-            }
-            if recovered {
-                logger.notice("session store available again")
-                onAvailabilityChange?(true)
-            }
-            batchSize.record(operations.count)
-            committed.increment(by: operations.count)
-            for entry in batch { entry.onCommit?() }
-            for waiter in waiters { waiter.resume() }
-            depthGauge.record(depth)
-        }
-    }
-
-    private func waitForBatchToFill() async {
-        let delay = Duration.seconds(configuration.batchMaxDelay)
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await Task.sleep(for: delay) }
-            group.addTask { await self.waitUntilFullOrClosed() }
-            await group.next()
-            group.cancelAll()
-        }
-    }
-
-    private func waitUntilFullOrClosed() async {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow = state.withLock { state -> Bool in
-                    if state.closed || state.pending.count >= configuration.batchMaxOperations || Task.isCancelled { return true }
-                    state.fillWaiter = continuation
-                    return false
-                }
-                if resumeNow { continuation.resume() }
-            }
-        } onCancel: {
-            let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-                let waiter = state.fillWaiter
-                state.fillWaiter = nil
-                return waiter
-            }
-            waiter?.resume()
-        }
-    }
-
-    private func waitForWork() async -> Bool {
-        while true {
-            let ready = state.withLock { state -> Bool? in
-                if !state.pending.isEmpty { return true }
-                if state.closed { return false }
-                return nil
-            }
-            if let ready { return ready }
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow = state.withLock { state -> Bool in
-                    if !state.pending.isEmpty || state.closed { return true }
-                    state.writerWaiter = continuation
-                    return false
-                }
-                if resumeNow { continuation.resume() }
-            }
-        }
+        await writer.run()
     }
 }
 
