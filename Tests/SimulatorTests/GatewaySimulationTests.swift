@@ -113,7 +113,7 @@ struct GatewaySimulationTests {
         try process.run()
         defer { process.stop() }
         // Read to the end (the child exits after printing), then wait for the exit status.
-        let data = try await Task.detached { output.fileHandleForReading.readDataToEndOfFile() }.value
+        let data = await Task.detached { output.fileHandleForReading.readDataToEndOfFile() }.value
         for _ in 0..<500 where process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
         #expect(process.terminationStatus == 0)
 
