@@ -424,7 +424,29 @@ class Received:
 
 class QueuedPahoClient:
     """What both paho wrappers share: received messages in ``self.messages`` (a queue), the paho client in
-    ``self.client``, its network thread started when ``self._started``."""
+    ``self.client``, its network thread started when ``self._started``.
+
+    CONNACKs are counted rather than read from ``self.connected``: a refused CONNACK is followed at once by the
+    server closing, and paho's thread can run on_connect and on_disconnect (which clears ``connected``) before
+    the thread that called ``start`` begins to wait."""
+
+    def __init__(self) -> None:
+        self._connack_cv = threading.Condition()
+        self._connack_count = 0
+
+    def _count_connack(self) -> None:
+        with self._connack_cv:
+            self._connack_count += 1
+            self._connack_cv.notify_all()
+
+    def _connacks_so_far(self) -> int:
+        with self._connack_cv:
+            return self._connack_count
+
+    def _wait_for_connack(self, after: int, timeout: float) -> bool:
+        """Whether a CONNACK beyond the first ``after`` arrived within ``timeout``."""
+        with self._connack_cv:
+            return self._connack_cv.wait_for(lambda: self._connack_count > after, timeout)
 
     def get(self, timeout: float = DEFAULT_TIMEOUT, what: str = "a message"):
         try:
@@ -461,6 +483,7 @@ class PahoClient(QueuedPahoClient):
                  keepalive: int = 30, auto_reconnect: bool = False, transport: str = "tcp",
                  protocol: int = mqtt.MQTTv311, ws_path: str = "/mqtt", tls: dict | None = None):
         """``transport="websockets"`` connects to ``ws_path``; ``tls`` holds ``tls_set`` arguments."""
+        super().__init__()
         self.port = port
         self.keepalive = keepalive
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -487,6 +510,7 @@ class PahoClient(QueuedPahoClient):
         self.connack = (bool(flags.session_present), reason_code.value if hasattr(reason_code, "value") else int(reason_code))
         self.disconnected.clear()
         self.connected.set()
+        self._count_connack()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self.connected.clear()
@@ -505,11 +529,12 @@ class PahoClient(QueuedPahoClient):
 
     def start(self, timeout: float = DEFAULT_TIMEOUT) -> "PahoClient":
         """Connect and wait for a successful CONNACK."""
+        before = self._connacks_so_far()
         self.client.connect("127.0.0.1", self.port, keepalive=self.keepalive)
         if not self._started:
             self.client.loop_start()
             self._started = True
-        assert self.connected.wait(timeout), f"paho client did not get CONNACK within {timeout}s"
+        assert self._wait_for_connack(before, timeout), f"paho client did not get CONNACK within {timeout}s"
         assert self.connack is not None and self.connack[1] == 0, f"CONNACK refused: {self.connack}"
         return self
 
@@ -985,6 +1010,7 @@ class PahoV5Client(QueuedPahoClient):
 
     def __init__(self, port: int, client_id: str = "", *, clean_start: bool = True, keepalive: int = 30,
                  session_expiry: int | None = None, connect_properties: dict[str, object] | None = None):
+        super().__init__()
         self.port = port
         self.keepalive = keepalive
         self.clean_start = clean_start
@@ -1012,6 +1038,7 @@ class PahoV5Client(QueuedPahoClient):
         self.connack_properties = properties_dict(properties)
         self.disconnected.clear()
         self.connected.set()
+        self._count_connack()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self.disconnect_reason = reason_code.value
@@ -1031,12 +1058,13 @@ class PahoV5Client(QueuedPahoClient):
     def start(self, timeout: float = DEFAULT_TIMEOUT) -> "PahoV5Client":
         """Connect and wait for a successful CONNACK."""
         self.connected.clear()
+        before = self._connacks_so_far()
         self.client.connect("127.0.0.1", self.port, keepalive=self.keepalive, clean_start=self.clean_start,
                             properties=self.connect_properties)
         if not self._started:
             self.client.loop_start()
             self._started = True
-        assert self.connected.wait(timeout), f"paho v5 client did not get CONNACK within {timeout}s"
+        assert self._wait_for_connack(before, timeout), f"paho v5 client did not get CONNACK within {timeout}s"
         assert self.connack is not None and self.connack[1] == 0, f"CONNACK refused: {self.connack}"
         return self
 

@@ -142,10 +142,11 @@ def _connack_code(port: int, pki, cert: bool) -> int:
         tls.update(certfile=pki["client.pem"], keyfile=pki["client.key"])
     c = PahoClient(port, tls=tls)
     try:
+        before = c._connacks_so_far()
         c.client.connect("localhost", port)
         c.client.loop_start()
         c._started = True
-        assert c.connected.wait(5), "no CONNACK"
+        assert c._wait_for_connack(before, 5), "no CONNACK"
         return c.connack[1]
     finally:
         c.stop()
