@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 /// The phase of a run, set by the orchestrator and read by every engine thread on each loop turn.
@@ -76,12 +77,18 @@ struct LiveCounters: Sendable, Equatable {
 /// The channel between the orchestrator (async code) and the engine threads: the phase going one way,
 /// counters and a finished flag per engine coming back. Everything is behind `Mutex`es, so it is `Sendable`.
 final class RunControl: Sendable {
-    private let phase: Mutex<RunPhase>
+    /// The phase, and the engine threads blocked in ``waitForDisconnecting()``.
+    private struct PhaseState {
+        var phase: RunPhase
+        var disconnectWaiters: [DispatchSemaphore] = []
+    }
+
+    private let phase: Mutex<PhaseState>
     private let slots: Mutex<[LiveCounters]>
     private let ready: Mutex<[Bool]>
 
     init(engines: Int, clients: Int) {
-        phase = Mutex(.connecting(start: MonotonicClock.now()))
+        phase = Mutex(PhaseState(phase: .connecting(start: MonotonicClock.now())))
         slots = Mutex(Array(repeating: LiveCounters(), count: engines))
         ready = Mutex(Array(repeating: false, count: clients))
     }
@@ -93,9 +100,29 @@ final class RunControl: Sendable {
     /// Which clients are ready now, by client index.
     var readiness: [Bool] { ready.withLock { $0 } }
 
-    var currentPhase: RunPhase { phase.withLock { $0 } }
+    var currentPhase: RunPhase { phase.withLock { $0.phase } }
 
-    func setPhase(_ newPhase: RunPhase) { phase.withLock { $0 = newPhase } }
+    func setPhase(_ newPhase: RunPhase) {
+        let waiters = phase.withLock { state in
+            state.phase = newPhase
+            guard case .disconnecting = newPhase else { return [DispatchSemaphore]() }
+            defer { state.disconnectWaiters.removeAll() }
+            return state.disconnectWaiters
+        }
+        for waiter in waiters { waiter.signal() }
+    }
+
+    /// Blocks the calling engine thread (never an event loop or a cooperative thread) until the
+    /// orchestrator enters `.disconnecting`.
+    func waitForDisconnecting() {
+        let waiter = phase.withLock { state -> DispatchSemaphore? in
+            if case .disconnecting = state.phase { return nil }
+            let waiter = DispatchSemaphore(value: 0)
+            state.disconnectWaiters.append(waiter)
+            return waiter
+        }
+        waiter?.wait()
+    }
 
     func publish(_ counters: LiveCounters, engine: Int) { slots.withLock { $0[engine] = counters } }
 

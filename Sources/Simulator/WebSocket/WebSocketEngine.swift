@@ -86,7 +86,8 @@ final class WebSocketEngine: EngineTransport {
             logger.error("lws_create_context failed")
             core.ledger.counters.connectFailures += clients.count
             control.publish(core.ledger.counters, engine: core.engineIndex)
-            waitForDisconnectPhase()
+            // Without a context there is nothing to run, but the orchestrator still walks through its phases.
+            control.waitForDisconnecting()
             return
         }
         self.context = context
@@ -96,14 +97,6 @@ final class WebSocketEngine: EngineTransport {
             if lws_service(context, 0) < 0 { break }
         }
         control.publish(core.ledger.counters, engine: core.engineIndex)
-    }
-
-    /// Without a context there is nothing to run, but the orchestrator still walks through its phases.
-    private func waitForDisconnectPhase() {
-        while true {
-            if case .disconnecting = control.currentPhase { return }
-            usleep(10_000)
-        }
     }
 
     private func schedule(afterMicroseconds delay: Int64) {
