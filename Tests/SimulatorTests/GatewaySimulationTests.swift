@@ -25,7 +25,7 @@ struct GatewaySimulationTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(2)))
     func mqttAndWebSocketDevicesLoseNothingAtQoS1() async throws {
         let gateway = try await TestGateway.start()
         defer { gateway.stop() }
@@ -40,7 +40,7 @@ struct GatewaySimulationTests {
         scenario.requests = .init(rate: 50, qos: 1)
         scenario.protocolVersion = .v5
         scenario.duration = .seconds(3)
-        scenario.drain = .seconds(10)
+        scenario.drain = .lossTestDrain
         let target = Simulation.Target(mqttPort: gateway.mqttPort, webSocketPort: gateway.webSocketPort)
         let report = try await Simulation(scenario: scenario, target: target, logger: logger).run()
         print(report)
@@ -63,7 +63,7 @@ struct GatewaySimulationTests {
         expectConsistent(report)
     }
 
-    @Test(.timeLimit(.minutes(1)), arguments: [Scenario.Transport.wsJSON, .wsMQTT])
+    @Test(.timeLimit(.minutes(2)), arguments: [Scenario.Transport.wsJSON, .wsMQTT])
     func webSocketConsumersReceiveEverything(consumers transport: Scenario.Transport) async throws {
         let gateway = try await TestGateway.start()
         defer { gateway.stop() }
@@ -76,7 +76,7 @@ struct GatewaySimulationTests {
         scenario.publish = .init(rate: 2, qos: 1, payload: .template(#"{"device":"{id}","temperature":21.5,"n":{seq}}"#))
         scenario.consumers = .init(count: 2, transport: transport, filter: "devices/#", qos: 1)
         scenario.duration = .seconds(3)
-        scenario.drain = .seconds(10)
+        scenario.drain = .lossTestDrain
         let target = Simulation.Target(mqttPort: gateway.mqttPort, webSocketPort: gateway.webSocketPort)
         let report = try await Simulation(scenario: scenario, target: target, logger: logger).run()
         print(report)
@@ -93,7 +93,7 @@ struct GatewaySimulationTests {
         expectConsistent(report)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(2)))
     func simulateCommandPrintsACompleteJSONReport() async throws {
         let gateway = try await TestGateway.start()
         defer { gateway.stop() }

@@ -10,7 +10,7 @@ import Testing
 struct MosquittoSimulationTests {
     let logger = Logger(label: "simulator-tests")
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(2)))
     func fiveHundredDevicesAtQoS1LoseNothing() async throws {
         let broker = try await TestBroker.start()
         defer { broker.stop() }
@@ -20,6 +20,7 @@ struct MosquittoSimulationTests {
         scenario.publish = .init(rate: 10, qos: 1)
         scenario.consumers = .init(count: 2, filter: "devices/+/telemetry", qos: 1)
         scenario.duration = .seconds(3)
+        scenario.drain = .lossTestDrain
         let simulation = Simulation(scenario: scenario, target: .init(mqttPort: broker.port), logger: logger)
         let report = try await simulation.run()
         print(report)

@@ -14,7 +14,7 @@ import Testing
 struct WebSocketSimulationTests {
     let logger = Logger(label: "simulator-tests")
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(2)))
     func webSocketMQTTDevicesInteroperateWithLibmosquittoClients() async throws {
         let broker = try await TestBroker.start()
         defer { broker.stop() }
@@ -31,6 +31,7 @@ struct WebSocketSimulationTests {
         scenario.requests = .init(rate: 50, qos: 1)
         scenario.protocolVersion = .v5
         scenario.duration = .seconds(3)
+        scenario.drain = .lossTestDrain
         let target = Simulation.Target(mqttPort: broker.port, webSocketPort: server.relayPort)
         let report = try await Simulation(scenario: scenario, target: target, options: .init(progressInterval: .milliseconds(500)), logger: logger).run { print($0.line) }
         print(report)
@@ -54,7 +55,7 @@ struct WebSocketSimulationTests {
         #expect(report.requests.roundTrip.count == report.requests.answered)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(2)))
     func jsonAPIDevicesFanOutToJSONConsumers() async throws {
         let broker = try await TestBroker.start()
         defer { broker.stop() }
@@ -67,6 +68,7 @@ struct WebSocketSimulationTests {
         scenario.publish = .init(rate: 5, qos: 1, payload: .template(#"{"device":"{id}","temperature":21.5,"n":{seq}}"#))
         scenario.consumers = .init(count: 2, transport: .wsJSON, qos: 1)
         scenario.duration = .seconds(3)
+        scenario.drain = .lossTestDrain
         let target = Simulation.Target(webSocketPort: server.jsonPort)
         let report = try await Simulation(scenario: scenario, target: target, options: .init(progressInterval: .milliseconds(500)), logger: logger).run { print($0.line) }
         print(report)
