@@ -31,7 +31,7 @@ final class ChannelConnectionHandle: ConnectionHandle {
     var closeReason: ServerDisconnectReason? { state.withLock { $0.reason } }
 
     func deliveryAvailable() {
-        channel.pipeline.fireUserInboundEventTriggered(ConnectionInputHandler.DeliverySignal())
+        channel.pipeline.fireUserInboundEventTriggered(DeliverySignal())
     }
 
     func close(reason: ServerDisconnectReason) {

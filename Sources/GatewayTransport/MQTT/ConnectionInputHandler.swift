@@ -6,23 +6,36 @@ import NIOCore
 ///
 /// Folding both into the one inbound stream lets a single task per connection both read and write,
 /// without a second task (or a second async frame chain) per connection.
-enum ConnectionInput: Sendable {
+enum ConnectionInput: TaskInput {
     case packet(MQTTPacket)
     case writable
+
+    static func received(_ packet: MQTTPacket) -> ConnectionInput { .packet(packet) }
 }
 
 /// Turns decoded packets into ``ConnectionInput/packet(_:)`` and delivery signals into
 /// ``ConnectionInput/writable``.
-final class ConnectionInputHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = MQTTPacket
-    typealias InboundOut = ConnectionInput
+typealias ConnectionInputHandler = TaskInputHandler<ConnectionInput>
 
-    /// Fired (from any thread, via `pipeline.fireUserInboundEventTriggered`) when the session has
-    /// messages for this connection.
-    struct DeliverySignal: Sendable {}
+/// The input of a connection task that both reads and writes: what the client sent, or `writable`.
+protocol TaskInput: Sendable {
+    associatedtype Received
+    static func received(_ value: Received) -> Self
+    static var writable: Self { get }
+}
+
+/// Fired (from any thread, via `pipeline.fireUserInboundEventTriggered`, by ``ChannelConnectionHandle``)
+/// when the session has messages for the connection.
+struct DeliverySignal: Sendable {}
+
+/// Turns what the pipeline decoded into ``TaskInput/received(_:)``, and delivery signals and the socket
+/// becoming writable again into ``TaskInput/writable``, in the one inbound stream of a connection task.
+final class TaskInputHandler<Input: TaskInput>: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = Input.Received
+    typealias InboundOut = Input
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        context.fireChannelRead(wrapInboundOut(.packet(unwrapInboundIn(data))))
+        context.fireChannelRead(wrapInboundOut(.received(unwrapInboundIn(data))))
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -45,4 +58,4 @@ final class ConnectionInputHandler: ChannelInboundHandler, RemovableChannelHandl
 }
 
 @available(*, unavailable)
-extension ConnectionInputHandler: Sendable {}
+extension TaskInputHandler: Sendable {}
