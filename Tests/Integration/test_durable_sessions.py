@@ -240,11 +240,12 @@ def test_kill9_retained_survives_and_cleared_stays_cleared(make_broker):
 
 
 def test_expired_session_is_gone_after_restart(make_broker):
-    """An MQTT 5 session with a 1 s expiry whose client left before the restart is expired when the
-    gateway comes back 2 s later (its disconnect time is stored as wall-clock time)."""
+    """An MQTT 5 session with a 4 s expiry whose client left before the restart is expired when the
+    gateway comes back 5 s later (its disconnect time is stored as wall-clock time). 4 s, not 1 s: the
+    session must still be there (not yet expired by the running gateway) when the SIGTERM stores it."""
     b = durable_broker(make_broker)
     cid, keep, topic = unique("exp"), unique("keep"), unique("expt")
-    short = PahoV5Client(b.port, client_id=cid, clean_start=False, session_expiry=1).start()
+    short = PahoV5Client(b.port, client_id=cid, clean_start=False, session_expiry=4).start()
     short.subscribe(topic, qos=1)
     short.stop()
     long = PahoV5Client(b.port, client_id=keep, clean_start=False, session_expiry=3600).start()
@@ -256,7 +257,7 @@ def test_expired_session_is_gone_after_restart(make_broker):
     rows = {r["client_id"] for r in db_rows(b, "SELECT client_id FROM sessions")}
     assert {cid, keep} <= rows, f"both sessions must be stored at shutdown: {rows}"
     # The expiry is what is under test: let it pass while the gateway is down.
-    wait_until(lambda: time.monotonic() - stopped > 2.0, 5, message="expiry to pass")
+    wait_until(lambda: time.monotonic() - stopped > 5.0, 10, message="expiry to pass")
     b.start()
     wait_until(lambda: cid not in {r["client_id"] for r in db_rows(b, "SELECT client_id FROM sessions")}, 10,
                message="expired session deleted from the database")

@@ -393,9 +393,9 @@ def test_outage_reject_v5_gets_0x97_and_311_is_disconnected(make_broker):
 
 
 def test_ack_received_acks_before_commit_and_sigterm_flushes(make_broker, backend):
-    """ack: received: PUBACKs do not wait for the commit (a 3 s batch delay holds the rows back while
-    all 200 PUBACKs arrive); SIGTERM flushes the queue: exit 0 and every row is there."""
-    b = storage_broker(make_broker, backend, ack="received", batch={"max_delay": 3, "max_rows": 10000})
+    """ack: received: PUBACKs do not wait for the commit (a 10 s batch delay, the most allowed, holds the rows
+    back while all 200 PUBACKs arrive); SIGTERM flushes the queue: exit 0 and every row is there."""
+    b = storage_broker(make_broker, backend, ack="received", batch={"max_delay": 10, "max_rows": 10000})
     topic = unique("recv")
     pub = PahoClient(b.port, client_id=unique("recv-pub")).start()
     try:
