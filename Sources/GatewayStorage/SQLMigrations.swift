@@ -52,6 +52,7 @@ enum SQLMigrations {
         users,
         sessions,
         sessionUser,
+        inboundQoS2,
     ]
 
     /// The `pg_advisory_lock` key that serialises migrations of gateways sharing one PostgreSQL database

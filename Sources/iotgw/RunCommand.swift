@@ -156,6 +156,7 @@ struct RunCommand: AsyncParsableCommand {
                         "iotgw.restore.seconds": "\(Self.seconds(loadStarted.duration(to: .now)))",
                         "iotgw.restore.sessions": "\(report.sessions)",
                         "iotgw.restore.messages": "\(report.queuedMessages + report.inflightMessages)",
+                        "iotgw.restore.inbound_qos2": "\(report.inboundQoS2)",
                     ]
                 )
             } catch {

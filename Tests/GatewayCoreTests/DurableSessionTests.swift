@@ -96,12 +96,17 @@ private struct NoTelemetry: TelemetryStore {
     }
 }
 
-private func pubackIDs(_ packets: [MQTTPacket]) -> [UInt16] {
+/// The packet ids of the PUBACKs (or, with `pubrec`, the PUBRECs) among `packets`.
+private func pubackIDs(_ packets: [MQTTPacket], pubrec: Bool = false) -> [UInt16] {
     packets.compactMap { packet in
-        if case .puback(let ack) = packet { return ack.packetIdentifier }
-        return nil
+        switch packet {
+        case .puback(let ack) where !pubrec, .pubrec(let ack) where pubrec: ack.packetIdentifier
+        default: nil
+        }
     }
 }
+
+private func pubrecIDs(_ packets: [MQTTPacket]) -> [UInt16] { pubackIDs(packets, pubrec: true) }
 
 @Suite("Durable sessions: the state journal", .timeLimit(.minutes(1)))
 struct DurableSessionTests {
@@ -300,5 +305,84 @@ struct DurableSessionTests {
         }
         // The clean-start session is not persistent: after the delete, nothing more is stored for it.
         #expect(kinds == ["session", "sub x/# qos2", "unsub x/#", "session-offline", "delete-session"])
+    }
+}
+
+extension DurableSessionTests {
+    @Test("ack: persisted: a QoS 2 PUBREC waits for the stored packet id, stored after the message's copy; PUBREL deletes it")
+    func inboundQoS2IDStoredAfterTheMessage() async {
+        let fixture = JournalFixture()
+        let sub = TestClient(fixture.broker)
+        await sub.connectAccepted("offline", cleanStart: false)
+        await sub.subscribe([("d/#", .exactlyOnce)])
+        sub.closed()
+        let pub = TestClient(fixture.broker)
+        await pub.connectAccepted("pub", cleanStart: false)
+        while !fixture.journal.isEmpty { await Task.yield() }
+        fixture.store.hold()
+
+        let actions = await pub.publish("d/1", "exactly once", qos: .exactlyOnce, id: 7)
+        #expect(pubrecIDs(sentPackets(actions)).isEmpty, "PUBREC before anything committed")
+        await fixture.store.waitForHeldApply()
+        let wakes = pub.handle.wakeCount
+        fixture.store.release()
+        await pub.handle.waitForWake(wakes + 1)
+        #expect(pubrecIDs(pub.connection.takeReadyAcknowledgements()) == [7])
+        let applied = fixture.store.applied
+        let copy = applied.firstIndex { if case .insertMessage(let m) = $0 { m.clientID == "offline" } else { false } }
+        let id = applied.firstIndex(of: .insertInboundQoS2(clientID: "pub", packetID: 7))
+        #expect(copy != nil && id != nil && copy! < id!, "the id must be stored after the copy: \(applied)")
+
+        #expect(sentPackets(await pub.send(.pubrel(MQTTAckPacket(packetIdentifier: 7)))) == [.pubcomp(MQTTAckPacket(packetIdentifier: 7))])
+        while !fixture.journal.isEmpty { await Task.yield() }
+        #expect(fixture.store.applied.last == .deleteInboundQoS2(clientID: "pub", packetID: 7))
+        await fixture.finish()
+    }
+
+    @Test("A session that is not persistent stores no inbound QoS 2 ids, and its PUBREC does not wait for one")
+    func inboundQoS2OfACleanSessionIsNotStored() async {
+        let fixture = JournalFixture()
+        let pub = TestClient(fixture.broker)
+        await pub.connectAccepted("clean")
+        #expect(pubrecIDs(sentPackets(await pub.publish("nobody/1", "x", qos: .exactlyOnce, id: 3))) == [3])
+        await pub.send(.pubrel(MQTTAckPacket(packetIdentifier: 3)))
+        await fixture.finish()
+        #expect(!fixture.store.applied.contains { if case .insertInboundQoS2 = $0 { true } else { false } })
+        #expect(!fixture.store.applied.contains { if case .deleteInboundQoS2 = $0 { true } else { false } })
+    }
+
+    @Test("Restored inbound QoS 2 ids: a DUP retransmission is not routed again, PUBREL is known, DUP 0 is a new message")
+    func restoredInboundQoS2() async {
+        let fixture = JournalFixture()
+        var snapshot = BrokerStateSnapshot()
+        snapshot.sessions = [StoredSessionRecord(clientID: "pub", expiryInterval: 3600, disconnectedAt: WallClock.millisecondsSinceEpoch())]
+        snapshot.inboundQoS2 = [StoredInboundQoS2(clientID: "pub", packetID: 7), StoredInboundQoS2(clientID: "pub", packetID: 8)]
+        let report = fixture.broker.restore(snapshot)
+        #expect(report.inboundQoS2 == 2)
+
+        let sub = TestClient(fixture.broker)
+        await sub.connectAccepted("sub")
+        await sub.subscribe([("d/#", .exactlyOnce)])
+        let pub = TestClient(fixture.broker, version: .v5)
+        var properties = MQTTProperties()
+        properties.sessionExpiryInterval = 3600
+        guard case .connack(let connack)? = sentPackets(await pub.connect("pub", cleanStart: false, properties: properties)).first else {
+            Issue.record("no CONNACK")
+            return
+        }
+        #expect(connack.sessionPresent && connack.reasonCode == .success)
+
+        // Its PUBREC was lost with the old process: the client sends it again, with DUP.
+        #expect(pubrecIDs(sentPackets(await pub.publish("d/1", "routed before the restart", qos: .exactlyOnce, id: 7, dup: true))) == [7])
+        #expect(sub.drainPublishes().isEmpty, "a retransmission of a stored exchange was routed again")
+        #expect(
+            sentPackets(await pub.send(.pubrel(MQTTAckPacket(packetIdentifier: 7))))
+                == [.pubcomp(MQTTAckPacket(packetIdentifier: 7, reasonCode: .success))]
+        )
+        // Id 8 was released before the crash, but its row's deletion was lost: DUP 0 means a new message.
+        await pub.publish("d/2", "new", qos: .exactlyOnce, id: 8)
+        #expect(sub.drainPublishes().map(\.text) == ["new"])
+        await fixture.finish()
+        #expect(fixture.store.applied.contains(.deleteInboundQoS2(clientID: "pub", packetID: 7)))
     }
 }

@@ -31,7 +31,9 @@ struct PostgresBackendTests {
     func serverSeesAtMostPoolSize() async throws {
         try await PostgresTestServer.withFreshDatabase { configuration in
             let poolSize = 3
-            try await TestDatabase.postgres(configuration).withStore(poolSize: poolSize) { store in
+            // A long acquire timeout, as in the SQLite pool test: what is under test is how many sessions the
+            // server sees, and 50 inserts through 3 connections on a loaded machine can queue past 5 s.
+            try await TestDatabase.postgres(configuration).withStore(poolSize: poolSize, acquireTimeout: 120) { store in
                 try await PostgresTestServer.withAdminConnection { admin in
                     let finished = Flag()
                     let inserts = Task {

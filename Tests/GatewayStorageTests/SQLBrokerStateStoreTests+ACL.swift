@@ -28,7 +28,7 @@ extension SQLBrokerStateStoreTests {
                 try await store.apply([.upsertSession(nobody)])
                 #expect(try await store.load().sessions.map(\.username) == ["bob", nil])
                 let versions = try await store.database.query("SELECT version FROM schema_migrations ORDER BY version")
-                #expect(versions.compactMap { $0["version"].int }.last == 4)
+                #expect(versions.compactMap { $0["version"].int }.contains(4))
             }
         }
     }

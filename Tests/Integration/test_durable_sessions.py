@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from helpers import (PINGREQ_BYTES, PINGRESP_BYTES, PUBLISH, PUBACK, PahoClient, PahoV5Client, RawClient, barrier_publish, rss_kib,
-                     ack_packet, is_mosquitto, raw_connected, stop_all, unique, wait_until)
+from helpers import (P_SESSION_EXPIRY, PINGREQ_BYTES, PINGRESP_BYTES, PUBCOMP, PUBLISH, PUBACK, PUBREC, PUBREL, PahoClient,
+                     PahoV5Client, RawClient, RawClient5, ack5_packet, barrier_publish, rss_kib, ack_packet, is_mosquitto,
+                     parse_ack5, publish5_packet, raw_connected, stop_all, unique, wait_until)
 from test_storage import LoadDriver, acknowledged, db_path
 
 pytestmark = pytest.mark.skipif(is_mosquitto(), reason="iotgw only: durable sessions in the gateway's database")
@@ -206,6 +207,60 @@ def test_kill9_inflight_qos1_redelivered_with_dup_and_same_packet_ids(make_broke
     # Acknowledged now: gone from the database (the deletes are batched).
     wait_until(lambda: not db_rows(b, "SELECT seq FROM session_messages WHERE client_id = ?", (cid,)), 10,
                message="acknowledged rows deleted")
+
+
+def test_kill9_inbound_qos2_awaiting_pubrel_is_not_routed_twice(make_broker):
+    """An MQTT 5 publisher with a persistent session sends two QoS 2 messages and gets both PUBRECs; kill -9
+    before its PUBRELs. After the restart it sends the first again with DUP (as a client that missed the
+    PUBREC would): acknowledged, not routed again. Both PUBRELs are known (PUBCOMP 0x00, not 0x92
+    "packet identifier not found"), the persistent subscriber gets each message once, and the
+    telemetry table holds each once."""
+    b = durable_broker(make_broker)
+    pub_id, sub_id, topic = unique("q2pub"), unique("q2sub"), unique("q2t")
+    sub = PahoV5Client(b.port, client_id=sub_id, clean_start=False, session_expiry=3600).start()
+    assert sub.subscribe(topic, qos=2) == [2]
+    sub.stop()
+    first = publish5_packet(topic, b"q2-a", qos=2, packet_id=1)
+    c = RawClient5(b.port)
+    try:
+        c.connect5(pub_id, clean_start=False, properties=[(P_SESSION_EXPIRY, 3600)])
+        c.send(first)
+        c.send(publish5_packet(topic, b"q2-b", qos=2, packet_id=2))
+        for packet_id in (1, 2):
+            p = c.expect_packet(what=f"PUBREC {packet_id}")
+            assert p.type == PUBREC and parse_ack5(p)[:2] == (packet_id, 0), p
+    finally:
+        c.close()
+    # ack: persisted: each PUBREC left after its packet id was committed.
+    assert {r["packet_id"] for r in db_rows(b, "SELECT packet_id FROM session_inbound_qos2 WHERE client_id = ?", (pub_id,))} == {1, 2}
+    b.signal(signal.SIGKILL)
+    assert b.wait(5) is not None, "gateway still running after SIGKILL"
+
+    b.start()
+    c2 = RawClient5(b.port)
+    try:
+        assert c2.connect5(pub_id, clean_start=False, properties=[(P_SESSION_EXPIRY, 3600)]).session_present
+        c2.send(bytes([first[0] | 0x08]) + first[1:])  # the same PUBLISH with DUP=1
+        p = c2.expect_packet(what="PUBREC of the retransmission")
+        assert p.type == PUBREC and parse_ack5(p)[:2] == (1, 0), p
+        for packet_id in (1, 2):
+            c2.send(ack5_packet(PUBREL, packet_id))
+            p = c2.expect_packet(what=f"PUBCOMP {packet_id}")
+            assert p.type == PUBCOMP and parse_ack5(p)[:2] == (packet_id, 0), f"PUBREL {packet_id} after the restart: {p}"
+    finally:
+        c2.close()
+    wait_until(lambda: not db_rows(b, "SELECT packet_id FROM session_inbound_qos2 WHERE client_id = ?", (pub_id,)), 10,
+               message="released exchanges deleted from the database")
+    again = PahoV5Client(b.port, client_id=sub_id, clean_start=False, session_expiry=3600).start()
+    fence = PahoV5Client(b.port, client_id=unique("q2fence")).start()
+    try:
+        assert again.connack == (True, 0), again.connack
+        fence.publish(topic, b"fence", qos=2)
+        assert [m.payload for m in again.until(b"fence", timeout=20)] == [b"q2-a", b"q2-b"]
+    finally:
+        stop_all([again, fence])
+    stored = [bytes(r["payload"]) for r in db_rows(b, "SELECT payload FROM messages WHERE topic = ? ORDER BY id", (topic,))]
+    assert stored == [b"q2-a", b"q2-b", b"fence"], stored
 
 
 # --------------------------------------------------------------------------------------

@@ -383,6 +383,8 @@ public final class ClientConnection {
         }
 
         var matched = 0
+        /// A new QoS 2 message that was routed: its packet id is stored before PUBREC (``Session/storeInboundQoS2``).
+        var routedQoS2 = false
         let payload = publish.payload.compacted()
         // The acknowledgement's slot is taken now, so acknowledgements leave in receive order even when
         // this one waits for a storage commit.
@@ -413,7 +415,7 @@ public final class ClientConnection {
             )
             // Route (and store) on first receipt only; a QoS 2 retransmission (same id before PUBREL)
             // is just acknowledged again.
-            let isNew = publish.qos != .exactlyOnce || session.receivedQoS2(packetID: publish.packetIdentifier!)
+            let isNew = publish.qos != .exactlyOnce || session.receivedQoS2(packetID: publish.packetIdentifier!, dup: publish.dup)
             var accepted = true
             if isNew, let journal = broker.journal {
                 // The session store's write-behind queue is over its caps: stop reading this publisher.
@@ -447,6 +449,7 @@ public final class ClientConnection {
             }
             if accepted {
                 matched = isNew ? broker.publish(message, onPersisted: gate) : 1
+                routedQoS2 = isNew && publish.qos == .exactlyOnce
             } else {
                 gate = nil
             }
@@ -472,7 +475,13 @@ public final class ClientConnection {
             // The batch writers mark the slot committed (possibly already have); until then it holds
             // the acknowledgement's place in line. Releasing the creator's hold lets the gate open.
             acks.setPacket(ackSlot, ack)
-            gate.release()
+            if routedQoS2 {
+                // The packet id is stored only after the message's own rows, so a stored id always means
+                // a stored message: after a restart its retransmission is a duplicate, never a loss.
+                gate.release { open in session.storeInboundQoS2(packetID: packetID, onCommit: open) }
+            } else {
+                gate.release()
+            }
         } else {
             _ = acks.complete(ackSlot, with: ack)
         }

@@ -14,6 +14,8 @@ extension Broker {
         public var queuedMessages = 0
         /// Messages put back in flight (sent again with DUP, or PUBREL, on reconnect).
         public var inflightMessages = 0
+        /// Inbound QoS 2 exchanges put back (PUBREC sent, PUBREL awaited).
+        public var inboundQoS2 = 0
         /// Stored messages over the queue caps (or undecodable, or of a missing session): deleted, counted.
         public var droppedMessages = 0
         public var retainedMessages = 0
@@ -62,6 +64,8 @@ extension Broker {
         for subscription in snapshot.subscriptions { subscriptionsByClient[subscription.clientID, default: []].append(subscription) }
         var messagesByClient: [String: [StoredSessionMessage]] = [:]
         for message in snapshot.messages { messagesByClient[message.clientID, default: []].append(message) }
+        var inboundQoS2ByClient: [String: [UInt16]] = [:]
+        for exchange in snapshot.inboundQoS2 { inboundQoS2ByClient[exchange.clientID, default: []].append(exchange.packetID) }
 
         var restored: Set<String> = []
         for record in snapshot.sessions {
@@ -123,6 +127,10 @@ extension Broker {
             }
             let disconnectedAt = now.advanced(by: .milliseconds(-Int64(elapsed * 1000)))
             let count = session.restore(subscriptions: subscriptions, messages: messages, disconnectedAt: disconnectedAt)
+            if let inbound = inboundQoS2ByClient[record.clientID] {
+                session.restoreInboundQoS2(inbound)
+                report.inboundQoS2 += inbound.count
+            }
             for seq in count.dropped { journal?.append(.deleteMessage(seq: seq)) }
             if !count.dropped.isEmpty {
                 metrics.messageDropped(.queueFullQoS12, count: count.dropped.count)
@@ -140,7 +148,8 @@ extension Broker {
             insertRestored(session, subscriptions: subscriptions)
         }
         // Rows of sessions that are not there (expired above, or left behind): removed.
-        for clientID in Set(subscriptionsByClient.keys).union(messagesByClient.keys) where !restored.contains(clientID) {
+        for clientID in Set(subscriptionsByClient.keys).union(messagesByClient.keys).union(inboundQoS2ByClient.keys)
+        where !restored.contains(clientID) {
             if snapshot.sessions.contains(where: { $0.clientID == clientID }) { continue }  // deleted above
             report.droppedMessages += messagesByClient[clientID]?.count ?? 0
             journal?.append(.deleteSession(clientID: clientID))

@@ -86,6 +86,11 @@ public final class Session: Sendable {
         var nextPacketID: UInt16 = 1
         /// Inbound QoS 2 packet ids received (PUBREC sent) whose PUBREL has not arrived yet.
         var inboundQoS2: Set<UInt16> = []
+        /// Those of them with a row in the store (journalled, or restored at start-up).
+        var storedInboundQoS2: Set<UInt16> = []
+        /// Those restored at start-up and not seen since: their PUBREL may have been lost with the
+        /// process after PUBCOMP went out, so the client may already reuse the id (see ``receivedQoS2``).
+        var restoredInboundQoS2: Set<UInt16> = []
         /// The connection that owns the session, by id, and how to end it.
         var owner: UInt64?
         var handle: (any ConnectionHandle)?
@@ -329,13 +334,49 @@ public final class Session: Sendable {
 
     /// Records an inbound QoS 2 PUBLISH. Returns false when the packet id is already awaiting PUBREL,
     /// i.e. this PUBLISH is a retransmission that must not be routed again (MQTT-4.3.3-2).
-    func receivedQoS2(packetID: UInt16) -> Bool {
-        state.withLock { $0.inboundQoS2.insert(packetID).inserted }
+    ///
+    /// One exception: an id restored from the store that arrives with DUP 0. A retransmission carries
+    /// DUP 1 (MQTT-3.3.1-1), and a client reuses an id only after PUBCOMP; so this is a new message
+    /// whose id's PUBREL (and PUBCOMP) happened before a crash that lost the row's deletion.
+    func receivedQoS2(packetID: UInt16, dup: Bool) -> Bool {
+        state.withLock { state in
+            if state.inboundQoS2.insert(packetID).inserted { return true }
+            return !dup && state.restoredInboundQoS2.remove(packetID) != nil
+        }
+    }
+
+    /// Stores an inbound QoS 2 packet id once everything its message caused is committed, so that after
+    /// a restart a retransmission is still recognised and a PUBREL still known; `onCommit` runs when it
+    /// is stored (at once when there is nothing to store: storage off, the session not persistent, or
+    /// the exchange already over).
+    func storeInboundQoS2(packetID: UInt16, onCommit: @escaping @Sendable () -> Void) {
+        let stored = state.withLock { state -> Bool in
+            guard state.journaling, let journal, state.inboundQoS2.contains(packetID) else { return false }
+            state.storedInboundQoS2.insert(packetID)
+            journal.append(.insertInboundQoS2(clientID: clientID, packetID: packetID), onCommit: onCommit)
+            return true
+        }
+        if !stored { onCommit() }
     }
 
     /// Completes an inbound QoS 2 exchange on PUBREL. Returns whether the packet id was known.
     func releasedQoS2(packetID: UInt16) -> Bool {
-        state.withLock { $0.inboundQoS2.remove(packetID) != nil }
+        state.withLock { state in
+            state.restoredInboundQoS2.remove(packetID)
+            if state.storedInboundQoS2.remove(packetID) != nil, state.journaling, let journal {
+                journal.append(.deleteInboundQoS2(clientID: clientID, packetID: packetID))
+            }
+            return state.inboundQoS2.remove(packetID) != nil
+        }
+    }
+
+    /// Puts back the inbound QoS 2 exchanges stored before a restart (``Broker/restore(from:)``).
+    func restoreInboundQoS2(_ packetIDs: [UInt16]) {
+        state.withLock { state in
+            state.inboundQoS2.formUnion(packetIDs)
+            state.storedInboundQoS2.formUnion(packetIDs)
+            state.restoredInboundQoS2.formUnion(packetIDs)
+        }
     }
 
     /// The number of inbound QoS 2 exchanges awaiting PUBREL.

@@ -38,6 +38,11 @@ public enum BrokerStateOperation: Sendable, Hashable {
     case setRetained(StoredRetainedMessage)
     /// Clears the retained message of a topic.
     case deleteRetained(topic: String)
+    /// Records an inbound QoS 2 packet id of a session: its message is committed and PUBREC is about to
+    /// go; until PUBREL a retransmission (DUP) must not be routed again, also after a restart.
+    case insertInboundQoS2(clientID: String, packetID: UInt16)
+    /// Forgets an inbound QoS 2 packet id (PUBREL arrived).
+    case deleteInboundQoS2(clientID: String, packetID: UInt16)
 
     /// A rough size in bytes, for the journal's byte cap.
     var byteCount: Int {
@@ -174,6 +179,17 @@ public struct StoredRetainedMessage: Sendable, Hashable {
     }
 }
 
+/// An inbound QoS 2 exchange awaiting PUBREL, as stored (table `session_inbound_qos2`).
+public struct StoredInboundQoS2: Sendable, Hashable {
+    public var clientID: String
+    public var packetID: UInt16
+
+    public init(clientID: String, packetID: UInt16) {
+        self.clientID = clientID
+        self.packetID = packetID
+    }
+}
+
 /// Everything a ``BrokerStateStore`` holds, as read at start-up.
 public struct BrokerStateSnapshot: Sendable {
     public var sessions: [StoredSessionRecord]
@@ -181,14 +197,17 @@ public struct BrokerStateSnapshot: Sendable {
     /// In `seq` order.
     public var messages: [StoredSessionMessage]
     public var retained: [StoredRetainedMessage]
+    public var inboundQoS2: [StoredInboundQoS2]
 
     public init(
         sessions: [StoredSessionRecord] = [], subscriptions: [StoredSubscriptionRecord] = [],
-        messages: [StoredSessionMessage] = [], retained: [StoredRetainedMessage] = []
+        messages: [StoredSessionMessage] = [], retained: [StoredRetainedMessage] = [],
+        inboundQoS2: [StoredInboundQoS2] = []
     ) {
         self.sessions = sessions
         self.subscriptions = subscriptions
         self.messages = messages
         self.retained = retained
+        self.inboundQoS2 = inboundQoS2
     }
 }

@@ -232,6 +232,9 @@ public final class StateJournal: Sendable {
 final class CommitGate: Sendable {
     private let holds = Mutex(1)
     private let onOpen: @Sendable () -> Void
+    /// Run instead of `onOpen` when the holds are gone; it calls `onOpen` when it is done (set by
+    /// ``release(then:)``).
+    private let lastStage = Mutex<(@Sendable (_ open: @escaping @Sendable () -> Void) -> Void)?>(nil)
 
     init(onOpen: @escaping @Sendable () -> Void) {
         self.onOpen = onOpen
@@ -249,6 +252,18 @@ final class CommitGate: Sendable {
             holds -= 1
             return holds == 0
         }
-        if open { onOpen() }
+        guard open else { return }
+        if let stage = lastStage.withLock({ $0 }) {
+            stage(onOpen)
+        } else {
+            onOpen()
+        }
+    }
+
+    /// Releases the creator's hold, with one more step between the last commit and opening: `stage`
+    /// runs once every held commit is done and opens the gate by calling its argument.
+    func release(then stage: @escaping @Sendable (_ open: @escaping @Sendable () -> Void) -> Void) {
+        lastStage.withLock { $0 = stage }
+        release()
     }
 }

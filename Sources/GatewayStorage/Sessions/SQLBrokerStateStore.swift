@@ -3,7 +3,7 @@ import MQTTCodec
 import NIOCore
 
 /// The durable broker state (tables `sessions`, `subscriptions`, `session_messages`, `retained`,
-/// migrations v3 and v4) on any ``SQLDatabase``. Written only through the broker's ``StateJournal``, one
+/// `session_inbound_qos2`, migrations v3 to v5) on any ``SQLDatabase``. Written only through the broker's ``StateJournal``, one
 /// transaction per batch; read once, at start-up. Portable SQL only: `$N` placeholders and
 /// `INSERT ... ON CONFLICT ... DO UPDATE`, which SQLite (3.24+) and PostgreSQL both accept.
 public final class SQLBrokerStateStore: BrokerStateStore {
@@ -62,6 +62,7 @@ public final class SQLBrokerStateStore: BrokerStateStore {
                         ]
                     )
                 case .deleteSession(let clientID):
+                    _ = try await connection.query("DELETE FROM session_inbound_qos2 WHERE client_id = $1", [.text(clientID)])
                     _ = try await connection.query("DELETE FROM session_messages WHERE client_id = $1", [.text(clientID)])
                     _ = try await connection.query("DELETE FROM subscriptions WHERE client_id = $1", [.text(clientID)])
                     _ = try await connection.query("DELETE FROM sessions WHERE client_id = $1", [.text(clientID)])
@@ -110,6 +111,16 @@ public final class SQLBrokerStateStore: BrokerStateStore {
                     )
                 case .deleteRetained(let topic):
                     _ = try await connection.query("DELETE FROM retained WHERE topic = $1", [.text(topic)])
+                case .insertInboundQoS2(let clientID, let packetID):
+                    _ = try await connection.query(
+                        "INSERT INTO session_inbound_qos2 (client_id, packet_id) VALUES ($1, $2) ON CONFLICT (client_id, packet_id) DO NOTHING",
+                        [.text(clientID), .integer(Int64(packetID))]
+                    )
+                case .deleteInboundQoS2(let clientID, let packetID):
+                    _ = try await connection.query(
+                        "DELETE FROM session_inbound_qos2 WHERE client_id = $1 AND packet_id = $2",
+                        [.text(clientID), .integer(Int64(packetID))]
+                    )
                 }
                 index += 1
             }
@@ -255,6 +266,12 @@ public final class SQLBrokerStateStore: BrokerStateStore {
                     expiresAt: row["expires_at"].integer
                 )
             )
+        }
+        for row in try await database.query("SELECT client_id, packet_id FROM session_inbound_qos2 ORDER BY client_id, packet_id") {
+            guard let clientID = row["client_id"].text, let packetID = row["packet_id"].integer.flatMap({ UInt16(exactly: $0) }),
+                packetID != 0
+            else { throw CorruptRow(table: "session_inbound_qos2", detail: "\(row.values)") }
+            snapshot.inboundQoS2.append(StoredInboundQoS2(clientID: clientID, packetID: packetID))
         }
         return snapshot
     }
