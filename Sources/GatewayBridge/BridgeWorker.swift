@@ -502,6 +502,10 @@ final class BridgeConnectionHandle: ConnectionHandle {
         worker.wake()
     }
 
+    func setReadPaused(_ paused: Bool) {
+        // The bridge publishes into the broker without a ReadThrottle (nothing to pause reading from).
+    }
+
     func close(reason: ServerDisconnectReason) {
         // Shutdown is ordered by the bridge's Service (after the listeners drain), so the broker's
         // "close everything" does not stop it; an operator's disconnect restarts the upstream connection.

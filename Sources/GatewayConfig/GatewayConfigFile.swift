@@ -238,6 +238,12 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         public var sessionExpiry = 86_400.0
         public var maxClientIDLength = 256
         public var maxKeepAlive = 0
+        /// `limits.slow_consumer`: `backpressure`, `disconnect` or `drop`. Default backpressure.
+        public var slowConsumer = "backpressure"
+        /// `limits.slow_consumer_timeout`: seconds. Default 10.
+        public var slowConsumerTimeout = 10.0
+        /// `limits.qos0_when_full`: `drop` or `backpressure`. Default drop.
+        public var qos0WhenFull = "drop"
 
         public init() {}
         enum CodingKeys: String, CodingKey, CaseIterable {
@@ -251,6 +257,9 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
             case sessionExpiry = "session_expiry"
             case maxClientIDLength = "max_client_id_length"
             case maxKeepAlive = "max_keep_alive"
+            case slowConsumer = "slow_consumer"
+            case slowConsumerTimeout = "slow_consumer_timeout"
+            case qos0WhenFull = "qos0_when_full"
         }
         public init(from decoder: any Decoder) throws {
             try decoder.rejectUnknownKeys(CodingKeys.self)
@@ -266,6 +275,9 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
             sessionExpiry = try c.value(.sessionExpiry, default: d.sessionExpiry)
             maxClientIDLength = try c.value(.maxClientIDLength, default: d.maxClientIDLength)
             maxKeepAlive = try c.value(.maxKeepAlive, default: d.maxKeepAlive)
+            slowConsumer = try c.value(.slowConsumer, default: d.slowConsumer)
+            slowConsumerTimeout = try c.value(.slowConsumerTimeout, default: d.slowConsumerTimeout)
+            qos0WhenFull = try c.value(.qos0WhenFull, default: d.qos0WhenFull)
         }
     }
 
@@ -375,6 +387,17 @@ extension GatewayConfigFile {
         check(limits.sessionExpiry >= 0, "limits.session_expiry", "must not be negative")
         check((1...65535).contains(limits.maxClientIDLength), "limits.max_client_id_length", "must be 1-65535")
         check((0...65535).contains(limits.maxKeepAlive), "limits.max_keep_alive", "must be 0-65535 seconds")
+        check(
+            SlowConsumerPolicy(rawValue: limits.slowConsumer) != nil,
+            "limits.slow_consumer",
+            "'\(limits.slowConsumer)' is not one of \(SlowConsumerPolicy.allCases.map(\.rawValue).joined(separator: ", "))"
+        )
+        check(limits.slowConsumerTimeout > 0, "limits.slow_consumer_timeout", "must be more than 0 seconds")
+        check(
+            QoS0WhenFullPolicy(rawValue: limits.qos0WhenFull) != nil,
+            "limits.qos0_when_full",
+            "'\(limits.qos0WhenFull)' is not one of \(QoS0WhenFullPolicy.allCases.map(\.rawValue).joined(separator: ", "))"
+        )
         check((0...2).contains(mqtt.maxQoS), "mqtt.max_qos", "\(mqtt.maxQoS) is not a QoS (0, 1 or 2)")
         check((1...65535).contains(mqtt.receiveMaximum), "mqtt.receive_maximum", "must be 1-65535")
         check((0...65535).contains(mqtt.topicAliasMaximum), "mqtt.topic_alias_maximum", "must be 0-65535")
@@ -399,6 +422,9 @@ extension GatewayConfigFile {
         c.sessionExpiry = limits.sessionExpiry
         c.maxClientIDLength = limits.maxClientIDLength
         c.maxKeepAlive = limits.maxKeepAlive
+        c.slowConsumer = SlowConsumerPolicy(rawValue: limits.slowConsumer) ?? .backpressure
+        c.slowConsumerTimeout = limits.slowConsumerTimeout
+        c.qos0WhenFull = QoS0WhenFullPolicy(rawValue: limits.qos0WhenFull) ?? .drop
         c.maxQoS = mqtt.maxQoS
         c.retainAvailable = mqtt.retainAvailable
         c.receiveMaximum = mqtt.receiveMaximum

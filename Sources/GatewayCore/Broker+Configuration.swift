@@ -16,6 +16,15 @@ public struct BrokerConfiguration: Sendable, Hashable {
     /// Bytes all outbound queues together hold. Default 256 MiB: per-client caps alone would let ten
     /// thousand slow clients hold 10 GB.
     public var globalMaxQueuedBytes: Int = 268_435_456
+    /// What happens when a QoS 1/2 message does not fit a connected subscriber's queue. Default
+    /// ``SlowConsumerPolicy/backpressure``.
+    public var slowConsumer: SlowConsumerPolicy = .backpressure
+    /// Seconds a subscriber's full queue may hold its publishers back (`backpressure`) before the
+    /// subscriber is disconnected (0x97) and the publishers resume. Default 10.
+    public var slowConsumerTimeout: Double = 10
+    /// What happens when a QoS 0 message does not fit once older QoS 0 messages were evicted. Default
+    /// ``QoS0WhenFullPolicy/drop``: a QoS 0 stream never slows its publishers.
+    public var qos0WhenFull: QoS0WhenFullPolicy = .drop
     /// Seconds an offline persistent session (3.1.1 clean session 0) is kept. MQTT 3.1.1 has no session
     /// expiry, so forgotten sessions would otherwise queue forever. Default 1 day.
     public var sessionExpiry: Double = 86_400
@@ -44,13 +53,34 @@ public struct BrokerConfiguration: Sendable, Hashable {
     public init() {}
 }
 
+/// `limits.slow_consumer`: what a subscriber's full queue does with a QoS 1/2 message.
+public enum SlowConsumerPolicy: String, Sendable, Hashable, CaseIterable {
+    /// Take it (over the cap) and stop reading from the publishers that feed the queue until it has
+    /// drained to half; after `slow_consumer_timeout`, `disconnect`.
+    case backpressure
+    /// Disconnect the subscriber (0x97); its session and queue are kept.
+    case disconnect
+    /// Drop the message (counted in `iotgw_messages_dropped_total{reason="queue_full_qos12"}`).
+    case drop
+}
+
+/// `limits.qos0_when_full`: what a subscriber's full queue does with a QoS 0 message once older QoS 0
+/// messages were evicted.
+public enum QoS0WhenFullPolicy: String, Sendable, Hashable, CaseIterable {
+    /// Drop it (counted).
+    case drop
+    /// Hold the publishers back as for QoS 1/2 (`limits.slow_consumer: backpressure`).
+    case backpressure
+}
+
 extension BrokerConfiguration {
     /// This configuration with the fields that may change while clients are connected taken from `new`
     /// (a SIGHUP reload); every other field keeps its current value.
     ///
     /// Live: `maxConnections` (checked at accept), `allowAnonymous`, `maxClientIDLength`, `maxKeepAlive`
     /// and `sessionExpiry` (read at CONNECT), `maxInflight`, `maxQueuedMessages` and `maxQueuedBytes`
-    /// (sessions created after the change; existing sessions keep theirs), and `sysInterval`.
+    /// (sessions created after the change; existing sessions keep theirs), `sysInterval`, and the
+    /// overflow policies `slowConsumer`, `slowConsumerTimeout` and `qos0WhenFull` (read per message).
     ///
     /// Not live, because connected clients were told them or they are fixed at bind time:
     /// `maxPacketSize` and `connectTimeout` (in each listener's pipeline), `maxQoS`, `retainAvailable`,
@@ -67,6 +97,9 @@ extension BrokerConfiguration {
         result.maxQueuedMessages = new.maxQueuedMessages
         result.maxQueuedBytes = new.maxQueuedBytes
         result.sysInterval = new.sysInterval
+        result.slowConsumer = new.slowConsumer
+        result.slowConsumerTimeout = new.slowConsumerTimeout
+        result.qos0WhenFull = new.qos0WhenFull
         return result
     }
 }

@@ -32,6 +32,7 @@ struct RunCommand: AsyncParsableCommand {
 
     func run() async throws {
         let startedAt = ContinuousClock.now
+        let executor = ConcurrencyExecutor.install(environment: ProcessInfo.processInfo.environment)
         let file: GatewayConfigFile
         let serverConfiguration: GatewayServer.Configuration
         let databaseConfiguration: DatabaseConfiguration
@@ -72,7 +73,7 @@ struct RunCommand: AsyncParsableCommand {
         let environment = ProcessInfo.processInfo.environment
         let notifier = SystemdNotifier(environment: environment)
         notifier.notify("STATUS=starting")
-        logger.info("starting iotgw", metadata: ["iotgw.version": "\(GatewayVersion.current)", "iotgw.config": "\(config)"])
+        logger.info("starting iotgw", metadata: ["iotgw.version": "\(GatewayVersion.current)", "iotgw.config": "\(config)", "iotgw.executor": "\(executor.rawValue)"])
         logFileLimit(ProcessResources.raiseOpenFileLimit(), maxConnections: file.limits.maxConnections, logger: logger)
 
         let readiness = ReadinessRegistry()
@@ -399,6 +400,7 @@ struct HousekeepingService: Service, CustomStringConvertible {
             }
             broker.expireSessions()
             broker.publishDueWills()
+            broker.enforceSlowConsumerTimeout()
             broker.recordQueueLevels()
             // glibc keeps freed memory in its arenas; after a wave of disconnects that is hundreds of
             // megabytes the process no longer needs. malloc_trim returns the free pages to the kernel.

@@ -14,6 +14,7 @@ import Testing
 final class RecordingHandle: ConnectionHandle {
     private struct State {
         var reasons: [ServerDisconnectReason] = []
+        var readPauses: [Bool] = []
         var wakes = 0
         var waiters: [(target: Int, continuation: CheckedContinuation<Void, Never>)] = []
     }
@@ -22,6 +23,13 @@ final class RecordingHandle: ConnectionHandle {
     func close(reason: ServerDisconnectReason) {
         state.withLock { $0.reasons.append(reason) }
     }
+
+    func setReadPaused(_ paused: Bool) {
+        state.withLock { $0.readPauses.append(paused) }
+    }
+
+    /// Every `setReadPaused` call, in order (back-pressure).
+    var readPauses: [Bool] { state.withLock { $0.readPauses } }
 
     func deliveryAvailable() {
         let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in

@@ -391,6 +391,8 @@ final class WakeHandle: ConnectionHandle {
 
     func close(reason: ServerDisconnectReason) {}
 
+    func setReadPaused(_ paused: Bool) {}
+
     func deliveryAvailable() {
         let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.wakes += 1

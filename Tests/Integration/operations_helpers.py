@@ -11,6 +11,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from helpers import (CONNACK, DISCONNECT, PUBACK, PUBLISH, SUBACK, connect5_packet, decode_properties,
                      encode_remaining_length, encode_string, fixed)
 
@@ -41,6 +43,15 @@ def http_request(port: int, method: str, path: str, token: str | None = None,
 
 def get(port: int, path: str, token: str | None = None) -> HTTPResult:
     return http_request(port, "GET", path, token)
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of a Prometheus text exposition."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
 
 
 class NotifySocket:

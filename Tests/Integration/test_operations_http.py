@@ -13,11 +13,10 @@ import socket
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import (PINGREQ_BYTES, PINGRESP_BYTES, PUBLISH, iotgw_only, publish_packet, raw5_connected,
                      raw_connected, subscribe_packet, unique, wait_until)
-from operations_helpers import get, http_request
+from operations_helpers import get, http_request, metric_samples
 
 ADMIN = {"enabled": True}
 TOKEN = "t0ken-for-tests"
@@ -26,15 +25,6 @@ TOKEN = "t0ken-for-tests"
 @pytest.fixture(autouse=True)
 def _iotgw_only():
     iotgw_only("the admin HTTP listener is iotgw's")
-
-
-def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} of a Prometheus text exposition."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
 
 
 def test_healthz_and_readyz(make_broker):

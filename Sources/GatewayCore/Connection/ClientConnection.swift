@@ -55,6 +55,9 @@ public final class ClientConnection {
     private var clientTopicAliasMaximum: UInt16 = 0
     /// PUBACK/PUBREC packets in receive order; some wait for a storage commit.
     private let acks = AckQueue()
+    /// Holds this publisher back while a subscriber it fed is full (back-pressure); made on the first
+    /// PUBLISH, so a connection that only subscribes never has one.
+    private lazy var throttle = ReadThrottle(handle: handle, metrics: broker.metrics)
     /// The CN of the client certificate the TLS layer verified, when the transport made it the CONNECT
     /// username (`tls.use_cn_as_username`); set before the CONNECT is handled. The authenticator then
     /// accepts the client by its certificate.
@@ -448,7 +451,7 @@ public final class ClientConnection {
                 }
             }
             if accepted {
-                matched = isNew ? broker.publish(message, onPersisted: gate) : 1
+                matched = isNew ? broker.publish(message, onPersisted: gate, throttle: throttle) : 1
                 routedQoS2 = isNew && publish.qos == .exactlyOnce
             } else {
                 gate = nil

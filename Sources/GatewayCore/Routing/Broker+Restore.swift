@@ -93,7 +93,8 @@ extension Broker {
                 metrics: metrics,
                 journal: journal,
                 dropsWhenFull: internalLimits != nil || record.clientID.hasPrefix(InternalClient.reservedPrefix),
-                username: record.username
+                username: record.username,
+                congestion: congestion
             )
             let subscriptions = (subscriptionsByClient[record.clientID] ?? []).map { stored in
                 (key: stored.key, Session.StoredSubscription(options: stored.options, subscriptionIdentifier: stored.subscriptionIdentifier, group: stored.group))

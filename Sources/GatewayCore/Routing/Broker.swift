@@ -40,6 +40,8 @@ public final class Broker: Sendable {
     /// The configuration behind ``configuration``; short critical sections, never held while calling out.
     private let live: Mutex<BrokerConfiguration>
     let budget: QueueBudget
+    /// Sessions holding publishers back (back-pressure), for ``enforceSlowConsumerTimeout()``.
+    let congestion = CongestedSessions()
     let retained = RetainedStore()
     /// The telemetry ingest queue, when storage is configured.
     public let ingest: IngestQueue?
@@ -180,7 +182,8 @@ public final class Broker: Sendable {
                 limits: limits,
                 budget: budget,
                 metrics: metrics,
-                journal: journal
+                journal: journal,
+                congestion: congestion
             )
             state.sessions[clientID] = session
             return (OpenedSession(session: session, owner: owner, sessionPresent: false), discarded)
@@ -340,8 +343,10 @@ public final class Broker: Sendable {
 
     /// Routes `message`; every copy stored for a persistent session (and the retained change) takes a
     /// hold on `gate`, released when it has committed.
+    /// - Parameter throttle: the publisher's ``ReadThrottle``, held back by subscribers whose queues are
+    ///   full (`limits.slow_consumer: backpressure`); nil for the gateway's own messages.
     @discardableResult
-    func publish(_ message: Message, onPersisted gate: CommitGate?) -> Int {
+    func publish(_ message: Message, onPersisted gate: CommitGate?, throttle: ReadThrottle? = nil) -> Int {
         if message.retain && configuration.retainAvailable {
             // `$SYS/...` is the gateway's own, republished every interval: not worth a write.
             let journal = message.topic.hasPrefix("$SYS/") ? nil : self.journal
@@ -380,6 +385,14 @@ public final class Broker: Sendable {
                 Self.pickMember(of: &group, size: size)
             }
         }
+        let configuration = self.configuration
+        let overflow = Session.Overflow(
+            policy: configuration.slowConsumer,
+            qos0WhenFull: configuration.qos0WhenFull,
+            timeout: .seconds(configuration.slowConsumerTimeout),
+            throttle: throttle,
+            now: now
+        )
         for target in targets.values {
             deliver(
                 QueuedMessage(
@@ -390,7 +403,8 @@ public final class Broker: Sendable {
                     sharedGroup: target.sharedGroup
                 ),
                 to: target.session,
-                onPersisted: gate
+                onPersisted: gate,
+                overflow: overflow
             )
         }
         return targets.count
@@ -413,8 +427,8 @@ public final class Broker: Sendable {
         return entry
     }
 
-    private func deliver(_ queued: QueuedMessage, to session: Session, onPersisted gate: CommitGate? = nil) {
-        let (result, startedDropping) = session.enqueue(queued, onPersisted: gate)
+    private func deliver(_ queued: QueuedMessage, to session: Session, onPersisted gate: CommitGate? = nil, overflow: Session.Overflow? = nil) {
+        let (result, startedDropping) = session.enqueue(queued, onPersisted: gate, overflow: overflow ?? ownOverflow)
         switch result {
         case .queued, .notQueuedOffline:
             break
@@ -433,6 +447,44 @@ public final class Broker: Sendable {
             session.handle?.close(reason: .quotaExceeded)
         }
     }
+
+    /// The overflow rules for the gateway's own deliveries (Wills, retained messages on subscribe,
+    /// shared-group hand-overs): nobody to hold back, so a QoS 1/2 message that does not fit
+    /// disconnects the subscriber unless `limits.slow_consumer` is `drop`.
+    private var ownOverflow: Session.Overflow {
+        let configuration = self.configuration
+        return Session.Overflow(
+            policy: configuration.slowConsumer,
+            qos0WhenFull: configuration.qos0WhenFull,
+            timeout: .seconds(configuration.slowConsumerTimeout),
+            throttle: nil,
+            now: now
+        )
+    }
+
+    /// Applies `limits.slow_consumer_timeout`: a subscriber whose full queue has held its publishers
+    /// back for longer is disconnected (0x97); its session and queue stay, and the publishers read
+    /// again as soon as its connection is gone. Called by housekeeping every second (a message routed
+    /// to such a subscriber applies the timeout at once). Returns how many were disconnected.
+    @discardableResult
+    public func enforceSlowConsumerTimeout() -> Int {
+        let timeout = Duration.seconds(configuration.slowConsumerTimeout)
+        let now = self.now
+        var disconnected = 0
+        for session in congestion.all where session.isCongested(longerThan: timeout, now: now) {
+            guard let handle = session.handle else { continue }
+            logger.notice(
+                "outbound queue full for longer than limits.slow_consumer_timeout, disconnecting slow consumer",
+                metadata: ["mqtt.client.id": "\(session.clientID)", "iotgw.publishers.held": "\(session.heldBackPublishers)"]
+            )
+            handle.close(reason: .quotaExceeded)
+            disconnected += 1
+        }
+        return disconnected
+    }
+
+    /// Subscribers whose full queues hold publishers back now.
+    public var congestedSessionCount: Int { congestion.count }
 
     // MARK: Subscriptions
 
@@ -689,6 +741,7 @@ public final class Broker: Sendable {
     /// Publishes queue levels to the metrics (called periodically).
     public func recordQueueLevels() {
         metrics.queueLevels(messages: budget.queuedMessages, bytes: budget.usedBytes)
+        metrics.congestedSessions(congestion.count)
     }
 
     // MARK: Internal clients

@@ -44,4 +44,10 @@ public protocol ConnectionHandle: AnyObject, Sendable {
     /// Tells the connection's task that its session has messages to send. Called from any thread,
     /// at most once per "nothing to send" poll; must not block.
     func deliveryAvailable()
+
+    /// Stops (true) or resumes (false) reading from the client's socket: back-pressure on a publisher
+    /// whose messages fill a slow subscriber's queue (``ReadThrottle``). Packets already read are still
+    /// handled. Called from any thread, in the order the calls are to take effect (the throttle calls it
+    /// under its lock); must not block.
+    func setReadPaused(_ paused: Bool)
 }

@@ -32,6 +32,13 @@ final class QueueBudget: Sendable {
         }
     }
 
+    /// Reserves `bytes` even over the limit: a message taken by back-pressure, which holds its publisher
+    /// instead of dropping (the overshoot is bounded by what paused publishers had already read).
+    func forceReserve(_ bytes: Int) {
+        used.add(bytes, ordering: .relaxed)
+        messages.add(1, ordering: .relaxed)
+    }
+
     /// Releases what ``tryReserve(_:)`` reserved for `count` messages.
     func release(_ bytes: Int, count: Int = 1) {
         guard bytes > 0 || count > 0 else { return }

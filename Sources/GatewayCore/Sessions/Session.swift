@@ -48,6 +48,9 @@ public final class Session: Sendable {
     private let metrics: GatewayMetrics
     /// Where changes are mirrored for recovery (nil: storage off). Used only while `State.journaling`.
     private let journal: StateJournal?
+    /// Where the session registers while its publishers are held back (nil: no back-pressure, as for
+    /// sessions made directly in tests).
+    private let congestion: CongestedSessions?
     private let state: Mutex<State>
     /// When true, a QoS 1/2 message that does not fit is dropped (and counted) even while connected,
     /// instead of disconnecting the owner as a slow consumer: internal clients (the bridge) have no
@@ -79,6 +82,10 @@ public final class Session: Sendable {
         var subscriptions: [String: StoredSubscription] = [:]
         var pending: Deque<QueuedMessage> = []
         var pendingBytes = 0
+        /// How many of `pending` are QoS 0: a full queue looks for one to evict only when there is one
+        /// (the search copies each message it passes; on a full queue of QoS 1 messages that was most of
+        /// the CPU of routing to it).
+        var pendingQoS0 = 0
         var inflight: Deque<Inflight> = []
         var inflightBytes = 0
         /// Packet ids of in-flight messages to send again after a reconnect, in order.
@@ -108,6 +115,10 @@ public final class Session: Sendable {
         var disconnectedAt: ContinuousClock.Instant?
         /// Whether we are in a dropping episode (log once per episode, as mosquitto does).
         var dropping = false
+        /// Publishers whose reading is paused because this queue went over its cap (back-pressure), and
+        /// since when the queue has been over it. Cleared when it drains to half its cap or the owner goes.
+        var throttles: [ReadThrottle] = []
+        var congestedSince: ContinuousClock.Instant?
         /// Whether changes go to the journal: the session is persistent, storage is on, and the session
         /// was not retired. Journal operations are appended under this lock, so the store sees each
         /// session's changes in the order they happened.
@@ -123,9 +134,11 @@ public final class Session: Sendable {
         metrics: GatewayMetrics,
         journal: StateJournal? = nil,
         dropsWhenFull: Bool = false,
-        username: String? = nil
+        username: String? = nil,
+        congestion: CongestedSessions? = nil
     ) {
         self.clientID = clientID
+        self.congestion = congestion
         self.dropsWhenFull = dropsWhenFull
         self.limits = limits
         self.budget = budget
@@ -206,6 +219,9 @@ public final class Session: Sendable {
             state.handle = nil
             state.disconnectedAt = now
             state.needsWake = false
+            // Nobody reads this queue now: its publishers go on (what they send next is queued or
+            // dropped by the offline rules).
+            releaseThrottles(&state, drained: true)
             if state.persistent {
                 journalSessionRow(&state, disconnectedAt: WallClock.millisecondsSinceEpoch())
             }
@@ -249,10 +265,12 @@ public final class Session: Sendable {
                 return queued
             }
             state.pending.removeAll()
+            state.pendingQoS0 = 0
             state.inflight.removeAll()
             state.resend.removeAll()
             state.pendingBytes = 0
             state.inflightBytes = 0
+            releaseThrottles(&state, drained: true)
             return (bytes, messages)
         }
         budget.release(bytes, count: messages.count)
@@ -323,7 +341,9 @@ public final class Session: Sendable {
             }
             guard !taken.isEmpty else { return (0, []) }
             state.pending = kept
+            state.pendingQoS0 = kept.reduce(0) { $0 + ($1.qos == .atMostOnce ? 1 : 0) }
             state.pendingBytes -= bytes
+            releaseThrottles(&state)
             return (bytes, taken)
         }
         if !taken.isEmpty { budget.release(bytes, count: taken.count) }
@@ -404,7 +424,13 @@ public final class Session: Sendable {
     /// of an episode, so the caller logs once per episode rather than once per message.
     /// - Parameter onPersisted: when the copy is persisted, a gate whose hold is released once it has
     ///   committed (`ack: persisted` holds the publisher's acknowledgement on it).
-    func enqueue(_ queued: QueuedMessage, onPersisted gate: CommitGate? = nil) -> (result: EnqueueResult, startedDropping: Bool) {
+    /// - Parameter overflow: what to do with a message that does not fit once QoS 0 messages were
+    ///   evicted; nil applies `disconnect` (QoS 1/2) and `drop` (QoS 0).
+    func enqueue(
+        _ queued: QueuedMessage,
+        onPersisted gate: CommitGate? = nil,
+        overflow: Overflow? = nil
+    ) -> (result: EnqueueResult, startedDropping: Bool) {
         var queued = queued
         let size = queued.byteCount
         var evicted = 0
@@ -413,27 +439,41 @@ public final class Session: Sendable {
                 return (.notQueuedOffline, nil, false)
             }
             var globalFull = false
-            func fits(_ state: State) -> Bool {
-                state.pending.count + state.inflight.count < limits.maxQueuedMessages
-                    && state.pendingBytes + state.inflightBytes + size <= limits.maxQueuedBytes
-            }
             while true {
-                if fits(state) {
+                if state.pending.count + state.inflight.count < limits.maxQueuedMessages
+                    && state.pendingBytes + state.inflightBytes + size <= limits.maxQueuedBytes
+                {
                     if budget.tryReserve(size) { break }
                     globalFull = true
                 }
-                // No room: drop the oldest pending QoS 0 message, if there is one, and try again.
-                guard let index = state.pending.firstIndex(where: { $0.qos == .atMostOnce }) else {
+                // No room: drop the oldest pending QoS 0 message, if there is one, and try again (a QoS 0
+                // message held back by `qos0_when_full: backpressure` evicts nothing).
+                let evicts = queued.qos != .atMostOnce || overflow?.qos0WhenFull != .backpressure
+                guard evicts, state.pendingQoS0 > 0, let index = state.pending.firstIndex(where: { $0.qos == .atMostOnce }) else {
+                    if let overflow, let throttle = holdsBack(overflow, qos: queued.qos, state) {
+                        // Back-pressure: taken over the cap, and the publisher stops being read.
+                        budget.forceReserve(size)
+                        if state.congestedSince == nil {
+                            state.congestedSince = overflow.now
+                            congestion?.insert(self)
+                        }
+                        if !state.throttles.contains(where: { $0 === throttle }) {
+                            state.throttles.append(throttle)
+                            throttle.block(on: self)
+                        }
+                        break
+                    }
                     let reason: GatewayMetrics.DropReason =
                         globalFull ? .globalCap : (queued.qos == .atMostOnce ? .queueFullQoS0 : .queueFullQoS12)
                     let firstOfEpisode = !state.dropping
                     state.dropping = true
-                    if queued.qos != .atMostOnce && state.owner != nil && !dropsWhenFull {
+                    if queued.qos != .atMostOnce && state.owner != nil && !dropsWhenFull && overflow?.policy != .drop {
                         return (.slowConsumer, nil, firstOfEpisode)
                     }
                     return (.dropped(reason), nil, firstOfEpisode)
                 }
                 let old = state.pending.remove(at: index)
+                state.pendingQoS0 -= 1
                 state.pendingBytes -= old.byteCount
                 // Give its bytes back to the global budget now, so the retry sees the room it made.
                 budget.release(old.byteCount)
@@ -449,6 +489,7 @@ public final class Session: Sendable {
                     onCommit: gate?.hold()
                 )
             }
+            if queued.qos == .atMostOnce { state.pendingQoS0 += 1 }
             state.pending.append(queued)
             state.pendingBytes += size
             var wake: (any ConnectionHandle)?
@@ -469,6 +510,57 @@ public final class Session: Sendable {
         wake?.deliveryAvailable()
         return (result, logDrop)
     }
+
+    /// How a full queue treats a message that does not fit (after QoS 0 messages were evicted), per
+    /// `limits.slow_consumer`, `limits.qos0_when_full` and `limits.slow_consumer_timeout`.
+    struct Overflow {
+        var policy: SlowConsumerPolicy
+        var qos0WhenFull: QoS0WhenFullPolicy
+        /// How long a queue may hold its publishers back before `disconnect` applies.
+        var timeout: Duration
+        /// The publisher's throttle; nil for the gateway's own messages (Wills, retained deliveries,
+        /// bridges), which cannot be held back: `disconnect` applies to them.
+        var throttle: ReadThrottle?
+        var now: ContinuousClock.Instant
+    }
+
+    /// The throttle to hold back when `overflow` asks for back-pressure and it can apply: the session is
+    /// connected, the message's QoS is covered, the publisher is not this session's own connection (it
+    /// could not read the acknowledgements that drain the queue), and the queue has not been over its
+    /// cap for longer than the timeout.
+    private func holdsBack(_ overflow: Overflow, qos: MQTTQoS, _ state: State) -> ReadThrottle? {
+        guard overflow.policy == .backpressure, !dropsWhenFull, let handle = state.handle,
+            let throttle = overflow.throttle, throttle.handle !== handle,
+            qos != .atMostOnce || overflow.qos0WhenFull == .backpressure
+        else { return nil }
+        if let since = state.congestedSince, since.advanced(by: overflow.timeout) <= overflow.now { return nil }
+        return throttle
+    }
+
+    /// Lets the held-back publishers read again once the queue has drained to half its caps (or at once
+    /// with `drained`: the owner went away or the queue was emptied).
+    private func releaseThrottles(_ state: inout State, drained: Bool = false) {
+        guard state.congestedSince != nil else { return }
+        if !drained {
+            let count = state.pending.count + state.inflight.count
+            let bytes = state.pendingBytes + state.inflightBytes
+            guard count * 2 <= limits.maxQueuedMessages && bytes * 2 <= limits.maxQueuedBytes else { return }
+        }
+        for throttle in state.throttles { throttle.unblock(self) }
+        state.throttles.removeAll()
+        state.congestedSince = nil
+        congestion?.remove(self)
+    }
+
+    /// Whether the queue has held its publishers back for `timeout` or longer.
+    func isCongested(longerThan timeout: Duration, now: ContinuousClock.Instant) -> Bool {
+        state.withLock { state in
+            state.congestedSince.map { $0.advanced(by: timeout) <= now } ?? false
+        }
+    }
+
+    /// Publishers held back by this session now.
+    var heldBackPublishers: Int { state.withLock { $0.throttles.count } }
 
     /// Whether the queue has room for one more message of `size` bytes (used to skip full members of
     /// shared subscription groups).
@@ -529,6 +621,7 @@ public final class Session: Sendable {
                 // owner's own task, which polls again after every packet.
                 if first.qos != .atMostOnce && state.inflight.count >= window { return .wait }
                 let queued = state.pending.removeFirst()
+                if queued.qos == .atMostOnce { state.pendingQoS0 -= 1 }
                 state.pendingBytes -= queued.byteCount
                 if let expiresAt = queued.message.expiresAt, expiresAt <= now {
                     released += queued.byteCount
@@ -540,6 +633,7 @@ public final class Session: Sendable {
                 if queued.qos == .atMostOnce {
                     released += queued.byteCount
                     releasedCount += 1
+                    releaseThrottles(&state)
                     return .item(.publish(Self.packet(for: queued, packetID: nil, dup: false, now: now)))
                 }
                 let id = Self.allocatePacketID(&state)
@@ -551,6 +645,7 @@ public final class Session: Sendable {
                 state.inflightBytes += queued.byteCount
                 return .item(.publish(Self.packet(for: queued, packetID: id, dup: false, now: now)))
             }
+            releaseThrottles(&state)
             state.needsWake = true
             return .wait
         }
@@ -620,6 +715,7 @@ public final class Session: Sendable {
             let entry = state.inflight.remove(at: index)
             state.inflightBytes -= entry.queued.byteCount
             journalDelete(entry.queued, &state)
+            releaseThrottles(&state)
             return entry.queued.byteCount
         }
         guard let bytes else { return false }
@@ -720,6 +816,7 @@ extension Session {
                     state.nextPacketID = packetID == UInt16.max ? 1 : packetID + 1
                     count.inflight += 1
                 } else {
+                    if queued.qos == .atMostOnce { state.pendingQoS0 += 1 }
                     state.pending.append(queued)
                     state.pendingBytes += size
                     count.queued += 1

@@ -23,6 +23,8 @@ public final class GatewayMetrics: Sendable {
     private let retainedGauge: Gauge
     private let malformed: Counter
     private let aclRevoked: Counter
+    private let publisherPauses: Counter
+    private let congestedGauge: Gauge
     /// Totals kept in-process as well (the metrics backend may be a no-op), for `$SYS` and the stats API.
     private let totals = Totals()
 
@@ -124,7 +126,15 @@ public final class GatewayMetrics: Sendable {
         retainedGauge = Gauge(label: "iotgw_retained_messages")
         malformed = Counter(label: "iotgw_malformed_packets_total")
         aclRevoked = Counter(label: "iotgw_acl_subscriptions_revoked_total")
+        publisherPauses = Counter(label: "iotgw_publisher_pauses_total")
+        congestedGauge = Gauge(label: "iotgw_congested_sessions")
     }
+
+    /// Records a publisher whose reading was paused by back-pressure (`limits.slow_consumer: backpressure`).
+    func publisherPaused() { publisherPauses.increment() }
+
+    /// Records how many subscribers' full queues hold publishers back.
+    func congestedSessions(_ count: Int) { congestedGauge.record(count) }
 
     func connectionOpened(_ transport: Transport, current: Int) {
         connectionsGauges[transport]?.record(current)

@@ -15,6 +15,7 @@ final class ChannelConnectionHandle: ConnectionHandle {
     private struct State {
         var version: MQTTProtocolVersion?
         var reason: ServerDisconnectReason?
+        var writer: ConnectionWriter?
     }
 
     init(channel: any Channel, isWebSocket: Bool = false) {
@@ -30,8 +31,27 @@ final class ChannelConnectionHandle: ConnectionHandle {
     /// Why the server closed the connection, if it did.
     var closeReason: ServerDisconnectReason? { state.withLock { $0.reason } }
 
+    /// The MQTT connection's writer, set by its task before CONNECT is handled: deliveries are then
+    /// written on the event loop directly. Without one (the JSON API) the task is woken instead.
+    var writer: ConnectionWriter? {
+        get { state.withLock { $0.writer } }
+        set { state.withLock { $0.writer = newValue } }
+    }
+
     func deliveryAvailable() {
-        channel.pipeline.fireUserInboundEventTriggered(DeliverySignal())
+        if let writer {
+            // Always a job of its own, never inline: the caller may be this connection's own task
+            // (publishing to its own subscription) in the middle of handling a packet.
+            channel.eventLoop.execute { writer.drain() }
+        } else {
+            channel.pipeline.fireUserInboundEventTriggered(DeliverySignal())
+        }
+    }
+
+    func setReadPaused(_ paused: Bool) {
+        // KeepAliveHandler holds the reads. From another thread this hops to the channel's loop; calls
+        // made in order (ReadThrottle makes them under its lock) arrive in order.
+        channel.pipeline.triggerUserOutboundEvent(KeepAliveHandler.SetReadPaused(paused: paused), promise: nil)
     }
 
     func close(reason: ServerDisconnectReason) {

@@ -1,7 +1,8 @@
 import NIOCore
 
 /// Closes connections that go quiet: before CONNECT after the connect timeout, afterwards after 1.5 ×
-/// the negotiated keep alive (MQTT-3.1.2-24).
+/// the negotiated keep alive (MQTT-3.1.2-24). It also holds the connection's reads while back-pressure
+/// pauses the publisher (``SetReadPaused``): a paused client is not read, so it is not counted as quiet.
 ///
 /// The deadline is filed in its event loop's ``KeepAliveWheel`` and re-filed only when it comes due
 /// (at the last read + timeout), so a busy connection costs a timestamp per read and an idle one an
@@ -18,6 +19,12 @@ final class KeepAliveHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var seconds: Int
     }
 
+    /// Sent down the pipeline by ``ChannelConnectionHandle/setReadPaused(_:)``: stop or resume reading
+    /// from the socket (back-pressure on a publisher, ``ReadThrottle``).
+    struct SetReadPaused: Sendable {
+        var paused: Bool
+    }
+
     /// Fired through the pipeline when the keep alive expires, so the connection task can tell an MQTT 5
     /// client why (0x8D) before closing.
     struct KeepAliveExpired: Error {}
@@ -27,6 +34,9 @@ final class KeepAliveHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var lastRead = NIODeadline.now()
     /// The wheel bucket this connection's deadline is filed in, while filed.
     private var filed: (wheel: KeepAliveWheel, bucket: Int64)?
+    /// Reading is paused by back-pressure; `heldRead` records a read asked for meanwhile.
+    private var readPaused = false
+    private var heldRead = false
 
     /// - Parameter connectTimeout: how long a socket may stay open without sending CONNECT.
     init(connectTimeout: TimeAmount) {
@@ -56,7 +66,22 @@ final class KeepAliveHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelRead(data)
     }
 
+    func read(context: ChannelHandlerContext) {
+        // Not reading while the socket is not writable either: a client that sends without reading
+        // would otherwise pile up our answers (PUBACKs, PINGRESPs) in NIO's write buffer.
+        if readPaused || !context.channel.isWritable {
+            heldRead = true
+        } else {
+            context.read()
+        }
+    }
+
     func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        if let pause = event as? SetReadPaused {
+            setReadPaused(pause.paused, context: context)
+            promise?.succeed()
+            return
+        }
         guard let event = event as? SetKeepAlive else {
             context.triggerUserOutboundEvent(event, promise: promise)
             return
@@ -70,6 +95,27 @@ final class KeepAliveHandler: ChannelDuplexHandler, RemovableChannelHandler {
             arm(context: context)
         }
         promise?.succeed()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        releaseHeldRead(context: context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func setReadPaused(_ paused: Bool, context: ChannelHandlerContext) {
+        guard paused != readPaused else { return }
+        readPaused = paused
+        if !paused {
+            // The client was silent because we did not read it: its keep alive starts afresh.
+            lastRead = .now()
+            releaseHeldRead(context: context)
+        }
+    }
+
+    private func releaseHeldRead(context: ChannelHandlerContext) {
+        guard heldRead, !readPaused, context.channel.isWritable else { return }
+        heldRead = false
+        context.read()
     }
 
     private func arm(context: ChannelHandlerContext) {
@@ -91,7 +137,7 @@ final class KeepAliveHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Called by the wheel when the filed deadline's bucket is due (the wheel has dropped the entry).
     func deadlineReached(context: ChannelHandlerContext) {
         filed = nil
-        let due = lastRead + timeout
+        let due = readPaused ? NIODeadline.now() + timeout : lastRead + timeout
         if due > .now() {
             file(context: context, at: due)
             return

@@ -3,13 +3,17 @@ import Logging
 import MQTTCodec
 import NIOCore
 
+/// The async channel of one MQTT connection: decoded packets (and writability changes) in; writes go
+/// straight into the channel from ``ConnectionWriter`` on its event loop, so there is no outbound writer.
+typealias MQTTAsyncChannel = NIOAsyncChannel<ConnectionInput, Never>
+
 /// Runs one MQTT connection: the per-connection task.
 ///
-/// One task both reads and writes. It reads ``ConnectionInput``: client packets, which it hands to the
-/// core and answers, and wake-ups, after which it writes what the session has queued. It writes queued
-/// messages only while the socket is writable, so a slow reader never makes the task wait: the task
-/// keeps reading (acknowledgements, pings) and its messages wait in the session's bounded queue, where
-/// the queue's policy applies. Every error stays inside this connection.
+/// The task runs on its channel's event loop (``EventLoopTaskExecutor``): it reads ``ConnectionInput`` —
+/// client packets, which it hands to the core and answers, and writability changes — and every write
+/// goes through the connection's ``ConnectionWriter`` on that loop. Messages routed to this connection
+/// are written by the writer when the session wakes it, without waking the task. Every error stays
+/// inside this connection.
 struct MQTTConnectionRunner: Sendable {
     let broker: Broker
     let transport: GatewayMetrics.Transport
@@ -21,19 +25,24 @@ struct MQTTConnectionRunner: Sendable {
     /// Whether the connection runs over WebSocket (closing it is a close handshake).
     var isWebSocket = false
 
-    /// The most messages written between two flushes.
-    private static let writeBatch = 64
-    /// Inbound packets handled before the task yields to others.
-    private static let packetsPerYield = 4
+    /// Inbound packets handled before the task yields the loop to other jobs: a publisher whose packets
+    /// are already buffered never suspends on `next()`.
+    private static let packetsPerYield = 16
 
-    func run(_ channel: NIOAsyncChannel<ConnectionInput, ByteBuffer>) async {
+    func run(_ channel: MQTTAsyncChannel) async {
         guard broker.admitConnection(transport: transport) else {
             logger.debug("connection refused: limit reached or draining")
             // Through executeThenClose, so NIO sees the wrapped channel finished.
-            try? await channel.executeThenClose { _, _ in }
+            try? await channel.executeThenClose { _ in }
             return
         }
         defer { broker.releaseConnection(transport: transport) }
+        await withTaskExecutorPreference(EventLoopTaskExecutor.of(channel.channel.eventLoop)) {
+            await runOnEventLoop(channel)
+        }
+    }
+
+    private func runOnEventLoop(_ channel: MQTTAsyncChannel) async {
         let handle = ChannelConnectionHandle(channel: channel.channel, isWebSocket: isWebSocket)
         let token = registry.add(handle)
         defer { registry.remove(token) }
@@ -44,20 +53,13 @@ struct MQTTConnectionRunner: Sendable {
             remoteAddress: channel.channel.remoteAddress?.description,
             logger: logger
         )
+        let writer = ConnectionWriter(channel: channel.channel, connection: connection, metrics: broker.metrics)
+        handle.writer = writer
         var cause = ClientConnection.CloseCause.connectionLost
         do {
-            try await channel.executeThenClose { inbound, outbound in
+            try await channel.executeThenClose { inbound in
                 var actions: [ClientConnection.Action] = []
                 var handledSinceYield = 0
-                // False once a write failed (the peer closed): packets it sent before closing are still
-                // buffered inbound and are handled — a PUBLISH followed by DISCONNECT and close is
-                // routed — but nothing more is written.
-                var output = Output()
-                defer {
-                    if let error = output.error {
-                        logger.debug("connection stopped writing", metadata: ["error": "\(error)"])
-                    }
-                }
                 do {
                     for try await input in inbound {
                         if case .packet(var packet) = input {
@@ -71,16 +73,12 @@ struct MQTTConnectionRunner: Sendable {
                                 connection.certificateIdentity = name
                             }
                             actions = await connection.handle(packet)
-                            if await perform(actions, connection: connection, handle: handle, outbound: outbound, output: &output) {
+                            if await perform(actions, connection: connection, handle: handle, writer: writer) {
+                                writer.flush()
                                 return
                             }
                         }
-                        if connection.isConnected && output.open {
-                            await writeQueued(connection: connection, channel: handle.channel, outbound: outbound, output: &output)
-                        }
-                        // A publisher whose packets are already buffered never suspends on `next()`, so it
-                        // could keep a cooperative thread for thousands of packets while its subscribers'
-                        // tasks wait and their queues overflow. Yield now and then to stay fair.
+                        if connection.isConnected { writer.drain() }
                         handledSinceYield += 1
                         if handledSinceYield >= Self.packetsPerYield {
                             handledSinceYield = 0
@@ -95,7 +93,8 @@ struct MQTTConnectionRunner: Sendable {
                     cause = .keepAliveTimeout
                     actions = connection.keepAliveExpired()
                 }
-                _ = await perform(actions, connection: connection, handle: handle, outbound: outbound, output: &output)
+                _ = await perform(actions, connection: connection, handle: handle, writer: writer)
+                writer.flush()
             }
         } catch {
             logger.debug("connection ended with error", metadata: ["error": "\(error)"])
@@ -104,71 +103,24 @@ struct MQTTConnectionRunner: Sendable {
         connection.connectionClosed(cause: cause)
     }
 
-    /// Whether the connection can still be written to, and the first write error.
-    struct Output {
-        var open = true
-        var error: (any Error)?
-
-        /// Runs one write; a failure closes the output (later writes are skipped) and is kept for the log.
-        mutating func attempt(_ write: () async throws -> Void) async {
-            guard open else { return }
-            do {
-                try await write()
-            } catch {
-                open = false
-                self.error = error
-            }
-        }
-    }
-
     /// Performs the core's actions in order. Returns true when the connection is to close.
     private func perform(
         _ actions: [ClientConnection.Action],
         connection: ClientConnection,
         handle: ChannelConnectionHandle,
-        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
-        output: inout Output
+        writer: ConnectionWriter
     ) async -> Bool {
         for action in actions {
             switch action {
             case .send(let packet):
-                await output.attempt {
-                    try await outbound.write(packet.encode(version: connection.version, allocator: handle.channel.allocator))
-                }
+                writer.send(packet)
             case .keepAlive(let seconds):
                 handle.connected(version: connection.version)
-                await output.attempt {
-                    try await handle.channel.triggerUserOutboundEvent(KeepAliveHandler.SetKeepAlive(seconds: seconds))
-                }
+                try? await handle.channel.triggerUserOutboundEvent(KeepAliveHandler.SetKeepAlive(seconds: seconds))
             case .close:
                 return true
             }
         }
         return false
-    }
-
-    /// Writes what the session has queued, in batches, while the socket is writable. When the socket
-    /// fills up this returns; `ConnectionInputHandler` signals when it drains.
-    private func writeQueued(
-        connection: ClientConnection,
-        channel: any Channel,
-        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
-        output: inout Output
-    ) async {
-        let version = connection.version
-        let metrics = broker.metrics
-        var batch: [ByteBuffer] = []
-        while channel.isWritable {
-            batch.removeAll(keepingCapacity: true)
-            while batch.count < Self.writeBatch, let packet = connection.nextOutboundPacket() {
-                batch.append(packet.encode(version: version, allocator: channel.allocator))
-                if case .publish(let publish) = packet {
-                    metrics.messageSent(qos: publish.qos, bytes: publish.payload.readableBytes)
-                }
-            }
-            if batch.isEmpty { return }
-            await output.attempt { try await outbound.write(contentsOf: batch) }
-            if !output.open || batch.count < Self.writeBatch { return }
-        }
     }
 }

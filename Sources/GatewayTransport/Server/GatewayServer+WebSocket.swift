@@ -9,7 +9,7 @@ import NIOWebSocket
 /// Where an upgraded (or refused) WebSocket connection goes.
 enum WebSocketRoute: Sendable {
     /// MQTT over WebSocket: the same pipeline tail and connection task as TCP.
-    case mqtt(NIOAsyncChannel<ConnectionInput, ByteBuffer>)
+    case mqtt(MQTTAsyncChannel)
     /// The JSON API, with what the upgrade request said about the client.
     case json(NIOAsyncChannel<JSONAPIInput, ByteBuffer>, JSONAPIRequest)
     /// The echo endpoint: handled entirely in the pipeline.
@@ -144,7 +144,7 @@ extension GatewayServer {
             try sync.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
             try sync.addHandler(ByteToMessageHandler(MQTTPacketDecoder(parser: MQTTPacketParser(maximumPacketSize: maxPacketSize))))
             try sync.addHandler(ConnectionInputHandler())
-            return .mqtt(try NIOAsyncChannel<ConnectionInput, ByteBuffer>(wrappingChannelSynchronously: channel))
+            return .mqtt(try MQTTAsyncChannel(wrappingChannelSynchronously: channel))
         case .json:
             try sync.addHandler(protocolHandler(.textMessages))
             try sync.addHandler(JSONAPIInputHandler())

@@ -1,0 +1,78 @@
+import GatewayCore
+import MQTTCodec
+import NIOCore
+
+/// Writes one MQTT connection's outbound packets on its channel's event loop.
+///
+/// Deliveries are written from the routing side: when a session queues a message for an idle
+/// connection, ``ChannelConnectionHandle/deliveryAvailable()`` runs ``drain()`` on the subscriber's event
+/// loop (one `execute` per wake-up; the session wakes its owner once per empty-queue poll, so a burst
+/// of messages costs one), and the packets go straight into the channel. The connection's task is not
+/// woken and no `NIOAsyncWriter` is involved. Order is the session's queue order, and the queue is
+/// drained only while the socket is writable: a slow reader's messages wait in its bounded queue,
+/// where the overflow policy applies, not in NIO's write buffer.
+///
+/// Flushes are coalesced: writes made while the loop runs one job (a burst of inbound packets, one
+/// drain) are flushed once, by a job queued behind it.
+///
+/// # Thread safety
+/// `@unchecked Sendable` because it holds the connection's ``ClientConnection``, which is not
+/// `Sendable`. Every use happens on `channel.eventLoop`: the connection task runs there
+/// (``EventLoopTaskExecutor``), and the writes it schedules are `execute`d there. One thread therefore
+/// runs the task's protocol logic and the writes, never both at once. Debug builds check it.
+final class ConnectionWriter: @unchecked Sendable {
+    let channel: any Channel
+    private let connection: ClientConnection
+    private let metrics: GatewayMetrics
+    private var flushScheduled = false
+    /// Unflushed bytes; past this a write flushes at once instead of waiting for the burst to end.
+    private var unflushed = 0
+    private static let flushThreshold = 64 * 1024
+
+    init(channel: any Channel, connection: ClientConnection, metrics: GatewayMetrics) {
+        self.channel = channel
+        self.connection = connection
+        self.metrics = metrics
+    }
+
+    /// Encodes and writes `packet` (flushed at the end of the burst).
+    func send(_ packet: MQTTPacket) {
+        channel.eventLoop.assertInEventLoop()
+        write(packet.encode(version: connection.version, allocator: channel.allocator))
+    }
+
+    /// Writes what the connection has ready — acknowledgements, then queued deliveries — while the socket
+    /// is writable. When it fills up this stops; the socket becoming writable again calls it once more.
+    func drain() {
+        channel.eventLoop.assertInEventLoop()
+        guard channel.isActive else { return }
+        let version = connection.version
+        while channel.isWritable, let packet = connection.nextOutboundPacket() {
+            if case .publish(let publish) = packet {
+                metrics.messageSent(qos: publish.qos, bytes: publish.payload.readableBytes)
+            }
+            write(packet.encode(version: version, allocator: channel.allocator))
+        }
+    }
+
+    /// Flushes now (before the connection closes).
+    func flush() {
+        channel.eventLoop.assertInEventLoop()
+        unflushed = 0
+        channel.flush()
+    }
+
+    private func write(_ bytes: ByteBuffer) {
+        unflushed += bytes.readableBytes
+        channel.write(bytes, promise: nil)
+        if unflushed >= Self.flushThreshold {
+            flush()
+        } else if !flushScheduled {
+            flushScheduled = true
+            channel.eventLoop.execute {
+                self.flushScheduled = false
+                if self.unflushed > 0 { self.flush() }
+            }
+        }
+    }
+}
