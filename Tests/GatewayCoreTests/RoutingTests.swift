@@ -383,3 +383,51 @@ struct RetainedTests {
         #expect(await subscribeFresh(broker, "s", "t").isEmpty)
     }
 }
+
+@Suite("Encode once in routing")
+struct EncodeOnceRoutingTests {
+    @Test("a message for several subscribers carries one shared encoding; per-subscriber forms do not use it")
+    func sharedAcrossSubscribers() async {
+        let broker = makeBroker()
+        var clients: [TestClient] = []
+        for n in 0..<3 {
+            let client = TestClient(broker, version: n == 2 ? .v5 : .v3_1_1)
+            await client.connectAccepted("s\(n)")
+            if n == 2 {
+                // A subscription identifier makes this receiver's bytes its own.
+                var properties = MQTTProperties()
+                properties.subscriptionIdentifiers = [5]
+                await client.subscribe([MQTTSubscription(topicFilter: "t/+", qos: .atLeastOnce)], properties: properties)
+            } else {
+                await client.subscribe([("t/+", .atLeastOnce)])
+            }
+            clients.append(client)
+        }
+        broker.publish(Message(topic: "t/x", payload: ByteBuffer(string: "hello"), qos: .atLeastOnce, retain: false))
+        let received = clients.map { $0.drainPublishes() }
+        #expect(received.map(\.count) == [1, 1, 1])
+        let first = received[0][0], second = received[1][0], third = received[2][0]
+        #expect(first.sharedEncoding != nil && first.sharedEncoding === second.sharedEncoding)
+        #expect(third.sharedEncoding == nil)
+        #expect(third.properties.subscriptionIdentifiers == [5])
+        // Same bytes as an independent encoding, each with its own packet id.
+        for (publish, version) in [(first, MQTTProtocolVersion.v3_1_1), (second, .v3_1_1), (third, .v5)] {
+            var plain = publish
+            plain.sharedEncoding = nil
+            let allocator = ByteBufferAllocator()
+            #expect(
+                Array(MQTTPacket.publish(publish).encode(version: version, allocator: allocator).readableBytesView)
+                    == Array(MQTTPacket.publish(plain).encode(version: version, allocator: allocator).readableBytesView))
+        }
+    }
+
+    @Test("a message for one subscriber is encoded as before, without a cache")
+    func singleSubscriber() async {
+        let broker = makeBroker()
+        let client = TestClient(broker)
+        await client.connectAccepted("only")
+        await client.subscribe([("t", .atMostOnce)])
+        broker.publish(Message(topic: "t", payload: ByteBuffer(string: "x"), qos: .atMostOnce, retain: false))
+        #expect(client.drainPublishes().first?.sharedEncoding == nil)
+    }
+}

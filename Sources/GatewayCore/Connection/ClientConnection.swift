@@ -9,7 +9,7 @@ import NIOCore
 /// belongs to one connection task; it is deliberately not `Sendable`.
 public final class ClientConnection {
     /// What the transport must do, in order.
-    public enum Action {
+    public enum Action: Sendable {
         /// Encode and write a packet.
         case send(MQTTPacket)
         /// Enforce a keep-alive of this many seconds (0: none); the transport closes the connection when
@@ -191,6 +191,10 @@ public final class ClientConnection {
 
     // MARK: CONNECT
 
+    // Not inlined into `handle`: an async function's frame holds every local its inlined callees keep
+    // across a suspension, and the connection task keeps the largest frame chain it ever used (the
+    // task allocator does not give slabs back). CONNECT and PUBLISH get frames of their own.
+    @inline(never)
     private func handleConnect(_ connect: MQTTConnectPacket) async -> [Action] {
         version = connect.version
         let configuration = broker.configuration
@@ -332,6 +336,7 @@ public final class ClientConnection {
 
     // MARK: PUBLISH
 
+    @inline(never)
     private func handlePublish(_ publish: MQTTPublishPacket, session: Session) async -> [Action] {
         let configuration = broker.configuration
         if broker.isDraining {
@@ -602,6 +607,8 @@ extension ClientConnection {
     private func applyingOutboundAlias(_ publish: MQTTPublishPacket) -> MQTTPublishPacket {
         guard clientTopicAliasMaximum > 0 else { return publish }
         var publish = publish
+        // Aliases are this connection's own: its bytes differ from the other receivers'.
+        publish.sharedEncoding = nil
         if let alias = outboundAliases[publish.topic] {
             publish.properties.topicAlias = alias
             publish.topic = ""

@@ -385,6 +385,11 @@ public final class Broker: Sendable {
                 Self.pickMember(of: &group, size: size)
             }
         }
+        var message = message
+        if targets.count > 1 {
+            // Encoded once per wire form for all of them (SharedPublishEncoding).
+            message.sharedEncoding = SharedPublishEncoding()
+        }
         let configuration = self.configuration
         let overflow = Session.Overflow(
             policy: configuration.slowConsumer,

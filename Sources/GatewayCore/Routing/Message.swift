@@ -16,6 +16,13 @@ public struct Message: Sendable, Hashable {
     public var publisherClientID: String?
     /// When the message expires (MQTT 5 Message Expiry Interval), on the continuous clock.
     public var expiresAt: ContinuousClock.Instant?
+    /// The wire bytes shared by this message's receivers (encode once); attached by the router when a
+    /// message goes to more than one subscriber. Not part of the message's value.
+    var sharedEncoding: SharedPublishEncoding? {
+        get { sharedEncodingSlot.value }
+        set { sharedEncodingSlot.value = newValue }
+    }
+    private var sharedEncodingSlot = SharedEncodingSlot()
 
     public init(
         topic: String,

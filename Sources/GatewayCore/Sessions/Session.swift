@@ -671,6 +671,9 @@ public final class Session: Sendable {
             let remaining = now.duration(to: expiresAt).components.seconds
             properties.messageExpiryInterval = UInt32(clamping: max(remaining, 0))
         }
+        // The shared bytes fit only the form every receiver gets: no DUP, no subscription identifiers,
+        // no remaining expiry of this delivery's own.
+        let shareable = !dup && queued.subscriptionIdentifiers.isEmpty && queued.message.expiresAt == nil
         return MQTTPublishPacket(
             topic: queued.message.topic,
             payload: queued.message.payload,
@@ -678,7 +681,8 @@ public final class Session: Sendable {
             retain: queued.retain,
             dup: dup,
             packetIdentifier: packetID,
-            properties: properties
+            properties: properties,
+            sharedEncoding: shareable ? queued.message.sharedEncoding : nil
         )
     }
 

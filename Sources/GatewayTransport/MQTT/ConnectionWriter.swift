@@ -22,7 +22,7 @@ import NIOCore
 /// runs the task's protocol logic and the writes, never both at once. Debug builds check it.
 final class ConnectionWriter: @unchecked Sendable {
     let channel: any Channel
-    private let connection: ClientConnection
+    private let client: ClientConnection
     private let metrics: GatewayMetrics
     private var flushScheduled = false
     /// Unflushed bytes; past this a write flushes at once instead of waiting for the burst to end.
@@ -31,14 +31,14 @@ final class ConnectionWriter: @unchecked Sendable {
 
     init(channel: any Channel, connection: ClientConnection, metrics: GatewayMetrics) {
         self.channel = channel
-        self.connection = connection
+        self.client = connection
         self.metrics = metrics
     }
 
     /// Encodes and writes `packet` (flushed at the end of the burst).
     func send(_ packet: MQTTPacket) {
         channel.eventLoop.assertInEventLoop()
-        write(packet.encode(version: connection.version, allocator: channel.allocator))
+        write(packet.encode(version: client.version, allocator: channel.allocator))
     }
 
     /// Writes what the connection has ready — acknowledgements, then queued deliveries — while the socket
@@ -46,13 +46,20 @@ final class ConnectionWriter: @unchecked Sendable {
     func drain() {
         channel.eventLoop.assertInEventLoop()
         guard channel.isActive else { return }
-        let version = connection.version
-        while channel.isWritable, let packet = connection.nextOutboundPacket() {
+        let version = client.version
+        while channel.isWritable, let packet = client.nextOutboundPacket() {
             if case .publish(let publish) = packet {
                 metrics.messageSent(qos: publish.qos, bytes: publish.payload.readableBytes)
             }
             write(packet.encode(version: version, allocator: channel.allocator))
         }
+    }
+
+    /// ``drain()`` once CONNECT was accepted (before it there is nothing but the CONNACK to write, and
+    /// that is written by the task).
+    @inline(never)
+    func drainIfConnected() {
+        if client.isConnected { drain() }
     }
 
     /// Flushes now (before the connection closes).
@@ -75,4 +82,18 @@ final class ConnectionWriter: @unchecked Sendable {
             }
         }
     }
+}
+
+extension ConnectionWriter {
+    /// The connection, for a child task of the connection's own task (see
+    /// ``MQTTConnectionRunner``'s `handleFirst`): the parent awaits the child, and both run on the
+    /// channel's event loop.
+    var connection: LoopBoundConnection { LoopBoundConnection(value: client) }
+}
+
+/// A ``ClientConnection`` handed to a child task of its connection task. `@unchecked Sendable` on the
+/// same grounds as ``ConnectionWriter``: it is used on the channel's event loop only, by one task at a
+/// time (the parent waits for the child).
+struct LoopBoundConnection: @unchecked Sendable {
+    let value: ClientConnection
 }

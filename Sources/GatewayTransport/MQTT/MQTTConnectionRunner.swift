@@ -3,17 +3,13 @@ import Logging
 import MQTTCodec
 import NIOCore
 
-/// The async channel of one MQTT connection: decoded packets (and writability changes) in; writes go
-/// straight into the channel from ``ConnectionWriter`` on its event loop, so there is no outbound writer.
-typealias MQTTAsyncChannel = NIOAsyncChannel<ConnectionInput, Never>
-
 /// Runs one MQTT connection: the per-connection task.
 ///
-/// The task runs on its channel's event loop (``EventLoopTaskExecutor``): it reads ``ConnectionInput`` —
-/// client packets, which it hands to the core and answers, and writability changes — and every write
-/// goes through the connection's ``ConnectionWriter`` on that loop. Messages routed to this connection
-/// are written by the writer when the session wakes it, without waking the task. Every error stays
-/// inside this connection.
+/// The task runs on its channel's event loop (``EventLoopTaskExecutor``): it awaits ``ConnectionInbound``
+/// for client packets, which it hands to the core and answers, and writability changes; every write goes
+/// through the connection's ``ConnectionWriter`` on that loop. Messages routed to this connection are
+/// written by the writer when the session wakes it, without waking the task. Every error stays inside
+/// this connection.
 struct MQTTConnectionRunner: Sendable {
     let broker: Broker
     let transport: GatewayMetrics.Transport
@@ -29,94 +25,172 @@ struct MQTTConnectionRunner: Sendable {
     /// are already buffered never suspends on `next()`.
     private static let packetsPerYield = 16
 
-    func run(_ channel: MQTTAsyncChannel) async {
+    func run(_ accepted: MQTTConnectionChannel) async {
+        let channel = accepted.channel
         guard broker.admitConnection(transport: transport) else {
             logger.debug("connection refused: limit reached or draining")
-            // Through executeThenClose, so NIO sees the wrapped channel finished.
-            try? await channel.executeThenClose { _ in }
+            channel.close(promise: nil)
             return
         }
         defer { broker.releaseConnection(transport: transport) }
-        await withTaskExecutorPreference(EventLoopTaskExecutor.of(channel.channel.eventLoop)) {
-            await runOnEventLoop(channel)
+        // Connection tasks are not cancelled (the accept loop runs in a task of its own); they end when
+        // their channel closes, which shutdown does through the connection registry.
+        await withTaskExecutorPreference(EventLoopTaskExecutor.of(channel.eventLoop)) {
+            await runOnEventLoop(accepted)
         }
     }
 
-    private func runOnEventLoop(_ channel: MQTTAsyncChannel) async {
-        let handle = ChannelConnectionHandle(channel: channel.channel, isWebSocket: isWebSocket)
-        let token = registry.add(handle)
-        defer { registry.remove(token) }
+    /// The parts of a running connection, made before its first read.
+    private struct Parts {
+        let handle: ChannelConnectionHandle
+        let token: UInt64
+        let connection: ClientConnection
+        let writer: ConnectionWriter
+    }
 
+    /// The connection's life. Only what must outlive the reads stays in this frame (the task keeps it for
+    /// as long as the client stays); set-up and tear-down are synchronous functions of their own.
+    private func runOnEventLoop(_ accepted: MQTTConnectionChannel) async {
+        let parts = setUp(accepted.channel)
+        var failure: (any Error)?
+        do {
+            try await serve(accepted.inbound, connection: parts.connection, handle: parts.handle, writer: parts.writer)
+        } catch {
+            failure = error
+        }
+        tearDown(parts, failure: failure, channel: accepted.channel)
+    }
+
+    @inline(never)
+    private func setUp(_ channel: any Channel) -> Parts {
+        let handle = ChannelConnectionHandle(channel: channel, isWebSocket: isWebSocket)
+        let token = registry.add(handle)
         let connection = ClientConnection(
             broker: broker,
             handle: handle,
-            remoteAddress: channel.channel.remoteAddress?.description,
+            remoteAddress: channel.remoteAddress?.description,
             logger: logger
         )
-        let writer = ConnectionWriter(channel: channel.channel, connection: connection, metrics: broker.metrics)
+        let writer = ConnectionWriter(channel: channel, connection: connection, metrics: broker.metrics)
         handle.writer = writer
+        return Parts(handle: handle, token: token, connection: connection, writer: writer)
+    }
+
+    /// Answers how the reads ended (a malformed packet, the keep alive expiring), closes the channel and
+    /// releases the session.
+    @inline(never)
+    private func tearDown(_ parts: Parts, failure: (any Error)?, channel: any Channel) {
+        let connection = parts.connection
         var cause = ClientConnection.CloseCause.connectionLost
-        do {
-            try await channel.executeThenClose { inbound in
-                var actions: [ClientConnection.Action] = []
-                var handledSinceYield = 0
-                do {
-                    for try await input in inbound {
-                        if case .packet(var packet) = input {
-                            if useCertificateCommonName, case .connect(var connect) = packet,
-                                let name = await TLSContext.peerCommonName(of: handle.channel)
-                            {
-                                connect.username = name
-                                packet = .connect(connect)
-                                // Only a certificate verified against tls.ca_file reaches here (without
-                                // a CA none is requested): it authenticates the client.
-                                connection.certificateIdentity = name
-                            }
-                            actions = await connection.handle(packet)
-                            if await perform(actions, connection: connection, handle: handle, writer: writer) {
-                                writer.flush()
-                                return
-                            }
-                        }
-                        if connection.isConnected { writer.drain() }
-                        handledSinceYield += 1
-                        if handledSinceYield >= Self.packetsPerYield {
-                            handledSinceYield = 0
-                            await Task.yield()
-                        }
-                    }
-                    return
-                } catch let error as MQTTCodecError {
-                    cause = .protocolError
-                    actions = connection.handleDecodeError(error)
-                } catch is KeepAliveHandler.KeepAliveExpired {
-                    cause = .keepAliveTimeout
-                    actions = connection.keepAliveExpired()
-                }
-                _ = await perform(actions, connection: connection, handle: handle, writer: writer)
-                writer.flush()
-            }
-        } catch {
+        var actions: [ClientConnection.Action] = []
+        switch failure {
+        case let error as MQTTCodecError:
+            cause = .protocolError
+            actions = connection.handleDecodeError(error)
+        case is KeepAliveHandler.KeepAliveExpired:
+            cause = .keepAliveTimeout
+            actions = connection.keepAliveExpired()
+        case let error?:
             logger.debug("connection ended with error", metadata: ["error": "\(error)"])
+        case nil:
+            break
         }
-        if let reason = handle.closeReason { cause = .server(reason) }
+        _ = perform(actions, connection: connection, handle: parts.handle, writer: parts.writer)
+        parts.writer.flush()
+        channel.close(promise: nil)
+        registry.remove(parts.token)
+        if let reason = parts.handle.closeReason { cause = .server(reason) }
         connection.connectionClosed(cause: cause)
     }
 
-    /// Performs the core's actions in order. Returns true when the connection is to close.
+    /// Reads and answers the client until it disconnects, the connection closes, or the core says close.
+    private func serve(
+        _ inbound: ConnectionInbound,
+        connection: ClientConnection,
+        handle: ChannelConnectionHandle,
+        writer: ConnectionWriter
+    ) async throws {
+        // This loop is where an idle connection's task waits, for as long as the client stays: its frame
+        // is kept small by doing everything else in functions of their own (not inlined here).
+        var handledSinceYield = 0
+        while let input = try await inbound.next() {
+            if case .packet(let packet) = input,
+                await process(packet, connection: connection, handle: handle, writer: writer)
+            {
+                return
+            }
+            handledSinceYield += 1
+            if handledSinceYield >= Self.packetsPerYield {
+                handledSinceYield = 0
+                await Task.yield()
+            }
+            writer.drainIfConnected()
+        }
+    }
+
+    /// Hands one packet to the core and performs its actions. Returns true when the connection is to close.
+    @inline(never)
+    private func process(
+        _ packet: MQTTPacket,
+        connection: ClientConnection,
+        handle: ChannelConnectionHandle,
+        writer: ConnectionWriter
+    ) async -> Bool {
+        let actions: [ClientConnection.Action]
+        if connection.isConnected {
+            actions = await connection.handle(packet)
+        } else {
+            actions = await handleFirst(packet, connection: writer.connection, channel: handle.channel)
+        }
+        return perform(actions, connection: connection, handle: handle, writer: writer)
+    }
+
+    /// Handles the packets before CONNECT was accepted (CONNECT itself: authentication, session set-up or
+    /// restore) in a child task. That work goes deepest into async frames, and a task's allocator keeps
+    /// the slabs its deepest chain needed for the task's whole life; a child's are freed when it ends, so
+    /// an idle connection keeps only the frames of its read loop. The child inherits the event-loop
+    /// executor preference and is awaited at once: the connection is never used by two tasks at a time.
+    @inline(never)
+    private func handleFirst(
+        _ packet: MQTTPacket,
+        connection: LoopBoundConnection,
+        channel: any Channel
+    ) async -> [ClientConnection.Action] {
+        let useCertificateCommonName = self.useCertificateCommonName
+        return await withTaskGroup(of: [ClientConnection.Action].self) { group in
+            group.addTask {
+                var packet = packet
+                if useCertificateCommonName, case .connect(var connect) = packet,
+                    let name = await TLSContext.peerCommonName(of: channel)
+                {
+                    connect.username = name
+                    packet = .connect(connect)
+                    // Only a certificate verified against tls.ca_file reaches here (without a CA none is
+                    // requested): it authenticates the client.
+                    connection.value.certificateIdentity = name
+                }
+                return await connection.value.handle(packet)
+            }
+            return await group.next() ?? []
+        }
+    }
+
+    /// Performs the core's actions in order. Returns true when the connection is to close. Synchronous (on
+    /// the channel's event loop), so the connection task keeps no frame for it.
+    @inline(never)
     private func perform(
         _ actions: [ClientConnection.Action],
         connection: ClientConnection,
         handle: ChannelConnectionHandle,
         writer: ConnectionWriter
-    ) async -> Bool {
+    ) -> Bool {
         for action in actions {
             switch action {
             case .send(let packet):
                 writer.send(packet)
             case .keepAlive(let seconds):
                 handle.connected(version: connection.version)
-                try? await handle.channel.triggerUserOutboundEvent(KeepAliveHandler.SetKeepAlive(seconds: seconds))
+                handle.channel.triggerUserOutboundEvent(KeepAliveHandler.SetKeepAlive(seconds: seconds), promise: nil)
             case .close:
                 return true
             }

@@ -9,7 +9,7 @@ import NIOWebSocket
 /// Where an upgraded (or refused) WebSocket connection goes.
 enum WebSocketRoute: Sendable {
     /// MQTT over WebSocket: the same pipeline tail and connection task as TCP.
-    case mqtt(MQTTAsyncChannel)
+    case mqtt(MQTTConnectionChannel)
     /// The JSON API, with what the upgrade request said about the client.
     case json(NIOAsyncChannel<JSONAPIInput, ByteBuffer>, JSONAPIRequest)
     /// The echo endpoint: handled entirely in the pipeline.
@@ -143,8 +143,9 @@ extension GatewayServer {
             try sync.addHandler(protocolHandler(.mqttStream))
             try sync.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
             try sync.addHandler(ByteToMessageHandler(MQTTPacketDecoder(parser: MQTTPacketParser(maximumPacketSize: maxPacketSize))))
-            try sync.addHandler(ConnectionInputHandler())
-            return .mqtt(try MQTTAsyncChannel(wrappingChannelSynchronously: channel))
+            let inbound = ConnectionInbound(eventLoop: channel.eventLoop)
+            try sync.addHandler(inbound)
+            return .mqtt(MQTTConnectionChannel(channel: channel, inbound: inbound))
         case .json:
             try sync.addHandler(protocolHandler(.textMessages))
             try sync.addHandler(JSONAPIInputHandler())

@@ -116,9 +116,9 @@ public final class GatewayServer: Service {
     public func run() async throws {
         typealias MQTTListener = (
             name: String,
-            channel: NIOAsyncChannel<MQTTAsyncChannel, Never>,
+            channel: NIOAsyncChannel<MQTTConnectionChannel, Never>,
             runner: MQTTConnectionRunner,
-            accepted: AcceptedConnections<MQTTAsyncChannel>
+            accepted: AcceptedConnections<MQTTConnectionChannel>
         )
         typealias WebSocketListener = (
             name: String,
@@ -131,14 +131,14 @@ public final class GatewayServer: Service {
         var webSocketListeners: [WebSocketListener] = []
         if let mqtt = configuration.mqtt {
             let runner = MQTTConnectionRunner(broker: broker, transport: .tcp, registry: registry, logger: logger)
-            let accepted = AcceptedConnections<MQTTAsyncChannel>()
+            let accepted = AcceptedConnections<MQTTConnectionChannel>()
             mqttListeners.append(("mqtt", try await bindMQTT(mqtt, tls: nil, accepted: accepted), runner, accepted))
         }
         if let mqtts = configuration.mqtts {
             guard let tls = configuration.tls else { throw MissingTLSContext(listener: "mqtts") }
             var runner = MQTTConnectionRunner(broker: broker, transport: .tls, registry: registry, logger: logger)
             runner.useCertificateCommonName = tls.useCommonNameAsUsername
-            let accepted = AcceptedConnections<MQTTAsyncChannel>()
+            let accepted = AcceptedConnections<MQTTConnectionChannel>()
             mqttListeners.append(("mqtts", try await bindMQTT(mqtts, tls: tls, accepted: accepted), runner, accepted))
         }
         if let ws = configuration.ws {
@@ -244,9 +244,9 @@ public final class GatewayServer: Service {
     }
 
     private static func acceptLoop(
-        _ server: NIOAsyncChannel<MQTTAsyncChannel, Never>,
+        _ server: NIOAsyncChannel<MQTTConnectionChannel, Never>,
         runner: MQTTConnectionRunner,
-        accepted: AcceptedConnections<MQTTAsyncChannel>
+        accepted: AcceptedConnections<MQTTConnectionChannel>
     ) async throws {
         try await accepted.acceptingThenClosingOrphans {
             try await server.executeThenClose { inbound in
@@ -284,8 +284,8 @@ public final class GatewayServer: Service {
     private func bindMQTT(
         _ listener: ListenerConfiguration,
         tls: TLSContext?,
-        accepted: AcceptedConnections<MQTTAsyncChannel>
-    ) async throws -> NIOAsyncChannel<MQTTAsyncChannel, Never> {
+        accepted: AcceptedConnections<MQTTConnectionChannel>
+    ) async throws -> NIOAsyncChannel<MQTTConnectionChannel, Never> {
         let connectTimeout = TimeAmount.milliseconds(Int64(configuration.connectTimeout * 1000))
         let maxPacketSize = configuration.maxPacketSize
         return try await ServerBootstrap(group: eventLoopGroup)
@@ -303,8 +303,9 @@ public final class GatewayServer: Service {
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(MQTTPacketDecoder(parser: MQTTPacketParser(maximumPacketSize: maxPacketSize)))
                     )
-                    try channel.pipeline.syncOperations.addHandler(ConnectionInputHandler())
-                    let connection = try MQTTAsyncChannel(wrappingChannelSynchronously: channel)
+                    let inbound = ConnectionInbound(eventLoop: channel.eventLoop)
+                    try channel.pipeline.syncOperations.addHandler(inbound)
+                    let connection = MQTTConnectionChannel(channel: channel, inbound: inbound)
                     accepted.accepted(connection)
                     return connection
                 }

@@ -95,18 +95,25 @@ public enum MQTTPacket: Hashable, Sendable {
     public func encode(version: MQTTProtocolVersion, allocator: ByteBufferAllocator) -> ByteBuffer {
         var capacity = 64
         if case .publish(let publish) = self {
+            if let shared = publish.sharedEncoding { return shared.encoded(publish, version: version, allocator: allocator) }
             capacity = 5 + publish.remainingLength(version: version)
         }
         var buffer = allocator.buffer(capacity: capacity)
         buffer.moveWriterIndex(forwardBy: 5)
         writeBody(version: version, to: &buffer)
-        let remaining = buffer.writerIndex - 5
-        let lengthSize = MQTTVariableByteInteger.size(remaining)
-        let start = 5 - 1 - lengthSize
-        var header = ByteBuffer()
-        header.writeInteger(type.rawValue << 4 | flags)
-        header.writeMQTTVariableByteInteger(UInt32(remaining))
-        buffer.setBuffer(header, at: start)
+        // The fixed header goes into the 5 bytes left free in front: type and flags, then the remaining
+        // length as a variable byte integer (1-4 bytes).
+        var remaining = buffer.writerIndex - 5
+        let start = 5 - 1 - MQTTVariableByteInteger.size(remaining)
+        buffer.setInteger(type.rawValue << 4 | flags, at: start)
+        var index = start + 1
+        repeat {
+            var byte = UInt8(remaining & 0x7F)
+            remaining >>= 7
+            if remaining > 0 { byte |= 0x80 }
+            buffer.setInteger(byte, at: index)
+            index += 1
+        } while remaining > 0
         buffer.moveReaderIndex(forwardBy: start)
         return buffer
     }

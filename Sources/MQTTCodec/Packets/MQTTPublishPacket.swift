@@ -11,6 +11,13 @@ public struct MQTTPublishPacket: Hashable, Sendable {
     public var packetIdentifier: UInt16?
     /// MQTT 5 properties; always empty for 3.1.1.
     public var properties: MQTTProperties
+    /// Bytes shared with the other receivers of the same routed message (set by the router, only when this
+    /// packet is the shared form); not part of the packet's value.
+    public var sharedEncoding: SharedPublishEncoding? {
+        get { sharedEncodingSlot.value }
+        set { sharedEncodingSlot.value = newValue }
+    }
+    private var sharedEncodingSlot: SharedEncodingSlot
 
     public init(
         topic: String,
@@ -19,7 +26,8 @@ public struct MQTTPublishPacket: Hashable, Sendable {
         retain: Bool = false,
         dup: Bool = false,
         packetIdentifier: UInt16? = nil,
-        properties: MQTTProperties = .init()
+        properties: MQTTProperties = .init(),
+        sharedEncoding: SharedPublishEncoding? = nil
     ) {
         self.topic = topic
         self.payload = payload
@@ -28,6 +36,7 @@ public struct MQTTPublishPacket: Hashable, Sendable {
         self.dup = dup
         self.packetIdentifier = packetIdentifier
         self.properties = properties
+        self.sharedEncodingSlot = SharedEncodingSlot(sharedEncoding)
     }
 
     var flags: UInt8 {

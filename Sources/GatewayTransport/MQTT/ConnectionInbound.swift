@@ -1,0 +1,153 @@
+import MQTTCodec
+import NIOCore
+
+/// What an MQTT connection's task awaits: the next decoded packet, or `writable` when its socket can take
+/// writes again. A lighter bridge between the pipeline and the task than `NIOAsyncChannel`'s inbound stream.
+///
+/// An idle connection's task sits in ``next()`` for hours, and a task keeps the async frames its deepest
+/// suspension needed: NIO's generic producer (`NIOThrowingAsyncSequenceProducer`) cost about 3 KiB of
+/// frames per connection there, plus its storage, lock and state machine on the heap. This handler is the
+/// whole bridge: a small buffer, one continuation, and the back-pressure rule — no more than
+/// ``highWatermark`` inputs wait for the task; past that the socket is not read until the task has taken
+/// them (TCP then slows the client).
+///
+/// Errors (a malformed packet, the keep alive expiring) and the end of the connection reach the task
+/// after the inputs buffered before them, in order.
+///
+/// # Thread safety
+/// `@unchecked Sendable`: it is handed from the channel initializer to the connection task, which runs
+/// on the channel's event loop (``EventLoopTaskExecutor``). Every method runs on that loop — the handler
+/// callbacks by NIO's rules, ``next()`` because the task is pinned there (checked in debug builds) — so
+/// the state below is only ever touched by that one thread.
+final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = MQTTPacket
+    typealias OutboundIn = Any
+
+    /// Inputs buffered for the task before the socket stops being read.
+    static let highWatermark = 16
+
+    private let eventLoop: any EventLoop
+    private var context: ChannelHandlerContext?
+    private var buffer: [ConnectionInput] = []
+    private var head = 0
+    private var waiting: UnsafeContinuation<ConnectionInput?, any Error>?
+    private var failure: (any Error)?
+    private var finished = false
+    private var heldRead = false
+
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    private var buffered: Int { buffer.count - head }
+
+    /// The next input; nil once the connection has closed. Call from the connection task only.
+    func next() async throws -> ConnectionInput? {
+        eventLoop.assertInEventLoop()
+        if let input = take() { return input }
+        if let failure {
+            self.failure = nil
+            finished = true
+            throw failure
+        }
+        if finished { return nil }
+        return try await withUnsafeThrowingContinuation { continuation in
+            waiting = continuation
+        }
+    }
+
+    private func take() -> ConnectionInput? {
+        guard head < buffer.count else { return nil }
+        let input = buffer[head]
+        head += 1
+        if head == buffer.count {
+            // Emptied: start over without giving the storage back (it is at most highWatermark long).
+            buffer.removeAll(keepingCapacity: true)
+            head = 0
+        }
+        if heldRead && buffered < Self.highWatermark, let context {
+            heldRead = false
+            context.read()
+        }
+        return input
+    }
+
+    private func deliver(_ input: ConnectionInput) {
+        if let waiting {
+            self.waiting = nil
+            waiting.resume(returning: input)
+        } else {
+            buffer.append(input)
+        }
+    }
+
+    /// Wakes a waiting task with the end or the error, once nothing is buffered before it.
+    private func deliverEnd() {
+        guard let waiting, buffered == 0 else { return }
+        self.waiting = nil
+        if let failure {
+            self.failure = nil
+            finished = true
+            waiting.resume(throwing: failure)
+        } else {
+            waiting.resume(returning: nil)
+        }
+    }
+
+    // MARK: ChannelHandler
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        finished = true
+        deliverEnd()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        deliver(.packet(unwrapInboundIn(data)))
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            // The writer stopped when the socket filled up; the task lets it go on.
+            deliver(.writable)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if failure == nil && !finished { failure = error }
+        deliverEnd()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        finished = true
+        deliverEnd()
+        context.fireChannelInactive()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if buffered >= Self.highWatermark {
+            heldRead = true
+        } else {
+            context.read()
+        }
+    }
+}
+
+/// An accepted MQTT connection (TCP, TLS or WebSocket) as its listener hands it to the connection task.
+struct MQTTConnectionChannel: Sendable {
+    let channel: any Channel
+    let inbound: ConnectionInbound
+}
+
+extension MQTTConnectionChannel: AcceptedConnection {
+    var acceptedID: ObjectIdentifier { ObjectIdentifier(channel) }
+
+    func discard() async {
+        try? await channel.close()
+    }
+}
