@@ -32,7 +32,13 @@ struct RunCommand: AsyncParsableCommand {
 
     func run() async throws {
         let startedAt = ContinuousClock.now
-        let executor = ConcurrencyExecutor.install(environment: ProcessInfo.processInfo.environment)
+        let executor: ConcurrencyExecutor
+        do {
+            executor = try ConcurrencyExecutor.install(environment: ProcessInfo.processInfo.environment)
+        } catch {
+            printError("iotgw: \(error)")
+            throw ExitCode(2)
+        }
         let file: GatewayConfigFile
         let serverConfiguration: GatewayServer.Configuration
         let databaseConfiguration: DatabaseConfiguration

@@ -112,6 +112,44 @@ struct ACLTests {
         #expect(acl.isAllowed(.subscribe, topic: "devices/open", clientID: "c", username: nil))
     }
 
+    @Test("subscription grants: a deny rule that overlaps a wildcard filters it instead of refusing it")
+    func subscriptionGrants() {
+        let acl = ACLAuthorizer(rules: [rule(.deny, .read, "test/nosubscribe"), rule(.allow, .readwrite, "#")])
+        func grant(_ filter: String, username: String? = nil) -> SubscriptionGrant {
+            acl.subscriptionGrant(filter: filter, clientID: "c", username: username)
+        }
+        #expect(grant("#") == .filtered)
+        #expect(grant("+/+") == .filtered)
+        #expect(grant("test/#") == .filtered)
+        #expect(grant("test/nosubscribe") == .denied)
+        #expect(grant("a/b") == .allowed)
+        #expect(grant("a/#") == .allowed)
+        // `#` does not cover `$` topics, and nothing else allows them.
+        #expect(grant("$SYS/#") == .denied)
+        // Per message: the concrete topic decides.
+        #expect(!acl.isAllowed(.subscribe, topic: "test/nosubscribe", clientID: "c", username: nil))
+        #expect(acl.isAllowed(.subscribe, topic: "test/other", clientID: "c", username: nil))
+    }
+
+    @Test("subscription grants follow first-match order, substitutions and the default deny")
+    func subscriptionGrantOrder() {
+        let allowFirst = ACLAuthorizer(rules: [rule(.allow, .read, "a/#"), rule(.deny, .read, "a/b")])
+        #expect(allowFirst.subscriptionGrant(filter: "a/#", clientID: "c", username: nil) == .allowed)
+        let denyAll = ACLAuthorizer(rules: [rule(.deny, .read, "#"), rule(.allow, .read, "a/#")])
+        #expect(denyAll.subscriptionGrant(filter: "a/#", clientID: "c", username: nil) == .denied)
+        let twoDenies = ACLAuthorizer(rules: [rule(.deny, .read, "a/b"), rule(.deny, .read, "a/c"), rule(.allow, .read, "a/+")])
+        #expect(twoDenies.subscriptionGrant(filter: "a/+", clientID: "c", username: nil) == .filtered)
+        #expect(twoDenies.subscriptionGrant(filter: "a/c", clientID: "c", username: nil) == .denied)
+        // Only part of the filter is allowed, the rest falls to the default deny: filtered.
+        let own = ACLAuthorizer(rules: [rule(.allow, .read, "devices/%u/#")])
+        #expect(own.subscriptionGrant(filter: "devices/#", clientID: "c", username: "alice") == .filtered)
+        #expect(own.subscriptionGrant(filter: "devices/alice/#", clientID: "c", username: "alice") == .allowed)
+        #expect(own.subscriptionGrant(filter: "other/#", clientID: "c", username: "alice") == .denied)
+        #expect(own.subscriptionGrant(filter: "devices/#", clientID: "c", username: nil) == .denied)
+        #expect(ACLAuthorizer(rules: []).subscriptionGrant(filter: "#", clientID: "c", username: nil) == .allowed)
+        #expect(AllowAllAuthorizer().subscriptionGrant(filter: "#", clientID: "c", username: nil) == .allowed)
+    }
+
     @Test("wildcards do not cover $ topics")
     func dollarTopics() {
         let acl = ACLAuthorizer(rules: [rule(.allow, .readwrite, "#")])
@@ -168,7 +206,8 @@ struct ACLBrokerTests {
         let subscriber = TestClient(broker)
         await connect(subscriber, "sub", username: "alice")
         #expect(await subscriber.subscribe([("devices/alice/#", .atLeastOnce)]) == [MQTTReasonCode(1)])
-        #expect(await subscriber.subscribe([("devices/#", .atLeastOnce)], id: 2) == [.unspecifiedError])
+        // No message under devices/bob/ is readable for alice: refused.
+        #expect(await subscriber.subscribe([("devices/bob/#", .atLeastOnce)], id: 2) == [.unspecifiedError])
         #expect(await subscriber.subscribe([("$share/g/devices/bob/+", .atLeastOnce)], id: 3) == [.unspecifiedError])
         #expect(await subscriber.subscribe([("$share/g/devices/alice/+", .atLeastOnce)], id: 4) == [MQTTReasonCode(1)])
 
@@ -264,5 +303,64 @@ struct ACLBrokerTests {
             return
         }
         #expect(b.reasonCode == .serverUnavailable)
+    }
+}
+
+@Suite("ACL read checks per message")
+struct ACLReadCheckTests {
+    static let rules = [
+        ACLRule(permission: .deny, access: .read, topic: "test/nosubscribe"),
+        ACLRule(permission: .allow, access: .readwrite, topic: "#"),
+    ]
+
+    @Test("a # subscriber gets everything but the denied topic, live and retained; the denied filter itself is refused")
+    func hashSubscriberIsFiltered() async {
+        let broker = Broker(configuration: BrokerConfiguration(), authorizer: ACLAuthorizer(rules: Self.rules), logger: silentLogger)
+        let publisher = TestClient(broker)
+        await publisher.connectAccepted("pub")
+        await publisher.publish("test/nosubscribe", "retained secret", qos: .atLeastOnce, retain: true, id: 1)
+        await publisher.publish("test/open", "retained open", qos: .atLeastOnce, retain: true, id: 2)
+
+        let subscriber = TestClient(broker)
+        await subscriber.connectAccepted("sub")
+        #expect(await subscriber.subscribe([("#", .atLeastOnce)]) == [MQTTReasonCode(1)])
+        #expect(await subscriber.subscribe([("test/nosubscribe", .atLeastOnce)], id: 2) == [.unspecifiedError])
+        #expect(subscriber.drainPublishes().map(\.text) == ["retained open"])
+
+        await publisher.publish("test/nosubscribe", "live secret", id: 3)
+        await publisher.publish("test/other", "live open", id: 4)
+        #expect(subscriber.drainPublishes().map(\.text) == ["live open"])
+    }
+
+    @Test("subscriptions no deny rule overlaps are not checked per message")
+    func unaffectedSubscriptionsAreNotFlagged() async {
+        let broker = Broker(configuration: BrokerConfiguration(), authorizer: ACLAuthorizer(rules: Self.rules), logger: silentLogger)
+        let subscriber = TestClient(broker)
+        await subscriber.connectAccepted("sub")
+        await subscriber.subscribe([("a/+", .atMostOnce)])
+        await subscriber.subscribe([("#", .atMostOnce)], id: 2)
+        var flags: [String: Bool] = [:]
+        broker.withIndex { index in
+            index.forEachMatch(topic: "a/x", { flags[$0.options.topicFilter] = $0.filtered }, pickShared: { _ in nil })
+        }
+        #expect(flags == ["a/+": false, "#": true])
+    }
+
+    @Test("a reload that adds an overlapping deny rule filters existing wildcard subscriptions instead of revoking them")
+    func reloadFiltersExistingSubscriptions() async {
+        let broker = makeBroker()
+        let subscriber = TestClient(broker)
+        await subscriber.connectAccepted("sub")
+        await subscriber.subscribe([("#", .atMostOnce)])
+        let publisher = TestClient(broker)
+        await publisher.connectAccepted("pub")
+        #expect(broker.replaceAccessControl(authenticator: nil, authorizer: ACLAuthorizer(rules: Self.rules)) == 0)
+        await publisher.publish("test/nosubscribe", "secret")
+        await publisher.publish("test/other", "open")
+        #expect(subscriber.drainPublishes().map(\.text) == ["open"])
+        // And back: without the deny rule the subscription is delivered everything, unchecked.
+        broker.replaceAccessControl(authenticator: nil, authorizer: AllowAllAuthorizer())
+        await publisher.publish("test/nosubscribe", "now readable")
+        #expect(subscriber.drainPublishes().map(\.text) == ["now readable"])
     }
 }

@@ -95,19 +95,55 @@ extension String {
 /// starting with `$` (`$SYS/...` needs a rule of its own).
 public struct ACLAuthorizer: Authorizer {
     public let rules: [ACLRule]
+    /// Each rule's topic split into levels, when it has no `%u`/`%c` to substitute (split once here
+    /// instead of for every check: a filtered subscription checks every message it receives).
+    private let staticLevels: [TopicLevels?]
 
     public init(rules: [ACLRule]) {
         self.rules = rules
+        self.staticLevels = rules.map { $0.topic.contains("%") ? nil : TopicLevels($0.topic) }
+    }
+
+    /// The rules that apply to this client for `access`, in order, with their topic levels.
+    private func applicable(_ access: TopicAccess, clientID: String, username: String?) -> some Sequence<(ACLRule, TopicLevels)> {
+        zip(rules, staticLevels).lazy.compactMap { rule, levels -> (ACLRule, TopicLevels)? in
+            guard rule.access.includes(access) else { return nil }
+            if let required = rule.username, required != username { return nil }
+            if let required = rule.clientID, required != clientID { return nil }
+            if let levels { return (rule, levels) }
+            guard let pattern = rule.substitutedTopic(clientID: clientID, username: username) else { return nil }
+            return (rule, TopicLevels(pattern))
+        }
+    }
+
+    /// First match decides, as for ``isAllowed(_:topic:clientID:username:)``, but per part of the filter:
+    /// a rule whose topic covers the whole filter decides what no earlier rule decided; a rule that only
+    /// overlaps it decides part of it. So `deny read a/secret` before `allow readwrite #` grants `#` as
+    /// ``SubscriptionGrant/filtered`` (everything but `a/secret` is delivered), refuses `a/secret`, and
+    /// grants `b/+` as ``SubscriptionGrant/allowed``.
+    public func subscriptionGrant(filter: String, clientID: String, username: String?) -> SubscriptionGrant {
+        if rules.isEmpty { return .allowed }
+        let levels = TopicLevels(filter)
+        var partlyDecided = false
+        var partlyAllowed = false
+        for (rule, pattern) in applicable(.subscribe, clientID: clientID, username: username) {
+            if TopicLevels.covers(pattern, levels) {
+                if rule.permission == .allow { return partlyDecided ? .filtered : .allowed }
+                return partlyAllowed ? .filtered : .denied
+            }
+            if TopicLevels.overlap(pattern, levels) {
+                partlyDecided = true
+                if rule.permission == .allow { partlyAllowed = true }
+            }
+        }
+        // Nothing covers the rest of the filter: it is denied; what earlier rules allowed is delivered.
+        return partlyAllowed ? .filtered : .denied
     }
 
     public func isAllowed(_ access: TopicAccess, topic: String, clientID: String, username: String?) -> Bool {
         if rules.isEmpty { return true }
         let levels = TopicLevels(topic)
-        for rule in rules where rule.access.includes(access) {
-            if let required = rule.username, required != username { continue }
-            if let required = rule.clientID, required != clientID { continue }
-            guard let pattern = rule.substitutedTopic(clientID: clientID, username: username) else { continue }
-            let patternLevels = TopicLevels(pattern)
+        for (rule, patternLevels) in applicable(access, clientID: clientID, username: username) {
             let applies: Bool
             switch (access, rule.permission) {
             case (.publish, _):

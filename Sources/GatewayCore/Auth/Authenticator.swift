@@ -52,7 +52,32 @@ public enum TopicAccess: Sendable, Hashable {
 
 /// Decides per topic whether a connected client may publish or subscribe (ACLs).
 public protocol Authorizer: Sendable {
+    /// Whether the client may publish to `topic`, or (`.subscribe`) read it; for `.subscribe` with a
+    /// concrete topic name this is the per-message read check of a ``SubscriptionGrant/filtered``
+    /// subscription.
     func isAllowed(_ access: TopicAccess, topic: String, clientID: String, username: String?) -> Bool
+
+    /// How a subscription to `filter` is granted. The default asks ``isAllowed(_:topic:clientID:username:)``
+    /// once for the whole filter.
+    func subscriptionGrant(filter: String, clientID: String, username: String?) -> SubscriptionGrant
+}
+
+extension Authorizer {
+    public func subscriptionGrant(filter: String, clientID: String, username: String?) -> SubscriptionGrant {
+        isAllowed(.subscribe, topic: filter, clientID: clientID, username: username) ? .allowed : .denied
+    }
+}
+
+/// How a SUBSCRIBE of one topic filter is granted (what mosquitto does with a deny rule that covers part
+/// of a wildcard filter: grant it and withhold, message by message, what may not be read).
+public enum SubscriptionGrant: Sendable, Hashable {
+    /// Refused: the filter itself is denied, or no message it can match may be read.
+    case denied
+    /// Granted; every message it can match may be read, so deliveries are not checked (no cost per message).
+    case allowed
+    /// Granted; some messages it can match may not be read: each delivery (and each retained message sent
+    /// on subscribe) is checked with `isAllowed(.subscribe, topic:)`.
+    case filtered
 }
 
 /// The built-in authenticator when no user store is configured: with anonymous access allowed every

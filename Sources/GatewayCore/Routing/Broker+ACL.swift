@@ -29,9 +29,17 @@ extension Broker {
         guard !session.isInternal, self.session(clientID: session.clientID) === session else { return 0 }
         let authorizer = self.authorizer
         let username = session.username
-        let denied = session.subscriptions.filter { _, subscription in
-            !authorizer.isAllowed(.subscribe, topic: subscription.options.topicFilter, clientID: session.clientID, username: username)
+        var denied: [String: Session.StoredSubscription] = [:]
+        var kept: [(Session.StoredSubscription, filtered: Bool)] = []
+        for (key, subscription) in session.subscriptions {
+            switch authorizer.subscriptionGrant(filter: subscription.options.topicFilter, clientID: session.clientID, username: username) {
+            case .denied: denied[key] = subscription
+            case .allowed: kept.append((subscription, false))
+            case .filtered: kept.append((subscription, true))
+            }
         }
+        // What stays may now need the per-message read check (a new deny rule overlaps it), or no longer.
+        setReadChecks(kept, of: session)
         guard !denied.isEmpty else { return 0 }
         let keys = denied.keys.sorted()
         // A concurrent UNSUBSCRIBE may have removed some already: count only what this removed.
@@ -54,5 +62,15 @@ extension Broker {
             )
         }
         return revoked.count
+    }
+
+    /// Updates the index entries of `session`'s subscriptions with whether each needs the ACL read check.
+    private func setReadChecks(_ subscriptions: [(Session.StoredSubscription, filtered: Bool)], of session: Session) {
+        guard !subscriptions.isEmpty else { return }
+        withIndex { index in
+            for (subscription, filtered) in subscriptions {
+                index.setFiltered(filtered, filter: subscription.options.topicFilter, group: subscription.group, session: session)
+            }
+        }
     }
 }

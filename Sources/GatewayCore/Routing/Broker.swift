@@ -361,9 +361,21 @@ public final class Broker: Sendable {
         }
         var targets: [String: Target] = [:]
         let size = message.queuedByteCount
+        // Read once, and only when a subscription that a deny rule overlaps matches (ACL read checks).
+        var readChecks: (any Authorizer)?
+        var withheld = 0
         state.withLock { state in
             state.index.forEachMatch(topic: message.topic) { entry in
                 if entry.options.noLocal && entry.session.clientID == message.publisherClientID { return }
+                if entry.filtered {
+                    let authorizer = readChecks ?? self.authorizer
+                    readChecks = authorizer
+                    guard authorizer.isAllowed(.subscribe, topic: message.topic, clientID: entry.session.clientID, username: entry.session.username)
+                    else {
+                        withheld += 1
+                        return
+                    }
+                }
                 let qos = min(message.qos, entry.options.qos)
                 let id = entry.session.clientID
                 if var target = targets[id] {
@@ -385,6 +397,7 @@ public final class Broker: Sendable {
                 Self.pickMember(of: &group, size: size)
             }
         }
+        if withheld > 0 { metrics.messageDropped(.aclFiltered, count: withheld) }
         var message = message
         if targets.count > 1 {
             // Encoded once per wire form for all of them (SharedPublishEncoding).
@@ -534,8 +547,10 @@ public final class Broker: Sendable {
                 }
             }
             // Internal clients (bridges) are configured by the operator, not subject to client ACLs.
-            guard session.isInternal || authorizer.isAllowed(.subscribe, topic: request.topicFilter, clientID: session.clientID, username: username)
-            else {
+            let grant: SubscriptionGrant =
+                session.isInternal
+                ? .allowed : authorizer.subscriptionGrant(filter: request.topicFilter, clientID: session.clientID, username: username)
+            guard grant != .denied else {
                 codes.append(version == .v5 ? .notAuthorized : .unspecifiedError)
                 continue
             }
@@ -550,7 +565,8 @@ public final class Broker: Sendable {
                         session: session,
                         options: request,
                         subscriptionIdentifier: identifier,
-                        sharedGroup: group.map { SharedGroupKey(group: $0, filter: request.topicFilter) }
+                        sharedGroup: group.map { SharedGroupKey(group: $0, filter: request.topicFilter) },
+                        filtered: grant == .filtered
                     )
                 )
             }
@@ -564,6 +580,12 @@ public final class Broker: Sendable {
             }
             if sendRetained && configuration.retainAvailable {
                 for message in retained.matching(request.topicFilter, now: now) {
+                    if grant == .filtered
+                        && !authorizer.isAllowed(.subscribe, topic: message.topic, clientID: session.clientID, username: username)
+                    {
+                        metrics.messageDropped(.aclFiltered)
+                        continue
+                    }
                     retainedMessages.append(
                         QueuedMessage(
                             message: message,
@@ -597,6 +619,11 @@ public final class Broker: Sendable {
                 return .success
             }
         }
+    }
+
+    /// Runs `body` on the subscription index under the broker's lock.
+    func withIndex(_ body: (inout SubscriptionIndex) -> Void) {
+        state.withLock { body(&$0.index) }
     }
 
     /// The number of subscriptions in the index.

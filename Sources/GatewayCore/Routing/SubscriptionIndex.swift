@@ -8,6 +8,9 @@ struct SubscriptionEntry: Sendable {
     var subscriptionIdentifier: UInt32?
     /// Set for members of a shared subscription group.
     var sharedGroup: SharedGroupKey? = nil
+    /// Whether each message must pass the ACL read check first (``SubscriptionGrant/filtered``: a deny
+    /// rule overlaps the filter). False for most subscriptions, which then cost nothing per message.
+    var filtered = false
 }
 
 /// A topic-level trie of subscriptions with `+` and `#` wildcards and shared groups.
@@ -65,6 +68,27 @@ struct SubscriptionIndex: Sendable {
         }
         if isNew { count += 1 }
         return isNew
+    }
+
+    /// Sets whether `session`'s subscription to `filter` needs the per-message ACL read check
+    /// (``SubscriptionEntry/filtered``). Returns whether the subscription exists (an entry under the same
+    /// client id that belongs to a newer session is left alone).
+    @discardableResult
+    mutating func setFiltered(_ filtered: Bool, filter: String, group: String?, session: Session) -> Bool {
+        let clientID = session.clientID
+        var node = root
+        for level in filter.split(separator: "/", omittingEmptySubsequences: false) {
+            guard let child = node.children[level] else { return false }
+            node = child
+        }
+        if let group {
+            guard node.shared[group]?.members[clientID]?.session === session else { return false }
+            node.shared[group]!.members[clientID]!.filtered = filtered
+        } else {
+            guard node.subscribers[clientID]?.session === session else { return false }
+            node.subscribers[clientID]!.filtered = filtered
+        }
+        return true
     }
 
     /// Removes `clientID`'s subscription to `filter`. Returns whether one existed.

@@ -86,6 +86,8 @@ public final class GatewayMetrics: Sendable {
         case sessionExpired = "session_expired"
         /// A queued message whose subscription an ACL change revoked.
         case aclRevoked = "acl_revoked"
+        /// A message a wildcard subscription matched but the subscriber may not read (ACL read check).
+        case aclFiltered = "acl_filtered"
     }
 
     public init() {

@@ -34,12 +34,27 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     private var failure: (any Error)?
     private var finished = false
     private var heldRead = false
+    /// Set for a lingering close: what arrives is dropped and reading goes on.
+    private var discarding = false
 
     init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
     }
 
     private var buffered: Int { buffer.count - head }
+
+    /// Drops what is buffered and everything that arrives from now on, and keeps reading (a lingering
+    /// close reads the client's input until it closes, so that closing does not reset the connection).
+    func discardInput() {
+        eventLoop.assertInEventLoop()
+        discarding = true
+        buffer.removeAll()
+        head = 0
+        if heldRead, let context {
+            heldRead = false
+            context.read()
+        }
+    }
 
     /// The next input; nil once the connection has closed. Call from the connection task only.
     func next() async throws -> ConnectionInput? {
@@ -107,6 +122,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !discarding else { return }
         deliver(.packet(unwrapInboundIn(data)))
     }
 

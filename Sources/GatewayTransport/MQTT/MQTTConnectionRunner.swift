@@ -52,13 +52,46 @@ struct MQTTConnectionRunner: Sendable {
     /// as long as the client stays); set-up and tear-down are synchronous functions of their own.
     private func runOnEventLoop(_ accepted: MQTTConnectionChannel) async {
         let parts = setUp(accepted.channel)
+        var closing: Closing?
         var failure: (any Error)?
         do {
-            try await serve(accepted.inbound, connection: parts.connection, handle: parts.handle, writer: parts.writer)
+            closing = try await serve(accepted.inbound, connection: parts.connection, handle: parts.handle, writer: parts.writer)
         } catch {
             failure = error
         }
-        tearDown(parts, failure: failure, channel: accepted.channel)
+        if tearDown(parts, closing: closing, failure: failure) == .afterReply && !isWebSocket {
+            await linger(accepted)
+        }
+        accepted.channel.close(promise: nil)
+        registry.remove(parts.token)
+    }
+
+    /// How the server ends a connection.
+    enum Closing {
+        /// Nothing to tell the client (it sent DISCONNECT, or 3.1.1 has no server DISCONNECT).
+        case now
+        /// After a final packet — DISCONNECT with a reason code, or a refusing CONNACK — that the client
+        /// should get to read.
+        case afterReply
+    }
+
+    /// How long a connection closed after a final packet keeps reading (and discarding) what the client
+    /// still sends.
+    static let lingerTime = TimeAmount.seconds(2)
+
+    /// Lingering close: the final packet is flushed, the write side shut down (FIN), and input is read
+    /// and discarded until the client closes or ``lingerTime`` passes. Closing at once with unread input
+    /// makes the kernel send RST, and a client still sending (past Receive Maximum, say) then gets
+    /// ECONNRESET before it can read the DISCONNECT that says why.
+    @inline(never)
+    private func linger(_ accepted: MQTTConnectionChannel) async {
+        let channel = accepted.channel
+        guard channel.isActive else { return }
+        accepted.inbound.discardInput()
+        channel.close(mode: .output, promise: nil)
+        let deadline = channel.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
+        try? await channel.closeFuture.get()
+        deadline.cancel()
     }
 
     @inline(never)
@@ -76,10 +109,10 @@ struct MQTTConnectionRunner: Sendable {
         return Parts(handle: handle, token: token, connection: connection, writer: writer)
     }
 
-    /// Answers how the reads ended (a malformed packet, the keep alive expiring), closes the channel and
-    /// releases the session.
+    /// Answers how the reads ended (a malformed packet, the keep alive expiring), flushes and releases the
+    /// session (publishing the Will where due). Returns how the channel is to be closed.
     @inline(never)
-    private func tearDown(_ parts: Parts, failure: (any Error)?, channel: any Channel) {
+    private func tearDown(_ parts: Parts, closing: Closing?, failure: (any Error)?) -> Closing {
         let connection = parts.connection
         var cause = ClientConnection.CloseCause.connectionLost
         var actions: [ClientConnection.Action] = []
@@ -95,29 +128,28 @@ struct MQTTConnectionRunner: Sendable {
         case nil:
             break
         }
-        _ = perform(actions, connection: connection, handle: parts.handle, writer: parts.writer)
+        let final = perform(actions, connection: connection, handle: parts.handle, writer: parts.writer)
         parts.writer.flush()
-        channel.close(promise: nil)
-        registry.remove(parts.token)
         if let reason = parts.handle.closeReason { cause = .server(reason) }
         connection.connectionClosed(cause: cause)
+        return closing ?? final ?? .now
     }
 
-    /// Reads and answers the client until it disconnects, the connection closes, or the core says close.
+    /// Reads and answers the client until it disconnects, the connection closes (nil), or the core says close.
     private func serve(
         _ inbound: ConnectionInbound,
         connection: ClientConnection,
         handle: ChannelConnectionHandle,
         writer: ConnectionWriter
-    ) async throws {
+    ) async throws -> Closing? {
         // This loop is where an idle connection's task waits, for as long as the client stays: its frame
         // is kept small by doing everything else in functions of their own (not inlined here).
         var handledSinceYield = 0
         while let input = try await inbound.next() {
             if case .packet(let packet) = input,
-                await process(packet, connection: connection, handle: handle, writer: writer)
+                let closing = await process(packet, connection: connection, handle: handle, writer: writer)
             {
-                return
+                return closing
             }
             handledSinceYield += 1
             if handledSinceYield >= Self.packetsPerYield {
@@ -126,16 +158,17 @@ struct MQTTConnectionRunner: Sendable {
             }
             writer.drainIfConnected()
         }
+        return nil
     }
 
-    /// Hands one packet to the core and performs its actions. Returns true when the connection is to close.
+    /// Hands one packet to the core and performs its actions. Returns how to close, when the connection is to close.
     @inline(never)
     private func process(
         _ packet: MQTTPacket,
         connection: ClientConnection,
         handle: ChannelConnectionHandle,
         writer: ConnectionWriter
-    ) async -> Bool {
+    ) async -> Closing? {
         let actions: [ClientConnection.Action]
         if connection.isConnected {
             actions = await connection.handle(packet)
@@ -175,7 +208,7 @@ struct MQTTConnectionRunner: Sendable {
         }
     }
 
-    /// Performs the core's actions in order. Returns true when the connection is to close. Synchronous (on
+    /// Performs the core's actions in order. Returns how to close when they end with `close`. Synchronous (on
     /// the channel's event loop), so the connection task keeps no frame for it.
     @inline(never)
     private func perform(
@@ -183,18 +216,21 @@ struct MQTTConnectionRunner: Sendable {
         connection: ClientConnection,
         handle: ChannelConnectionHandle,
         writer: ConnectionWriter
-    ) -> Bool {
+    ) -> Closing? {
+        var replied = false
         for action in actions {
             switch action {
             case .send(let packet):
                 writer.send(packet)
+                replied = true
             case .keepAlive(let seconds):
                 handle.connected(version: connection.version)
                 handle.channel.triggerUserOutboundEvent(KeepAliveHandler.SetKeepAlive(seconds: seconds), promise: nil)
             case .close:
-                return true
+                writer.flush()
+                return replied ? .afterReply : .now
             }
         }
-        return false
+        return nil
     }
 }
