@@ -139,10 +139,12 @@ public final class ClientConnection {
     /// logs it, and closes.
     public func handleDecodeError(_ error: MQTTCodecError) -> [Action] {
         broker.metrics.malformedPacket()
-        logger.info(
-            "closing connection after bad packet",
-            metadata: ["error": "\(error)", "mqtt.reason_code": "\(error.reasonCode)"]
-        )
+        broker.logLimited(.badPacket, address: remoteAddress) {
+            logger.info(
+                "closing connection after bad packet",
+                metadata: ["error": "\(error)", "mqtt.reason_code": "\(error.reasonCode)"]
+            )
+        }
         if error.code == .unsupportedProtocolVersion && session == nil {
             // MQTT-3.1.2-2: answer an unsupported level with return code 1 (0x01 is also what an MQTT 5
             // client reads as "unsupported" when it sees a 3.1.1-format CONNACK), then close.
@@ -321,7 +323,9 @@ public final class ClientConnection {
     }
 
     private func rejectConnect(_ code: MQTTConnectReturnCode, v5: MQTTReasonCode, _ why: String) -> [Action] {
-        logger.info("connection refused", metadata: ["reason": "\(why)"])
+        broker.logLimited(.refusedConnect, address: remoteAddress) {
+            logger.info("connection refused", metadata: ["reason": "\(why)"])
+        }
         broker.metrics.connectRejected(returnCode: code.rawValue)
         let reason = version == .v5 ? v5 : MQTTReasonCode(code.rawValue)
         return [.send(.connack(MQTTConnAckPacket(sessionPresent: false, reasonCode: reason))), .close]
@@ -570,13 +574,17 @@ public final class ClientConnection {
 
     private func protocolViolation(_ why: String) -> [Action] {
         broker.metrics.disconnected(.protocolError)
-        logger.info("closing connection after protocol violation", metadata: ["reason": "\(why)"])
+        broker.logLimited(.protocolViolation, address: remoteAddress) {
+            logger.info("closing connection after protocol violation", metadata: ["reason": "\(why)"])
+        }
         return disconnect(with: .protocolError)
     }
 
     private func disconnectForViolation(_ code: MQTTReasonCode, _ why: String) -> [Action] {
         broker.metrics.disconnected(.protocolError)
-        logger.info("closing connection after protocol violation", metadata: ["reason": "\(why)", "mqtt.reason_code": "\(code)"])
+        broker.logLimited(.protocolViolation, address: remoteAddress) {
+            logger.info("closing connection after protocol violation", metadata: ["reason": "\(why)", "mqtt.reason_code": "\(code)"])
+        }
         return disconnect(with: code)
     }
 

@@ -42,6 +42,8 @@ public final class Broker: Sendable {
     let budget: QueueBudget
     /// Sessions holding publishers back (back-pressure), for ``enforceSlowConsumerTimeout()``.
     let congestion = CongestedSessions()
+    /// Bounds the log lines of per-connection errors (floods of bad packets or refused CONNECTs).
+    public let logLimiter = LogRateLimiter()
     let retained = RetainedStore()
     /// The telemetry ingest queue, when storage is configured.
     public let ingest: IngestQueue?
@@ -499,6 +501,19 @@ public final class Broker: Sendable {
             disconnected += 1
         }
         return disconnected
+    }
+
+    /// Logs one per-connection error through the flood limiter: `line` runs for the first few of its kind
+    /// per interval; the rest are summarised later (``flushLogSummaries()``).
+    public func logLimited(_ kind: LogRateLimiter.Kind, address: String?, _ line: () -> Void) {
+        let (log, summary) = logLimiter.admit(kind, address: address)
+        if let summary { LogRateLimiter.log(summary, to: logger) }
+        if log { line() }
+    }
+
+    /// Logs the summaries of flood-limited log windows that ended. Called by housekeeping every second.
+    public func flushLogSummaries() {
+        for summary in logLimiter.flush() { LogRateLimiter.log(summary, to: logger) }
     }
 
     /// Subscribers whose full queues hold publishers back now.

@@ -178,7 +178,9 @@ extension GatewayServer {
             route = try await pending.route.get()
         } catch {
             registry.remove(token)
-            logger.debug("WebSocket handshake failed", metadata: ["error": "\(error)"])
+            mqttRunner.broker.logLimited(.handshakeFailure, address: pending.channel.remoteAddress?.description) {
+                logger.debug("WebSocket handshake failed", metadata: ["error": "\(error)"])
+            }
             return
         }
         registry.remove(token)
