@@ -244,6 +244,12 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         public var slowConsumerTimeout = 10.0
         /// `limits.qos0_when_full`: `drop` or `backpressure`. Default drop.
         public var qos0WhenFull = "drop"
+        /// `limits.max_connections_per_address`: 0 is no limit. Default 0.
+        public var maxConnectionsPerAddress = 0
+        /// `limits.connect_rate_per_address`: CONNECTs per second; 0 is no limit. Default 0.
+        public var connectRatePerAddress = 0.0
+        /// `limits.connect_burst_per_address`. Default 20.
+        public var connectBurstPerAddress = 20
 
         public init() {}
         enum CodingKeys: String, CodingKey, CaseIterable {
@@ -260,6 +266,9 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
             case slowConsumer = "slow_consumer"
             case slowConsumerTimeout = "slow_consumer_timeout"
             case qos0WhenFull = "qos0_when_full"
+            case maxConnectionsPerAddress = "max_connections_per_address"
+            case connectRatePerAddress = "connect_rate_per_address"
+            case connectBurstPerAddress = "connect_burst_per_address"
         }
         public init(from decoder: any Decoder) throws {
             try decoder.rejectUnknownKeys(CodingKeys.self)
@@ -278,6 +287,9 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
             slowConsumer = try c.value(.slowConsumer, default: d.slowConsumer)
             slowConsumerTimeout = try c.value(.slowConsumerTimeout, default: d.slowConsumerTimeout)
             qos0WhenFull = try c.value(.qos0WhenFull, default: d.qos0WhenFull)
+            maxConnectionsPerAddress = try c.value(.maxConnectionsPerAddress, default: d.maxConnectionsPerAddress)
+            connectRatePerAddress = try c.value(.connectRatePerAddress, default: d.connectRatePerAddress)
+            connectBurstPerAddress = try c.value(.connectBurstPerAddress, default: d.connectBurstPerAddress)
         }
     }
 
@@ -393,6 +405,9 @@ extension GatewayConfigFile {
             "'\(limits.slowConsumer)' is not one of \(SlowConsumerPolicy.allCases.map(\.rawValue).joined(separator: ", "))"
         )
         check(limits.slowConsumerTimeout > 0, "limits.slow_consumer_timeout", "must be more than 0 seconds")
+        check(limits.maxConnectionsPerAddress >= 0, "limits.max_connections_per_address", "must not be negative (0: no limit)")
+        check(limits.connectRatePerAddress >= 0, "limits.connect_rate_per_address", "must not be negative (0: no limit)")
+        check(limits.connectBurstPerAddress >= 1, "limits.connect_burst_per_address", "must be at least 1")
         check(
             QoS0WhenFullPolicy(rawValue: limits.qos0WhenFull) != nil,
             "limits.qos0_when_full",
@@ -425,6 +440,9 @@ extension GatewayConfigFile {
         c.slowConsumer = SlowConsumerPolicy(rawValue: limits.slowConsumer) ?? .backpressure
         c.slowConsumerTimeout = limits.slowConsumerTimeout
         c.qos0WhenFull = QoS0WhenFullPolicy(rawValue: limits.qos0WhenFull) ?? .drop
+        c.maxConnectionsPerAddress = limits.maxConnectionsPerAddress
+        c.connectRatePerAddress = limits.connectRatePerAddress
+        c.connectBurstPerAddress = limits.connectBurstPerAddress
         c.maxQoS = mqtt.maxQoS
         c.retainAvailable = mqtt.retainAvailable
         c.receiveMaximum = mqtt.receiveMaximum

@@ -25,6 +25,14 @@ public struct BrokerConfiguration: Sendable, Hashable {
     /// What happens when a QoS 0 message does not fit once older QoS 0 messages were evicted. Default
     /// ``QoS0WhenFullPolicy/drop``: a QoS 0 stream never slows its publishers.
     public var qos0WhenFull: QoS0WhenFullPolicy = .drop
+    /// Connections one address (host) may hold open; 0: no limit. A connection past it is answered
+    /// CONNACK 0x97 (3.1.1: 3) and closed. Default 0: devices behind one NAT share an address.
+    public var maxConnectionsPerAddress: Int = 0
+    /// CONNECTs per second one address may make on average; 0: no limit. Past it (and its burst) a CONNECT
+    /// is answered 0x9F connection rate exceeded (3.1.1: 3). Default 0.
+    public var connectRatePerAddress: Double = 0
+    /// CONNECTs one address may make at once before the rate applies. Default 20.
+    public var connectBurstPerAddress: Int = 20
     /// Seconds an offline persistent session (3.1.1 clean session 0) is kept. MQTT 3.1.1 has no session
     /// expiry, so forgotten sessions would otherwise queue forever. Default 1 day.
     public var sessionExpiry: Double = 86_400
@@ -100,6 +108,9 @@ extension BrokerConfiguration {
         result.slowConsumer = new.slowConsumer
         result.slowConsumerTimeout = new.slowConsumerTimeout
         result.qos0WhenFull = new.qos0WhenFull
+        result.maxConnectionsPerAddress = new.maxConnectionsPerAddress
+        result.connectRatePerAddress = new.connectRatePerAddress
+        result.connectBurstPerAddress = new.connectBurstPerAddress
         return result
     }
 }

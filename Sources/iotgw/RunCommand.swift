@@ -408,6 +408,7 @@ struct HousekeepingService: Service, CustomStringConvertible {
             broker.publishDueWills()
             broker.enforceSlowConsumerTimeout()
             broker.flushLogSummaries()
+            broker.pruneAddressLimits()
             broker.recordQueueLevels()
             // glibc keeps freed memory in its arenas; after a wave of disconnects that is hundreds of
             // megabytes the process no longer needs. malloc_trim returns the free pages to the kernel.

@@ -45,8 +45,8 @@ struct LogRateLimiterTests {
 
     @Test("host of a NIO address description")
     func host() {
-        #expect(LogRateLimiter.host("[IPv4]127.0.0.1/127.0.0.1:5000") == "127.0.0.1")
-        #expect(LogRateLimiter.host("[IPv6]::1/::1:5000") == "::1")
-        #expect(LogRateLimiter.host("10.1.2.3") == "10.1.2.3")
+        #expect(PeerAddress.host(of: "[IPv4]127.0.0.1/127.0.0.1:5000") == "127.0.0.1")
+        #expect(PeerAddress.host(of: "[IPv6]::1/::1:5000") == "::1")
+        #expect(PeerAddress.host(of: "10.1.2.3") == "10.1.2.3")
     }
 }

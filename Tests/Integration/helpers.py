@@ -253,11 +253,15 @@ class RawClient:
     All reads take a timeout; ``expect`` compares exact bytes and fails with a hex dump.
     """
 
-    def __init__(self, port: int, timeout: float = DEFAULT_TIMEOUT, rcvbuf: int | None = None):
+    def __init__(self, port: int, timeout: float = DEFAULT_TIMEOUT, rcvbuf: int | None = None,
+                 source: str | None = None):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             # Must be set before connect() for the window to be small from the start.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            # Another loopback address (127.0.0.x) as the source: another client machine to the broker.
+            self.sock.bind((source, 0))
         self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -62,6 +62,9 @@ public final class ClientConnection {
     /// username (`tls.use_cn_as_username`); set before the CONNECT is handled. The authenticator then
     /// accepts the client by its certificate.
     public var certificateIdentity: String?
+    /// Set by the transport when the peer's address already holds `limits.max_connections_per_address`
+    /// connections: the CONNECT is refused (0x97 / 3).
+    public var overAddressLimit = false
 
     /// - Parameters:
     ///   - broker: the broker core.
@@ -199,6 +202,14 @@ public final class ClientConnection {
     @inline(never)
     private func handleConnect(_ connect: MQTTConnectPacket) async -> [Action] {
         version = connect.version
+        if overAddressLimit {
+            broker.metrics.refusedByFloodLimit(.addressLimit)
+            return rejectConnect(.serverUnavailable, v5: .quotaExceeded, "too many connections from this address")
+        }
+        if let remoteAddress, !broker.takeConnectToken(address: remoteAddress) {
+            broker.metrics.refusedByFloodLimit(.connectRate)
+            return rejectConnect(.serverUnavailable, v5: .connectionRateExceeded, "CONNECT rate of this address exceeded")
+        }
         let configuration = broker.configuration
         var clientID = connect.clientIdentifier
         var assigned: String?

@@ -44,6 +44,8 @@ public final class Broker: Sendable {
     let congestion = CongestedSessions()
     /// Bounds the log lines of per-connection errors (floods of bad packets or refused CONNECTs).
     public let logLimiter = LogRateLimiter()
+    /// Per-address connection and CONNECT-rate limits.
+    let addressLimits = AddressLimits()
     let retained = RetainedStore()
     /// The telemetry ingest queue, when storage is configured.
     public let ingest: IngestQueue?
@@ -103,6 +105,36 @@ public final class Broker: Sendable {
         guard let current else { return false }
         metrics.connectionOpened(transport, current: current)
         return true
+    }
+
+    /// Counts a connection from `address` (a peer address as NIO prints it) against
+    /// `limits.max_connections_per_address`. Returns false when the address already holds that many: the
+    /// connection is then refused at its CONNECT (``ClientConnection/overAddressLimit``). A connection
+    /// counted here must be given back with ``releaseAddress(_:)``.
+    public func admitAddress(_ address: String) -> Bool {
+        addressLimits.open(host: PeerAddress.host(of: address), limit: configuration.maxConnectionsPerAddress)
+    }
+
+    /// Gives back what ``admitAddress(_:)`` counted.
+    public func releaseAddress(_ address: String) {
+        addressLimits.closed(host: PeerAddress.host(of: address))
+    }
+
+    /// Takes a CONNECT token of `address` (`limits.connect_rate_per_address`); false: refuse with 0x9F.
+    func takeConnectToken(address: String) -> Bool {
+        let configuration = self.configuration
+        return addressLimits.takeConnectToken(
+            host: PeerAddress.host(of: address),
+            rate: configuration.connectRatePerAddress,
+            burst: configuration.connectBurstPerAddress,
+            now: now
+        )
+    }
+
+    /// Forgets refilled CONNECT buckets. Called by housekeeping every second.
+    public func pruneAddressLimits() {
+        let configuration = self.configuration
+        addressLimits.prune(now: now, rate: configuration.connectRatePerAddress, burst: configuration.connectBurstPerAddress)
     }
 
     /// Counts a network connection that ended (one admitted by ``admitConnection(transport:)``).

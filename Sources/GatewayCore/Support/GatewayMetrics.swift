@@ -24,6 +24,7 @@ public final class GatewayMetrics: Sendable {
     private let malformed: Counter
     private let aclRevoked: Counter
     private let publisherPauses: Counter
+    private let floodRefusals: [FloodRefusal: Counter]
     private let congestedGauge: Gauge
     /// Totals kept in-process as well (the metrics backend may be a no-op), for `$SYS` and the stats API.
     private let totals = Totals()
@@ -129,8 +130,23 @@ public final class GatewayMetrics: Sendable {
         malformed = Counter(label: "iotgw_malformed_packets_total")
         aclRevoked = Counter(label: "iotgw_acl_subscriptions_revoked_total")
         publisherPauses = Counter(label: "iotgw_publisher_pauses_total")
+        var refusals: [FloodRefusal: Counter] = [:]
+        for reason in FloodRefusal.allCases {
+            refusals[reason] = Counter(label: "iotgw_connections_refused_total", dimensions: [("reason", reason.rawValue)])
+        }
+        floodRefusals = refusals
         congestedGauge = Gauge(label: "iotgw_congested_sessions")
     }
+
+    /// Why a connection was refused by a flood limit; a label on `iotgw_connections_refused_total`.
+    public enum FloodRefusal: String, Sendable, CaseIterable {
+        /// `limits.max_connections_per_address`.
+        case addressLimit = "address_limit"
+        /// `limits.connect_rate_per_address`.
+        case connectRate = "connect_rate"
+    }
+
+    func refusedByFloodLimit(_ reason: FloodRefusal) { floodRefusals[reason]?.increment() }
 
     /// Records a publisher whose reading was paused by back-pressure (`limits.slow_consumer: backpressure`).
     func publisherPaused() { publisherPauses.increment() }

@@ -69,7 +69,7 @@ public final class LogRateLimiter: Sendable {
                 window.logged += 1
             } else {
                 window.suppressed += 1
-                if let host = address.map(Self.host) {
+                if let host = address.map(PeerAddress.host(of:)) {
                     if window.addresses.count < maxTrackedAddresses {
                         window.addresses.insert(host)
                     } else if !window.addresses.contains(host) {
@@ -113,15 +113,5 @@ public final class LogRateLimiter: Sendable {
             addressesAtLeast: window.addressesOverflowed,
             seconds: Int(interval.components.seconds)
         )
-    }
-
-    /// The host of a peer address as NIO prints it (`[IPv4]127.0.0.1/127.0.0.1:5000` → `127.0.0.1`,
-    /// `[IPv6]::1/::1:5000` → `::1`).
-    /// Anything else is taken as it is.
-    static func host(_ address: String) -> String {
-        guard address.hasPrefix("["), let slash = address.lastIndex(of: "/") else { return address }
-        var rest = address[address.index(after: slash)...]
-        if let colon = rest.lastIndex(of: ":") { rest = rest[..<colon] }
-        return String(rest)
     }
 }

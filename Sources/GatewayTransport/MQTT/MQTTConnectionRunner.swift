@@ -46,6 +46,8 @@ struct MQTTConnectionRunner: Sendable {
         let token: UInt64
         let connection: ClientConnection
         let writer: ConnectionWriter
+        /// The peer address counted against `limits.max_connections_per_address` (nil: not counted).
+        let countedAddress: String?
     }
 
     /// The connection's life. Only what must outlive the reads stays in this frame (the task keeps it for
@@ -64,6 +66,7 @@ struct MQTTConnectionRunner: Sendable {
         }
         accepted.channel.close(promise: nil)
         registry.remove(parts.token)
+        if let address = parts.countedAddress { broker.releaseAddress(address) }
     }
 
     /// How the server ends a connection.
@@ -98,15 +101,13 @@ struct MQTTConnectionRunner: Sendable {
     private func setUp(_ channel: any Channel) -> Parts {
         let handle = ChannelConnectionHandle(channel: channel, isWebSocket: isWebSocket)
         let token = registry.add(handle)
-        let connection = ClientConnection(
-            broker: broker,
-            handle: handle,
-            remoteAddress: channel.remoteAddress?.description,
-            logger: logger
-        )
+        let address = channel.remoteAddress?.description
+        let connection = ClientConnection(broker: broker, handle: handle, remoteAddress: address, logger: logger)
+        let countedAddress = address.flatMap { broker.admitAddress($0) ? $0 : nil }
+        connection.overAddressLimit = address != nil && countedAddress == nil
         let writer = ConnectionWriter(channel: channel, connection: connection, metrics: broker.metrics)
         handle.writer = writer
-        return Parts(handle: handle, token: token, connection: connection, writer: writer)
+        return Parts(handle: handle, token: token, connection: connection, writer: writer, countedAddress: countedAddress)
     }
 
     /// Answers how the reads ended (a malformed packet, the keep alive expiring), flushes and releases the
