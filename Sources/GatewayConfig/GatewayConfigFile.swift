@@ -164,6 +164,11 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         /// and the certificate (verified against `tls.ca_file`) authenticates the client: no password
         /// is needed. Default false.
         public var useCNAsUsername = false
+        /// `tls.max_concurrent_handshakes`: TLS handshakes in progress at once; more are closed at accept.
+        /// Default 1000.
+        public var maxConcurrentHandshakes = 1_000
+        /// `tls.handshake_timeout`: seconds a handshake may take. Default 10.
+        public var handshakeTimeout = 10.0
 
         public init() {}
         enum CodingKeys: String, CodingKey, CaseIterable {
@@ -172,6 +177,8 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
             case caFile = "ca_file"
             case verifyClient = "verify_client"
             case useCNAsUsername = "use_cn_as_username"
+            case maxConcurrentHandshakes = "max_concurrent_handshakes"
+            case handshakeTimeout = "handshake_timeout"
         }
         public init(from decoder: any Decoder) throws {
             try decoder.rejectUnknownKeys(CodingKeys.self)
@@ -181,6 +188,8 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
             keyFile = try c.value(.keyFile, default: d.keyFile)
             caFile = try c.value(.caFile, default: d.caFile)
             verifyClient = try c.value(.verifyClient, default: d.verifyClient)
+            maxConcurrentHandshakes = try c.value(.maxConcurrentHandshakes, default: d.maxConcurrentHandshakes)
+            handshakeTimeout = try c.value(.handshakeTimeout, default: d.handshakeTimeout)
             useCNAsUsername = try c.value(.useCNAsUsername, default: d.useCNAsUsername)
         }
     }
@@ -405,6 +414,8 @@ extension GatewayConfigFile {
             "'\(limits.slowConsumer)' is not one of \(SlowConsumerPolicy.allCases.map(\.rawValue).joined(separator: ", "))"
         )
         check(limits.slowConsumerTimeout > 0, "limits.slow_consumer_timeout", "must be more than 0 seconds")
+        check(tls.maxConcurrentHandshakes >= 1, "tls.max_concurrent_handshakes", "must be at least 1")
+        check(tls.handshakeTimeout > 0, "tls.handshake_timeout", "must be more than 0 seconds")
         check(limits.maxConnectionsPerAddress >= 0, "limits.max_connections_per_address", "must not be negative (0: no limit)")
         check(limits.connectRatePerAddress >= 0, "limits.connect_rate_per_address", "must not be negative (0: no limit)")
         check(limits.connectBurstPerAddress >= 1, "limits.connect_burst_per_address", "must be at least 1")

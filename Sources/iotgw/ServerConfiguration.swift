@@ -22,7 +22,9 @@ extension GatewayConfigFile {
                 keyFile: tls.keyFile,
                 caFile: tls.caFile.isEmpty ? nil : tls.caFile,
                 verifyClient: tls.verifyClient,
-                useCommonNameAsUsername: tls.useCNAsUsername
+                useCommonNameAsUsername: tls.useCNAsUsername,
+                maxConcurrentHandshakes: tls.maxConcurrentHandshakes,
+                handshakeTimeout: tls.handshakeTimeout
             )
             do {
                 context = try TLSContext(settings: settings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 import websockets
 
 from conftest import DEFAULT_CONFIG, IOTGW_BIN, deep_merge, to_yaml
-from helpers import PahoClient, free_port, iotgw_only, unique
+from helpers import PahoClient, free_port, iotgw_only, unique, wait_until
+from operations_helpers import get, metric_samples
 
 pytestmark = pytest.mark.usefixtures("_iotgw_only")
 
@@ -165,6 +167,45 @@ def test_certificate_cn_becomes_the_username(make_broker, pki):
     assert _connack_code(broker.mqtts_port, pki, cert=True) == 0
     # paho reports the 3.1.1 return code 5 as the MQTT 5 reason code 0x87.
     assert _connack_code(broker.mqtts_port, pki, cert=False) in (5, 0x87)
+
+
+def test_handshake_flood_is_bounded_and_timed_out(make_broker, pki):
+    """tls.max_concurrent_handshakes 5, tls.handshake_timeout 2: a TLS client connected before the flood keeps
+    working while 5 sockets sit in their handshake; a 6th is closed at once (counted); the stalled ones are
+    closed after the timeout (counted), and then a new TLS client connects."""
+    broker = make_broker(
+        listeners={"mqtts": {"enabled": True}},
+        admin={"enabled": True},
+        tls={"cert_file": pki["server.pem"], "key_file": pki["server.key"],
+             "max_concurrent_handshakes": 5, "handshake_timeout": 2},
+    )
+    established = PahoClient(broker.mqtts_port, tls={"ca_certs": pki["ca.pem"]}).start()
+    stalled = [socket.create_connection(("127.0.0.1", broker.mqtts_port)) for _ in range(5)]
+    try:
+        def gauge():
+            samples = metric_samples(get(broker.admin_port, "/metrics").body.decode())
+            return samples.get(("iotgw_tls_handshakes_in_progress", ()), 0) == 5
+        wait_until(gauge, 10, interval=0.1, message="5 TLS handshakes in progress")
+        with socket.create_connection(("127.0.0.1", broker.mqtts_port)) as sixth:
+            sixth.settimeout(5)
+            assert sixth.recv(1) == b"", "the 6th handshake was not refused"
+        established.subscribe([("flood/#", 1)])
+        established.publish("flood/x", b"still served", qos=1)
+        assert established.get(what="a message during the handshake flood").payload == b"still served"
+        for s in stalled:
+            s.settimeout(10)
+            try:
+                assert s.recv(1) == b"", "a stalled handshake was not closed"
+            except ConnectionResetError:
+                pass
+        assert _connack_code(broker.mqtts_port, pki, cert=False) == 0
+        samples = metric_samples(get(broker.admin_port, "/metrics").body.decode())
+        assert samples[("iotgw_tls_handshakes_refused_total", ())] >= 1
+        assert samples[("iotgw_tls_handshake_timeouts_total", ())] >= 5
+    finally:
+        for s in stalled:
+            s.close()
+        established.stop()
 
 
 # -- bad files ----------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ extension GatewayServer {
             .bind(host: listener.host, port: listener.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    if let tls { try sync.addHandler(tls.makeServerHandler()) }
+                    if let tls { try tls.addServerHandlers(to: sync) }
                     // Why an upgrade was refused, for the HTTP answer (only touched on this channel's loop).
                     let refusal = NIOLoopBoundBox<WebSocketConfiguration.Decision?>(nil, eventLoop: channel.eventLoop)
                     let upgrader = NIOTypedWebSocketServerUpgrader<WebSocketRoute>(

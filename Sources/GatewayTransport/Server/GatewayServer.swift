@@ -297,7 +297,7 @@ public final class GatewayServer: Service {
             .bind(host: listener.host, port: listener.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tls {
-                        try channel.pipeline.syncOperations.addHandler(tls.makeServerHandler())
+                        try tls.addServerHandlers(to: channel.pipeline.syncOperations)
                     }
                     try channel.pipeline.syncOperations.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
                     try channel.pipeline.syncOperations.addHandler(

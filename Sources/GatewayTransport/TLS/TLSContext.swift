@@ -22,13 +22,28 @@ public struct TLSSettings: Sendable, Hashable {
     /// Whether the client certificate's subject CN replaces the username of CONNECT (and of the JSON
     /// API's synthesized CONNECT) before authentication.
     public var useCommonNameAsUsername: Bool
+    /// TLS handshakes in progress at once, over both TLS listeners; a connection past it is closed at
+    /// accept. Default 1,000.
+    public var maxConcurrentHandshakes: Int
+    /// Seconds a TLS handshake may take; then the connection is closed. Default 10.
+    public var handshakeTimeout: Double
 
-    public init(certificateFile: String, keyFile: String, caFile: String? = nil, verifyClient: Bool = false, useCommonNameAsUsername: Bool = false) {
+    public init(
+        certificateFile: String,
+        keyFile: String,
+        caFile: String? = nil,
+        verifyClient: Bool = false,
+        useCommonNameAsUsername: Bool = false,
+        maxConcurrentHandshakes: Int = 1_000,
+        handshakeTimeout: Double = 10
+    ) {
         self.certificateFile = certificateFile
         self.keyFile = keyFile
         self.caFile = caFile
         self.verifyClient = verifyClient
         self.useCommonNameAsUsername = useCommonNameAsUsername
+        self.maxConcurrentHandshakes = maxConcurrentHandshakes
+        self.handshakeTimeout = handshakeTimeout
     }
 }
 
@@ -53,6 +68,7 @@ public struct TLSSetupError: Error, CustomStringConvertible, Sendable {
 public struct TLSContext: Sendable {
     let sslContext: NIOSSLContext
     let useCommonNameAsUsername: Bool
+    let handshakes: TLSHandshakeLimiter
 
     /// Reads the certificate, key and CA files and builds the context. Reading files blocks, so call
     /// this at start-up only, never on an event loop.
@@ -102,6 +118,10 @@ public struct TLSContext: Sendable {
             throw TLSSetupError(field: .keyFile, path: settings.keyFile, message: "does not match the certificate in \(settings.certificateFile) (\(error))")
         }
         useCommonNameAsUsername = settings.useCommonNameAsUsername
+        handshakes = TLSHandshakeLimiter(
+            limit: settings.maxConcurrentHandshakes,
+            timeout: .milliseconds(Int64(settings.handshakeTimeout * 1000))
+        )
     }
 
     private static func checkReadable(_ path: String, _ field: TLSSetupError.Field) throws(TLSSetupError) {
@@ -124,8 +144,10 @@ public struct TLSContext: Sendable {
         return certificate?.subjectName.first(where: { $0.type == .commonName })?.value
     }
 
-    /// The handler that terminates TLS on a new connection.
-    func makeServerHandler() -> NIOSSLServerHandler {
-        NIOSSLServerHandler(context: sslContext)
+    /// Adds the handlers that terminate TLS on a new connection: NIO's TLS handler and the guard that
+    /// bounds handshakes in progress and their time.
+    func addServerHandlers(to pipeline: ChannelPipeline.SynchronousOperations) throws {
+        try pipeline.addHandler(NIOSSLServerHandler(context: sslContext))
+        try pipeline.addHandler(TLSHandshakeGuard(limiter: handshakes))
     }
 }
