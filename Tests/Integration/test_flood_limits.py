@@ -8,20 +8,14 @@ from helpers import CONNACK, RawClient, RawClient5, connect_packet, connect5_pac
 from operations_helpers import get, metric_samples
 
 
-def _connack311(source: str, port: int) -> tuple[RawClient, int]:
-    c = RawClient(port, source=source)
-    c.send(connect_packet(unique("flood")))
+def _connack(held: list, source: str, port: int, v5: bool = False) -> int:
+    """Connects from `source` (3.1.1 or MQTT 5), keeps the client in `held` and returns the CONNACK's code."""
+    c = (RawClient5 if v5 else RawClient)(port, source=source)
+    held.append(c)
+    c.send(connect5_packet(unique("flood5")) if v5 else connect_packet(unique("flood")))
     p = c.expect_packet(what="CONNACK")
     assert p.type == CONNACK, p
-    return c, p.body[1]
-
-
-def _connack5(source: str, port: int) -> tuple[RawClient5, int]:
-    c = RawClient5(port, source=source)
-    c.send(connect5_packet(unique("flood5")))
-    p = c.expect_packet(what="CONNACK")
-    assert p.type == CONNACK, p
-    return c, p.body[1]
+    return p.body[1]
 
 
 def _refusals(b) -> dict:
@@ -33,28 +27,18 @@ def _refusals(b) -> dict:
 def test_connections_per_address(make_broker):
     iotgw_only("limits.max_connections_per_address is iotgw's")
     b = make_broker(admin={"enabled": True}, storage={"enabled": False}, limits={"max_connections_per_address": 2})
-    held = []
+    held: list = []
     try:
-        for _ in range(2):
-            c, rc = _connack311("127.0.0.2", b.port)
-            held.append(c)
-            assert rc == 0
+        assert [_connack(held, "127.0.0.2", b.port) for _ in range(2)] == [0, 0]
         # A third from the same address: 3.1.1 return code 3, MQTT 5 reason 0x97 (quota exceeded).
-        c, rc = _connack311("127.0.0.2", b.port)
-        held.append(c)
-        assert rc == 3
-        c.assert_closed(what="after the refusing CONNACK")
-        c5, reason = _connack5("127.0.0.2", b.port)
-        held.append(c5)
-        assert reason == 0x97
+        assert _connack(held, "127.0.0.2", b.port) == 3
+        held[-1].assert_closed(what="after the refusing CONNACK")
+        assert _connack(held, "127.0.0.2", b.port, v5=True) == 0x97
         # Other addresses are not affected.
-        for source in ("127.0.0.3", "127.0.0.4"):
-            c, rc = _connack311(source, b.port)
-            held.append(c)
-            assert rc == 0
+        assert [_connack(held, source, b.port) for source in ("127.0.0.3", "127.0.0.4")] == [0, 0]
         # When one of the address's connections goes, another may come.
         held[0].close()
-        wait_until(lambda: _connack311("127.0.0.2", b.port)[1] == 0, 10, interval=0.1,
+        wait_until(lambda: _connack(held, "127.0.0.2", b.port) == 0, 10, interval=0.1,
                    message="a connection from 127.0.0.2 accepted again")
         assert _refusals(b)["address_limit"] >= 2
     finally:
@@ -66,23 +50,14 @@ def test_connect_rate_per_address(make_broker):
     iotgw_only("limits.connect_rate_per_address is iotgw's")
     b = make_broker(admin={"enabled": True}, storage={"enabled": False},
                     limits={"connect_rate_per_address": 0.2, "connect_burst_per_address": 3})
-    held = []
+    held: list = []
     try:
         # The burst: 3 CONNECTs at once are accepted; the 4th and 5th are refused (0x9F; 3.1.1: 3).
-        for _ in range(3):
-            c, rc = _connack311("127.0.0.5", b.port)
-            held.append(c)
-            assert rc == 0
-        c5, reason = _connack5("127.0.0.5", b.port)
-        held.append(c5)
-        assert reason == 0x9F
-        c, rc = _connack311("127.0.0.5", b.port)
-        held.append(c)
-        assert rc == 3
+        assert [_connack(held, "127.0.0.5", b.port) for _ in range(3)] == [0, 0, 0]
+        assert _connack(held, "127.0.0.5", b.port, v5=True) == 0x9F
+        assert _connack(held, "127.0.0.5", b.port) == 3
         # Another address has a bucket of its own.
-        c, rc = _connack311("127.0.0.6", b.port)
-        held.append(c)
-        assert rc == 0
+        assert _connack(held, "127.0.0.6", b.port) == 0
         assert _refusals(b)["connect_rate"] == 2
     finally:
         for c in held:
