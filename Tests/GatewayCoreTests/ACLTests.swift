@@ -346,6 +346,30 @@ struct ACLReadCheckTests {
         #expect(flags == ["a/+": false, "#": true])
     }
 
+    @Test("a shared group hands a message only to members that may read it")
+    func sharedGroupSkipsUnreadableMembers() async {
+        let rules = [
+            ACLRule(permission: .deny, access: .read, topic: "s/secret", username: "b"),
+            ACLRule(permission: .allow, access: .readwrite, topic: "#"),
+        ]
+        let broker = Broker(configuration: BrokerConfiguration(), authorizer: ACLAuthorizer(rules: rules), logger: silentLogger)
+        let a = TestClient(broker, version: .v5)
+        #expect(sentPackets(await a.connect("ma", username: "a")).count == 1)
+        #expect(await a.subscribe([("$share/g/s/#", .atMostOnce)]) == [.success])
+        let b = TestClient(broker, version: .v5)
+        #expect(sentPackets(await b.connect("mb", username: "b")).count == 1)
+        #expect(await b.subscribe([("$share/g/s/#", .atMostOnce)]) == [.success])
+        let publisher = TestClient(broker)
+        await publisher.connectAccepted("pub")
+        for n in 0..<4 { await publisher.publish("s/secret", "secret \(n)") }
+        #expect(a.drainPublishes().count == 4)
+        #expect(b.drainPublishes().isEmpty)
+        // Open topics still alternate between both members.
+        for n in 0..<4 { await publisher.publish("s/open", "open \(n)") }
+        #expect(a.drainPublishes().count == 2)
+        #expect(b.drainPublishes().count == 2)
+    }
+
     @Test("a reload that adds an overlapping deny rule filters existing wildcard subscriptions instead of revoking them")
     func reloadFiltersExistingSubscriptions() async {
         let broker = makeBroker()

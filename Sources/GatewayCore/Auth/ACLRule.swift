@@ -104,16 +104,15 @@ public struct ACLAuthorizer: Authorizer {
         self.staticLevels = rules.map { $0.topic.contains("%") ? nil : TopicLevels($0.topic) }
     }
 
-    /// The rules that apply to this client for `access`, in order, with their topic levels.
-    private func applicable(_ access: TopicAccess, clientID: String, username: String?) -> some Sequence<(ACLRule, TopicLevels)> {
-        zip(rules, staticLevels).lazy.compactMap { rule, levels -> (ACLRule, TopicLevels)? in
-            guard rule.access.includes(access) else { return nil }
-            if let required = rule.username, required != username { return nil }
-            if let required = rule.clientID, required != clientID { return nil }
-            if let levels { return (rule, levels) }
-            guard let pattern = rule.substitutedTopic(clientID: clientID, username: username) else { return nil }
-            return (rule, TopicLevels(pattern))
-        }
+    /// Rule `index`'s topic levels when it applies to this client for `access`, else nil. A plain function
+    /// called from plain loops: a publisher's every message is checked against every rule.
+    private func levels(ofRule index: Int, _ access: TopicAccess, clientID: String, username: String?) -> TopicLevels? {
+        let rule = rules[index]
+        guard rule.access.includes(access) else { return nil }
+        if let required = rule.username, required != username { return nil }
+        if let required = rule.clientID, required != clientID { return nil }
+        if let levels = staticLevels[index] { return levels }
+        return rule.substitutedTopic(clientID: clientID, username: username).map(TopicLevels.init)
     }
 
     /// First match decides, as for ``isAllowed(_:topic:clientID:username:)``, but per part of the filter:
@@ -126,7 +125,9 @@ public struct ACLAuthorizer: Authorizer {
         let levels = TopicLevels(filter)
         var partlyDecided = false
         var partlyAllowed = false
-        for (rule, pattern) in applicable(.subscribe, clientID: clientID, username: username) {
+        for index in rules.indices {
+            guard let pattern = self.levels(ofRule: index, .subscribe, clientID: clientID, username: username) else { continue }
+            let rule = rules[index]
             if TopicLevels.covers(pattern, levels) {
                 if rule.permission == .allow { return partlyDecided ? .filtered : .allowed }
                 return partlyAllowed ? .filtered : .denied
@@ -143,7 +144,9 @@ public struct ACLAuthorizer: Authorizer {
     public func isAllowed(_ access: TopicAccess, topic: String, clientID: String, username: String?) -> Bool {
         if rules.isEmpty { return true }
         let levels = TopicLevels(topic)
-        for (rule, patternLevels) in applicable(access, clientID: clientID, username: username) {
+        for index in rules.indices {
+            guard let patternLevels = self.levels(ofRule: index, access, clientID: clientID, username: username) else { continue }
+            let rule = rules[index]
             let applies: Bool
             switch (access, rule.permission) {
             case (.publish, _):

@@ -285,9 +285,14 @@ public final class Broker: Sendable {
                 continue
             }
             let size = queued.byteCount
+            let authorizer = self.authorizer
+            let topic = queued.message.topic
             let member = state.withLock { state in
                 state.index.pickSharedMember(group: key.group, filter: key.filter, excluding: ending.clientID) { group in
-                    Self.pickMember(of: &group, size: size)
+                    Self.pickMember(of: &group, size: size) { entry in
+                        !entry.filtered
+                            || authorizer.isAllowed(.subscribe, topic: topic, clientID: entry.session.clientID, username: entry.session.username)
+                    }
                 }
             }
             guard let member else {
@@ -398,17 +403,18 @@ public final class Broker: Sendable {
         // Read once, and only when a subscription that a deny rule overlaps matches (ACL read checks).
         var readChecks: (any Authorizer)?
         var withheld = 0
+        func readable(_ entry: SubscriptionEntry) -> Bool {
+            guard entry.filtered else { return true }
+            let authorizer = readChecks ?? self.authorizer
+            readChecks = authorizer
+            return authorizer.isAllowed(.subscribe, topic: message.topic, clientID: entry.session.clientID, username: entry.session.username)
+        }
         state.withLock { state in
             state.index.forEachMatch(topic: message.topic) { entry in
                 if entry.options.noLocal && entry.session.clientID == message.publisherClientID { return }
-                if entry.filtered {
-                    let authorizer = readChecks ?? self.authorizer
-                    readChecks = authorizer
-                    guard authorizer.isAllowed(.subscribe, topic: message.topic, clientID: entry.session.clientID, username: entry.session.username)
-                    else {
-                        withheld += 1
-                        return
-                    }
+                guard readable(entry) else {
+                    withheld += 1
+                    return
                 }
                 let qos = min(message.qos, entry.options.qos)
                 let id = entry.session.clientID
@@ -428,7 +434,8 @@ public final class Broker: Sendable {
                     )
                 }
             } pickShared: { group in
-                Self.pickMember(of: &group, size: size)
+                // Only members that may read the message are candidates (ACL read checks).
+                Self.pickMember(of: &group, size: size, readable: readable)
             }
         }
         if withheld > 0 { metrics.messageDropped(.aclFiltered, count: withheld) }
@@ -462,21 +469,29 @@ public final class Broker: Sendable {
         return targets.count
     }
 
-    /// Chooses the next member of a shared group in round-robin order, skipping members that are
-    /// offline or whose queue is full; if all are, the next one in turn gets it (and its policy applies).
-    private static func pickMember(of group: inout SubscriptionIndex.SharedGroup, size: Int) -> SubscriptionEntry? {
+    /// Chooses the next member of a shared group in round-robin order among those that may read the
+    /// message, skipping members that are offline or whose queue is full; if all are, the next readable
+    /// one in turn gets it (and its policy applies). Nil when no member may read it.
+    private static func pickMember(
+        of group: inout SubscriptionIndex.SharedGroup,
+        size: Int,
+        readable: (SubscriptionEntry) -> Bool
+    ) -> SubscriptionEntry? {
         guard !group.order.isEmpty else { return nil }
         let count = group.order.count
+        var fallback: Int?
         for step in 0..<count {
             let index = (group.cursor + step) % count
-            if let entry = group.members[group.order[index]], entry.session.hasRoom(for: size) {
+            guard let entry = group.members[group.order[index]], readable(entry) else { continue }
+            if entry.session.hasRoom(for: size) {
                 group.cursor = (index + 1) % count
                 return entry
             }
+            if fallback == nil { fallback = index }
         }
-        let entry = group.members[group.order[group.cursor % count]]
-        group.cursor = (group.cursor + 1) % count
-        return entry
+        guard let fallback else { return nil }
+        group.cursor = (fallback + 1) % count
+        return group.members[group.order[fallback]]
     }
 
     private func deliver(_ queued: QueuedMessage, to session: Session, onPersisted gate: CommitGate? = nil, overflow: Session.Overflow? = nil) {

@@ -173,6 +173,8 @@ public final class Session: Sendable {
             state.disconnectedAt = nil
             state.resend = Deque(state.inflight.map(\.packetID))
             state.needsWake = false
+            // A new owner gets the whole slow-consumer timeout (a takeover leaves the old clock behind).
+            if state.congestedSince != nil { state.congestedSince = ContinuousClock.now }
             journalSessionRow(&state, disconnectedAt: nil)
             return previous
         }

@@ -49,9 +49,13 @@ final class ChannelConnectionHandle: ConnectionHandle {
     }
 
     func setReadPaused(_ paused: Bool) {
-        // KeepAliveHandler holds the reads. From another thread this hops to the channel's loop; calls
-        // made in order (ReadThrottle makes them under its lock) arrive in order.
-        channel.pipeline.triggerUserOutboundEvent(KeepAliveHandler.SetReadPaused(paused: paused), promise: nil)
+        // KeepAliveHandler holds the reads. Always through `execute`, also on the channel's own loop: the
+        // calls (made in order, under ReadThrottle's lock) then take effect in the order they were made,
+        // where an inline one could overtake one queued from another loop.
+        let channel = self.channel
+        channel.eventLoop.execute {
+            channel.pipeline.syncOperations.triggerUserOutboundEvent(KeepAliveHandler.SetReadPaused(paused: paused), promise: nil)
+        }
     }
 
     func close(reason: ServerDisconnectReason) {
@@ -63,15 +67,27 @@ final class ChannelConnectionHandle: ConnectionHandle {
         guard first else { return }
         let channel = self.channel
         let isWebSocket = self.isWebSocket
-        guard version == .v5 else {
-            Self.closeChannel(channel, reason: reason, isWebSocket: isWebSocket)
-            return
-        }
-        let packet = MQTTPacket.disconnect(MQTTReasonPacket(reasonCode: reason.reasonCode))
-        channel.writeAndFlush(packet.encode(version: .v5, allocator: channel.allocator)).whenComplete { _ in
-            Self.closeChannel(channel, reason: reason, isWebSocket: isWebSocket)
+        let writer = self.writer
+        channel.eventLoop.execute {
+            // Nothing is written after the DISCONNECT.
+            writer?.stop()
+            guard version == .v5 else {
+                Self.closeChannel(channel, reason: reason, isWebSocket: isWebSocket)
+                return
+            }
+            let packet = MQTTPacket.disconnect(MQTTReasonPacket(reasonCode: reason.reasonCode))
+            channel.writeAndFlush(packet.encode(version: .v5, allocator: channel.allocator)).whenComplete { _ in
+                Self.closeChannel(channel, reason: reason, isWebSocket: isWebSocket)
+            }
+            // A client that stopped reading (a slow consumer) never takes the DISCONNECT: close anyway.
+            channel.eventLoop.scheduleTask(in: Self.disconnectGrace) {
+                Self.closeChannel(channel, reason: reason, isWebSocket: isWebSocket)
+            }
         }
     }
+
+    /// How long a DISCONNECT may wait to be written before the connection is closed without it.
+    static let disconnectGrace = TimeAmount.seconds(1)
 
     private static func closeChannel(_ channel: any Channel, reason: ServerDisconnectReason, isWebSocket: Bool) {
         if isWebSocket {

@@ -36,6 +36,9 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     private var heldRead = false
     /// Set for a lingering close: what arrives is dropped and reading goes on.
     private var discarding = false
+    /// Called when the socket becomes writable again: the connection's writer goes on at once, without
+    /// waiting for the task (which may be waiting for a storage commit).
+    var onWritable: (() -> Void)?
 
     init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
@@ -117,6 +120,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        onWritable = nil
         finished = true
         deliverEnd()
     }
@@ -128,8 +132,8 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
-            // The writer stopped when the socket filled up; the task lets it go on.
-            deliver(.writable)
+            // The writer stopped when the socket filled up.
+            if let onWritable { onWritable() } else { deliver(.writable) }
         }
         context.fireChannelWritabilityChanged()
     }
@@ -140,6 +144,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        onWritable = nil
         finished = true
         deliverEnd()
         context.fireChannelInactive()

@@ -25,6 +25,8 @@ final class ConnectionWriter: @unchecked Sendable {
     private let client: ClientConnection
     private let metrics: GatewayMetrics
     private var flushScheduled = false
+    /// Set once the server ends the connection (``stop()``): nothing more is written after its DISCONNECT.
+    private var stopped = false
     /// Unflushed bytes; past this a write flushes at once instead of waiting for the burst to end.
     private var unflushed = 0
     private static let flushThreshold = 64 * 1024
@@ -45,7 +47,7 @@ final class ConnectionWriter: @unchecked Sendable {
     /// is writable. When it fills up this stops; the socket becoming writable again calls it once more.
     func drain() {
         channel.eventLoop.assertInEventLoop()
-        guard channel.isActive else { return }
+        guard channel.isActive, !stopped else { return }
         let version = client.version
         while channel.isWritable, let packet = client.nextOutboundPacket() {
             if case .publish(let publish) = packet {
@@ -60,6 +62,12 @@ final class ConnectionWriter: @unchecked Sendable {
     @inline(never)
     func drainIfConnected() {
         if client.isConnected { drain() }
+    }
+
+    /// Stops writing deliveries: the server is closing the connection (its DISCONNECT goes last).
+    func stop() {
+        channel.eventLoop.assertInEventLoop()
+        stopped = true
     }
 
     /// Flushes now (before the connection closes).

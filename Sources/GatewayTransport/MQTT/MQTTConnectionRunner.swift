@@ -53,7 +53,7 @@ struct MQTTConnectionRunner: Sendable {
     /// The connection's life. Only what must outlive the reads stays in this frame (the task keeps it for
     /// as long as the client stays); set-up and tear-down are synchronous functions of their own.
     private func runOnEventLoop(_ accepted: MQTTConnectionChannel) async {
-        let parts = setUp(accepted.channel)
+        let parts = setUp(accepted.channel, inbound: accepted.inbound)
         var closing: Closing?
         var failure: (any Error)?
         do {
@@ -65,6 +65,8 @@ struct MQTTConnectionRunner: Sendable {
             await linger(accepted)
         }
         accepted.channel.close(promise: nil)
+        // The handle, the writer and the connection refer to each other: break the cycle.
+        parts.handle.writer = nil
         registry.remove(parts.token)
         if let address = parts.countedAddress { broker.releaseAddress(address) }
     }
@@ -98,7 +100,7 @@ struct MQTTConnectionRunner: Sendable {
     }
 
     @inline(never)
-    private func setUp(_ channel: any Channel) -> Parts {
+    private func setUp(_ channel: any Channel, inbound: ConnectionInbound) -> Parts {
         let handle = ChannelConnectionHandle(channel: channel, isWebSocket: isWebSocket)
         let token = registry.add(handle)
         let address = channel.remoteAddress?.description
@@ -107,6 +109,7 @@ struct MQTTConnectionRunner: Sendable {
         connection.overAddressLimit = address != nil && countedAddress == nil
         let writer = ConnectionWriter(channel: channel, connection: connection, metrics: broker.metrics)
         handle.writer = writer
+        inbound.onWritable = { writer.drainIfConnected() }
         return Parts(handle: handle, token: token, connection: connection, writer: writer, countedAddress: countedAddress)
     }
 
