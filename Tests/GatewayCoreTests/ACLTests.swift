@@ -150,6 +150,20 @@ struct ACLTests {
         #expect(AllowAllAuthorizer().subscriptionGrant(filter: "#", clientID: "c", username: nil) == .allowed)
     }
 
+    @Test("topic names are checked only against rules that can match them, in first-match order")
+    func firstLevelIndexKeepsOrder() {
+        let acl = ACLAuthorizer(rules: [
+            rule(.allow, .write, "a/x"), rule(.deny, .write, "+/x"), rule(.allow, .write, "a/#"), rule(.allow, .write, "%c/out"),
+        ])
+        #expect(acl.isAllowed(.publish, topic: "a/x", clientID: "c", username: nil))
+        #expect(!acl.isAllowed(.publish, topic: "b/x", clientID: "c", username: nil))
+        #expect(acl.isAllowed(.publish, topic: "a/y", clientID: "c", username: nil))
+        #expect(acl.isAllowed(.publish, topic: "c/out", clientID: "c", username: nil))
+        #expect(!acl.isAllowed(.publish, topic: "d/out", clientID: "c", username: nil))
+        let denyAll = ACLAuthorizer(rules: [rule(.deny, .write, "#"), rule(.allow, .write, "a/b")])
+        #expect(!denyAll.isAllowed(.publish, topic: "a/b", clientID: "c", username: nil))
+    }
+
     @Test("wildcards do not cover $ topics")
     func dollarTopics() {
         let acl = ACLAuthorizer(rules: [rule(.allow, .readwrite, "#")])
