@@ -1,6 +1,13 @@
 import MQTTCodec
 import NIOCore
 
+/// What an MQTT connection task reads: a packet from the client, or `writable` when its socket can take
+/// writes again (and no writer was registered to be called directly, ``ConnectionInbound/onWritable``).
+enum ConnectionInput: Sendable {
+    case packet(MQTTPacket)
+    case writable
+}
+
 /// What an MQTT connection's task awaits: the next decoded packet, or `writable` when its socket can take
 /// writes again. A lighter bridge between the pipeline and the task than `NIOAsyncChannel`'s inbound stream.
 ///

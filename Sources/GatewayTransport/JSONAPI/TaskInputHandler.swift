@@ -1,23 +1,7 @@
-import MQTTCodec
 import NIOCore
 
-/// What the connection task reads: a packet from the client, or a signal that there is something to
-/// write (the session queued a message, or the socket became writable again).
-///
-/// Folding both into the one inbound stream lets a single task per connection both read and write,
-/// without a second task (or a second async frame chain) per connection.
-enum ConnectionInput: TaskInput {
-    case packet(MQTTPacket)
-    case writable
-
-    static func received(_ packet: MQTTPacket) -> ConnectionInput { .packet(packet) }
-}
-
-/// Turns decoded packets into ``ConnectionInput/packet(_:)`` and delivery signals into
-/// ``ConnectionInput/writable``.
-typealias ConnectionInputHandler = TaskInputHandler<ConnectionInput>
-
-/// The input of a connection task that both reads and writes: what the client sent, or `writable`.
+/// The input of a JSON API connection task, which both reads and writes: what the client sent, or
+/// `writable` (the session queued a message, or the socket became writable again).
 protocol TaskInput: Sendable {
     associatedtype Received
     static func received(_ value: Received) -> Self
