@@ -35,9 +35,20 @@ struct MQTTConnectionRunner: Sendable {
         defer { broker.releaseConnection(transport: transport) }
         // Connection tasks are not cancelled (the accept loop runs in a task of its own); they end when
         // their channel closes, which shutdown does through the connection registry.
-        await withTaskExecutorPreference(EventLoopTaskExecutor.of(channel.eventLoop)) {
+        let executor = EventLoopTaskExecutor.of(channel.eventLoop)
+        if Self.currentTaskPrefers(executor) {
+            // The accept loop made the task with this preference: no frame for it here (an idle
+            // connection's task keeps every frame it waits in).
             await runOnEventLoop(accepted)
+        } else {
+            await withTaskExecutorPreference(executor) {
+                await runOnEventLoop(accepted)
+            }
         }
+    }
+
+    private static func currentTaskPrefers(_ executor: EventLoopTaskExecutor) -> Bool {
+        withUnsafeCurrentTask { task in task?.unownedTaskExecutor == executor.asUnownedTaskExecutor() }
     }
 
     /// The parts of a running connection, made before its first read.

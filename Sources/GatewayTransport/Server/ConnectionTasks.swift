@@ -12,9 +12,12 @@ enum ConnectionTasks {
     ///
     /// The shards are not cancelled when the sequence throws: an element handed to a shard is always
     /// given to `body` (a NIO child channel that is never run traps when deinitialized).
+    /// - Parameter executor: the task executor each element's task prefers (its channel's event loop), set
+    ///   when the task is created so that it needs no `withTaskExecutorPreference` frame of its own.
     static func forEach<Sequence: AsyncSequence>(
         in sequence: Sequence,
         shards: Int = shards,
+        executor: @escaping @Sendable (Sequence.Element) -> (any TaskExecutor)? = { _ in nil },
         _ body: @escaping @Sendable (Sequence.Element) async -> Void
     ) async throws where Sequence.Element: Sendable {
         let streams = (0..<max(1, shards)).map { _ in AsyncStream<Sequence.Element>.makeStream() }
@@ -23,7 +26,7 @@ enum ConnectionTasks {
                 group.addTask {
                     await withDiscardingTaskGroup { children in
                         for await element in stream {
-                            children.addTask { await body(element) }
+                            children.addTask(executorPreference: executor(element)) { await body(element) }
                         }
                     }
                 }

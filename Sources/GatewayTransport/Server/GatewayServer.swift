@@ -250,7 +250,7 @@ public final class GatewayServer: Service {
     ) async throws {
         try await accepted.acceptingThenClosingOrphans {
             try await server.executeThenClose { inbound in
-                try await ConnectionTasks.forEach(in: inbound) { connection in
+                try await ConnectionTasks.forEach(in: inbound, executor: { EventLoopTaskExecutor.of($0.channel.eventLoop) }) { connection in
                     accepted.take(connection)
                     await runner.run(connection)
                 }
