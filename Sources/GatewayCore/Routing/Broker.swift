@@ -289,10 +289,7 @@ public final class Broker: Sendable {
             let topic = queued.message.topic
             let member = state.withLock { state in
                 state.index.pickSharedMember(group: key.group, filter: key.filter, excluding: ending.clientID) { group in
-                    Self.pickMember(of: &group, size: size) { entry in
-                        !entry.filtered
-                            || authorizer.isAllowed(.subscribe, topic: topic, clientID: entry.session.clientID, username: entry.session.username)
-                    }
+                    Self.pickMember(of: &group, size: size) { Self.mayRead(topic, $0, authorizer) }
                 }
             }
             guard let member else {
@@ -407,7 +404,7 @@ public final class Broker: Sendable {
             guard entry.filtered else { return true }
             let authorizer = readChecks ?? self.authorizer
             readChecks = authorizer
-            return authorizer.isAllowed(.subscribe, topic: message.topic, clientID: entry.session.clientID, username: entry.session.username)
+            return Self.mayRead(message.topic, entry, authorizer)
         }
         state.withLock { state in
             state.index.forEachMatch(topic: message.topic) { entry in
@@ -444,14 +441,7 @@ public final class Broker: Sendable {
             // Encoded once per wire form for all of them (SharedPublishEncoding).
             message.sharedEncoding = SharedPublishEncoding()
         }
-        let configuration = self.configuration
-        let overflow = Session.Overflow(
-            policy: configuration.slowConsumer,
-            qos0WhenFull: configuration.qos0WhenFull,
-            timeout: .seconds(configuration.slowConsumerTimeout),
-            throttle: throttle,
-            now: now
-        )
+        let overflow = self.overflow(throttle: throttle)
         for target in targets.values {
             deliver(
                 QueuedMessage(
@@ -495,7 +485,7 @@ public final class Broker: Sendable {
     }
 
     private func deliver(_ queued: QueuedMessage, to session: Session, onPersisted gate: CommitGate? = nil, overflow: Session.Overflow? = nil) {
-        let (result, startedDropping) = session.enqueue(queued, onPersisted: gate, overflow: overflow ?? ownOverflow)
+        let (result, startedDropping) = session.enqueue(queued, onPersisted: gate, overflow: overflow ?? self.overflow(throttle: nil))
         switch result {
         case .queued, .notQueuedOffline:
             break
@@ -515,18 +505,26 @@ public final class Broker: Sendable {
         }
     }
 
-    /// The overflow rules for the gateway's own deliveries (Wills, retained messages on subscribe,
-    /// shared-group hand-overs): nobody to hold back, so a QoS 1/2 message that does not fit
-    /// disconnects the subscriber unless `limits.slow_consumer` is `drop`.
-    private var ownOverflow: Session.Overflow {
+    /// The overflow rules in effect, for a message from the publisher behind `throttle`. Without one (the
+    /// gateway's own deliveries: Wills, retained messages on subscribe, shared-group hand-overs) there is
+    /// nobody to hold back, so a QoS 1/2 message that does not fit disconnects the subscriber unless
+    /// `limits.slow_consumer` is `drop`.
+    private func overflow(throttle: ReadThrottle?) -> Session.Overflow {
         let configuration = self.configuration
         return Session.Overflow(
             policy: configuration.slowConsumer,
             qos0WhenFull: configuration.qos0WhenFull,
             timeout: .seconds(configuration.slowConsumerTimeout),
-            throttle: nil,
+            throttle: throttle,
             now: now
         )
+    }
+
+    /// Whether `entry`'s subscriber may read a message on `topic`: always, unless its subscription is
+    /// one a rule decides only in part (``SubscriptionEntry/filtered``); then the ACL says.
+    private static func mayRead(_ topic: String, _ entry: SubscriptionEntry, _ authorizer: any Authorizer) -> Bool {
+        !entry.filtered
+            || authorizer.isAllowed(.subscribe, topic: topic, clientID: entry.session.clientID, username: entry.session.username)
     }
 
     /// Applies `limits.slow_consumer_timeout`: a subscriber whose full queue has held its publishers
