@@ -42,9 +42,6 @@ final class ReadThrottle: Sendable {
             handle.setReadPaused(false)
         }
     }
-
-    /// Whether reading is paused now.
-    var isPaused: Bool { blockers.withLock { !$0.isEmpty } }
 }
 
 /// The sessions whose queues are over their caps with publishers waiting (back-pressure), so that
