@@ -17,6 +17,9 @@ let package = Package(
         // For the micro-benchmarks in Benchmarks/ (a separate package, so its dependencies never reach the daemon).
         .library(name: "MQTTCodec", targets: ["MQTTCodec"]),
         .library(name: "GatewayCore", targets: ["GatewayCore"]),
+        // For the fuzz targets in Fuzz/ (a separate package built with -sanitize=fuzzer,address).
+        .library(name: "GatewayConfig", targets: ["GatewayConfig"]),
+        .library(name: "GatewayTransport", targets: ["GatewayTransport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

@@ -46,13 +46,11 @@ extension GatewayServer {
         tls: TLSContext?,
         accepted: AcceptedConnections<PendingWebSocket>
     ) async throws -> NIOAsyncChannel<PendingWebSocket, Never> {
-        let webSocket = configuration.webSocket
-        let connectTimeout = TimeAmount.milliseconds(Int64(configuration.connectTimeout * 1000))
-        let maxPacketSize = configuration.maxPacketSize
-        let pingInterval: TimeAmount? = webSocket.pingInterval > 0 ? .milliseconds(Int64(webSocket.pingInterval * 1000)) : nil
-        // One frame may carry a whole MQTT packet or a whole message; anything larger is refused with 1009
-        // before it is buffered.
-        let maxFrameSize = min(max(webSocket.maxMessageSize, maxPacketSize), Int(UInt32.max))
+        let pipeline = WebSocketPipeline(
+            webSocket: configuration.webSocket,
+            connectTimeout: .milliseconds(Int64(configuration.connectTimeout * 1000)),
+            maxPacketSize: configuration.maxPacketSize
+        )
         return try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -63,52 +61,9 @@ extension GatewayServer {
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     if let tls { try tls.addServerHandlers(to: sync) }
-                    // Why an upgrade was refused, for the HTTP answer (only touched on this channel's loop).
-                    let refusal = NIOLoopBoundBox<WebSocketConfiguration.Decision?>(nil, eventLoop: channel.eventLoop)
-                    let upgrader = NIOTypedWebSocketServerUpgrader<WebSocketRoute>(
-                        maxFrameSize: maxFrameSize,
-                        // WebSocketProtocolHandler answers decoder errors with the right close code.
-                        enableAutomaticErrorHandling: false,
-                        shouldUpgrade: { channel, head in
-                            let decision = webSocket.decide(head)
-                            switch decision {
-                            case .upgrade(let subprotocol):
-                                var headers = HTTPHeaders()
-                                if let subprotocol { headers.add(name: "Sec-WebSocket-Protocol", value: subprotocol) }
-                                return channel.eventLoop.makeSucceededFuture(headers)
-                            case .refuse:
-                                refusal.value = decision
-                                return channel.eventLoop.makeSucceededFuture(nil)
-                            }
-                        },
-                        upgradePipelineHandler: { channel, head in
-                            channel.eventLoop.makeCompletedFuture {
-                                try Self.setUpUpgraded(
-                                    channel: channel,
-                                    head: head,
-                                    webSocket: webSocket,
-                                    pingInterval: pingInterval,
-                                    connectTimeout: connectTimeout,
-                                    maxPacketSize: maxPacketSize
-                                )
-                            }
-                        }
-                    )
-                    let route = try sync.configureUpgradableHTTPServerPipeline(
-                        configuration: .init(
-                            upgradeConfiguration: .init(
-                                upgraders: [upgrader],
-                                notUpgradingCompletionHandler: { channel in
-                                    channel.eventLoop.makeCompletedFuture {
-                                        try channel.pipeline.syncOperations.addHandler(HTTPRefusalHandler(configuration: webSocket, refusal: refusal.value))
-                                        return WebSocketRoute.refused
-                                    }
-                                }
-                            )
-                        )
-                    )
+                    let route = try pipeline.configure(channel)
                     // A client that never finishes the handshake is closed after the connect timeout.
-                    let timeout = channel.eventLoop.scheduleTask(in: connectTimeout) {
+                    let timeout = channel.eventLoop.scheduleTask(in: pipeline.connectTimeout) {
                         channel.close(promise: nil)
                     }
                     route.whenSuccess { route in
@@ -120,45 +75,6 @@ extension GatewayServer {
                     return pending
                 }
             }
-    }
-
-    /// Adds the handlers of the endpoint the request reached, after the HTTP handlers are gone.
-    private static func setUpUpgraded(
-        channel: any Channel,
-        head: HTTPRequestHead,
-        webSocket: WebSocketConfiguration,
-        pingInterval: TimeAmount?,
-        connectTimeout: TimeAmount,
-        maxPacketSize: Int
-    ) throws -> WebSocketRoute {
-        let sync = channel.pipeline.syncOperations
-        func protocolHandler(_ endpoint: WebSocketStateMachine.Endpoint) -> WebSocketProtocolHandler {
-            WebSocketProtocolHandler(
-                configuration: .init(endpoint: endpoint, maxMessageSize: webSocket.maxMessageSize),
-                pingInterval: pingInterval
-            )
-        }
-        switch webSocket.endpoint(forURI: head.uri) {
-        case .mqtt:
-            try sync.addHandler(protocolHandler(.mqttStream))
-            try sync.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
-            try sync.addHandler(ByteToMessageHandler(MQTTPacketDecoder(parser: MQTTPacketParser(maximumPacketSize: maxPacketSize))))
-            let inbound = ConnectionInbound(eventLoop: channel.eventLoop)
-            try sync.addHandler(inbound)
-            return .mqtt(MQTTConnectionChannel(channel: channel, inbound: inbound))
-        case .json:
-            try sync.addHandler(protocolHandler(.textMessages))
-            try sync.addHandler(JSONAPIInputHandler())
-            return .json(try NIOAsyncChannel<JSONAPIInput, ByteBuffer>(wrappingChannelSynchronously: channel), JSONAPIRequest(head: head))
-        case .echo:
-            try sync.addHandler(protocolHandler(.echo))
-            try sync.addHandler(WebSocketEchoHandler())
-            return .echo(channel)
-        case nil:
-            // shouldUpgrade refused unknown paths; nothing else gets here.
-            channel.close(promise: nil)
-            return .refused
-        }
     }
 
     /// One WebSocket connection's task: wait for the upgrade, then run the endpoint's connection task.
@@ -200,6 +116,99 @@ extension GatewayServer {
             }
         case .refused:
             return
+        }
+    }
+}
+
+/// The HTTP/1.1 and WebSocket handlers of one ws or wss connection (after TLS, if any): the typed
+/// upgrade that routes by path, and the handlers of the endpoint it reaches. The same code serves
+/// the listeners and the fuzz target of the handshake and frame parser (Fuzz/).
+struct WebSocketPipeline: Sendable {
+    let webSocket: WebSocketConfiguration
+    let connectTimeout: TimeAmount
+    let maxPacketSize: Int
+
+    var pingInterval: TimeAmount? {
+        webSocket.pingInterval > 0 ? .milliseconds(Int64(webSocket.pingInterval * 1000)) : nil
+    }
+
+    /// One frame may carry a whole MQTT packet or a whole message; anything larger is refused with 1009
+    /// before it is buffered.
+    var maxFrameSize: Int { min(max(webSocket.maxMessageSize, maxPacketSize), Int(UInt32.max)) }
+
+    /// Adds the HTTP server handlers and the upgrader to `channel` (on its event loop). The future tells
+    /// where the connection went once the request head has been handled.
+    func configure(_ channel: any Channel) throws -> EventLoopFuture<WebSocketRoute> {
+        let sync = channel.pipeline.syncOperations
+        let webSocket = self.webSocket
+        // Why an upgrade was refused, for the HTTP answer (only touched on this channel's loop).
+        let refusal = NIOLoopBoundBox<WebSocketConfiguration.Decision?>(nil, eventLoop: channel.eventLoop)
+        let upgrader = NIOTypedWebSocketServerUpgrader<WebSocketRoute>(
+            maxFrameSize: maxFrameSize,
+            // WebSocketProtocolHandler answers decoder errors with the right close code.
+            enableAutomaticErrorHandling: false,
+            shouldUpgrade: { channel, head in
+                let decision = webSocket.decide(head)
+                switch decision {
+                case .upgrade(let subprotocol):
+                    var headers = HTTPHeaders()
+                    if let subprotocol { headers.add(name: "Sec-WebSocket-Protocol", value: subprotocol) }
+                    return channel.eventLoop.makeSucceededFuture(headers)
+                case .refuse:
+                    refusal.value = decision
+                    return channel.eventLoop.makeSucceededFuture(nil)
+                }
+            },
+            upgradePipelineHandler: { channel, head in
+                channel.eventLoop.makeCompletedFuture {
+                    try self.setUpUpgraded(channel: channel, head: head)
+                }
+            }
+        )
+        return try sync.configureUpgradableHTTPServerPipeline(
+            configuration: .init(
+                upgradeConfiguration: .init(
+                    upgraders: [upgrader],
+                    notUpgradingCompletionHandler: { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(HTTPRefusalHandler(configuration: webSocket, refusal: refusal.value))
+                            return WebSocketRoute.refused
+                        }
+                    }
+                )
+            )
+        )
+    }
+
+    /// Adds the handlers of the endpoint the request reached, after the HTTP handlers are gone.
+    private func setUpUpgraded(channel: any Channel, head: HTTPRequestHead) throws -> WebSocketRoute {
+        let sync = channel.pipeline.syncOperations
+        func protocolHandler(_ endpoint: WebSocketStateMachine.Endpoint) -> WebSocketProtocolHandler {
+            WebSocketProtocolHandler(
+                configuration: .init(endpoint: endpoint, maxMessageSize: webSocket.maxMessageSize),
+                pingInterval: pingInterval
+            )
+        }
+        switch webSocket.endpoint(forURI: head.uri) {
+        case .mqtt:
+            try sync.addHandler(protocolHandler(.mqttStream))
+            try sync.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
+            try sync.addHandler(ByteToMessageHandler(MQTTPacketDecoder(parser: MQTTPacketParser(maximumPacketSize: maxPacketSize))))
+            let inbound = ConnectionInbound(eventLoop: channel.eventLoop)
+            try sync.addHandler(inbound)
+            return .mqtt(MQTTConnectionChannel(channel: channel, inbound: inbound))
+        case .json:
+            try sync.addHandler(protocolHandler(.textMessages))
+            try sync.addHandler(JSONAPIInputHandler())
+            return .json(try NIOAsyncChannel<JSONAPIInput, ByteBuffer>(wrappingChannelSynchronously: channel), JSONAPIRequest(head: head))
+        case .echo:
+            try sync.addHandler(protocolHandler(.echo))
+            try sync.addHandler(WebSocketEchoHandler())
+            return .echo(channel)
+        case nil:
+            // shouldUpgrade refused unknown paths; nothing else gets here.
+            channel.close(promise: nil)
+            return .refused
         }
     }
 }
