@@ -104,6 +104,7 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            exclude: ["Admin/Dashboard/dashboard.html"],
             swiftSettings: swiftSettings
         ),
         // The upstream bridge: libmosquitto on a thread of its own per bridge, feeding the broker.

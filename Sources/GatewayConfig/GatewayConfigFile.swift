@@ -69,9 +69,17 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         /// `admin.token`: when not empty, `/metrics` and `/api/...` require
         /// `Authorization: Bearer TOKEN`; `/healthz` and `/readyz` stay open for probes. Default empty.
         public var token = ""
+        /// `admin.dashboard`: whether the live web dashboard is served at `/` (its feed at
+        /// `/api/v1/dashboard/feed`, under the same token). Default true.
+        public var dashboard = true
+        /// `admin.dashboard_sessions`: dashboard feeds open at once; more are refused (503). Default 10.
+        public var dashboardSessions = 10
 
         public init() {}
-        enum CodingKeys: String, CodingKey, CaseIterable { case enabled, host, port, token }
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case enabled, host, port, token, dashboard
+            case dashboardSessions = "dashboard_sessions"
+        }
         public init(from decoder: any Decoder) throws {
             try decoder.rejectUnknownKeys(CodingKeys.self)
             let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -80,6 +88,8 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
             host = try c.value(.host, default: d.host)
             port = try c.value(.port, default: d.port)
             token = try c.value(.token, default: d.token)
+            dashboard = try c.value(.dashboard, default: d.dashboard)
+            dashboardSessions = try c.value(.dashboardSessions, default: d.dashboardSessions)
         }
     }
 
@@ -372,6 +382,7 @@ extension GatewayConfigFile {
             "admin.token",
             "must be printable ASCII without spaces (it is sent in an HTTP header)"
         )
+        check((1...1000).contains(admin.dashboardSessions), "admin.dashboard_sessions", "\(admin.dashboardSessions) is not from 1 to 1000")
         for (name, listener) in [("mqtt", listeners.mqtt), ("mqtts", listeners.mqtts), ("ws", listeners.ws), ("wss", listeners.wss)] {
             check((0...65535).contains(listener.port), "listeners.\(name).port", "\(listener.port) is not a port number (0-65535)")
             check(!listener.host.isEmpty, "listeners.\(name).host", "must not be empty")

@@ -249,7 +249,9 @@ struct RunCommand: AsyncParsableCommand {
             let admin = AdminServer(
                 configuration: AdminServer.Configuration(
                     listener: ListenerConfiguration(host: file.admin.host, port: file.admin.port),
-                    token: file.admin.token.isEmpty ? nil : file.admin.token
+                    token: file.admin.token.isEmpty ? nil : file.admin.token,
+                    dashboard: file.admin.dashboard,
+                    dashboardMaxSessions: file.admin.dashboardSessions
                 ),
                 broker: broker,
                 readiness: readiness,
@@ -269,6 +271,7 @@ struct RunCommand: AsyncParsableCommand {
                         )
                     }
                 },
+                poolSize: file.storage.enabled ? file.storage.pool.size : nil,
                 startedAt: startedAt,
                 logger: logger
             )

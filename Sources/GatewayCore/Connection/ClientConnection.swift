@@ -65,6 +65,10 @@ public final class ClientConnection {
     /// Set by the transport when the peer's address already holds `limits.max_connections_per_address`
     /// connections: the CONNECT is refused (0x97 / 3).
     public var overAddressLimit = false
+    /// The listener's transport, set by the transport before CONNECT; the admin API lists it.
+    public var transport: GatewayMetrics.Transport?
+    /// Set by the JSON WebSocket API, whose clients the admin API lists with protocol `json`.
+    public var isJSONAPI = false
 
     /// - Parameters:
     ///   - broker: the broker core.
@@ -288,7 +292,13 @@ public final class ClientConnection {
                 persistent: persistent,
                 expiryInterval: expiry,
                 clientReceiveMaximum: Int(connect.properties.receiveMaximum ?? UInt16.max),
-                handle: handle
+                handle: handle,
+                connectionInfo: ConnectionInfo(
+                    address: remoteAddress,
+                    transport: transport,
+                    protocolName: isJSONAPI ? "json" : (version == .v5 ? "5.0" : "3.1.1"),
+                    connectedAt: WallClock.millisecondsSinceEpoch()
+                )
             )
         else {
             return rejectConnect(.serverUnavailable, v5: .serverUnavailable, "gateway is shutting down")

@@ -51,6 +51,10 @@ public final class Broker: Sendable {
     public let ingest: IngestQueue?
     /// Where persistent sessions and retained messages are mirrored, when storage is configured.
     public let journal: StateJournal?
+    /// The busiest topics for the admin dashboard; counts only while a dashboard is open.
+    public let topicRates = TopicRates()
+    /// Live copies of routed messages for the admin dashboard's watch box; idle while nobody watches.
+    public let topicWatch = TopicWatch()
     private let state: Mutex<State>
     private let clock = ContinuousClock()
 
@@ -181,7 +185,8 @@ public final class Broker: Sendable {
         persistent: Bool,
         expiryInterval: Double?,
         clientReceiveMaximum: Int,
-        handle: any ConnectionHandle
+        handle: any ConnectionHandle,
+        connectionInfo: ConnectionInfo? = nil
     ) -> OpenedSession? {
         let now = self.now
         let limits = Session.Limits(
@@ -234,7 +239,8 @@ public final class Broker: Sendable {
             username: username,
             persistent: persistent,
             expiryInterval: expiryInterval,
-            clientReceiveMaximum: clientReceiveMaximum
+            clientReceiveMaximum: clientReceiveMaximum,
+            connectionInfo: connectionInfo
         )
         if let previous {
             logger.debug("session taken over", metadata: ["mqtt.client.id": "\(clientID)"])
@@ -383,6 +389,9 @@ public final class Broker: Sendable {
     ///   full (`limits.slow_consumer: backpressure`); nil for the gateway's own messages.
     @discardableResult
     func publish(_ message: Message, onPersisted gate: CommitGate?, throttle: ReadThrottle? = nil) -> Int {
+        // The dashboard's taps: each one relaxed atomic load while no dashboard is open.
+        topicRates.record(message.topic)
+        topicWatch.offer(message)
         if message.retain && configuration.retainAvailable {
             // `$SYS/...` is the gateway's own, republished every interval: not worth a write.
             let journal = message.topic.hasPrefix("$SYS/") ? nil : self.journal
@@ -798,6 +807,10 @@ public final class Broker: Sendable {
         public var subscriptions: Int
         /// Messages queued or in flight for the session.
         public var queuedMessages: Int
+        /// The username its (last) connection authenticated as; nil when anonymous.
+        public var username: String? = nil
+        /// Where its (last) connection came from; nil when none connected since start-up.
+        public var connection: ConnectionInfo? = nil
     }
 
     /// A page of sessions whose client id starts with `prefix`, in client-id order, starting after the
@@ -820,10 +833,24 @@ public final class Broker: Sendable {
                 connected: session.isConnected,
                 persistent: session.isPersistent,
                 subscriptions: session.subscriptions.count,
-                queuedMessages: session.queuedCount
+                queuedMessages: session.queuedCount,
+                username: session.username,
+                connection: session.connectionInfo
             )
         }
         return (page, ordered.count)
+    }
+
+    /// Connected network clients by protocol (``ConnectionInfo/protocolName``). Walks every session:
+    /// for the dashboard, once a second while one is open.
+    public var connectedClientsByProtocol: [String: Int] {
+        let sessions = state.withLock { Array($0.sessions.values) }
+        var counts: [String: Int] = [:]
+        for session in sessions where session.isConnected {
+            guard let info = session.connectionInfo, info.transport != nil else { continue }
+            counts[info.protocolName, default: 0] += 1
+        }
+        return counts
     }
 
     /// Bytes and messages queued across all sessions.

@@ -110,6 +110,8 @@ public final class Session: Sendable {
         /// The username its (last) connection authenticated as: ACL rules are re-checked against it when
         /// the authorizer changes, also while the session is offline.
         var username: String?
+        /// Where the (last) connection came from, for the admin API; nil for sessions never connected.
+        var connectionInfo: ConnectionInfo?
         /// Seconds the session outlives its connection; `nil` means never expires.
         var expiryInterval: Double?
         var disconnectedAt: ContinuousClock.Instant?
@@ -160,13 +162,15 @@ public final class Session: Sendable {
         username: String?,
         persistent: Bool,
         expiryInterval: Double?,
-        clientReceiveMaximum: Int
+        clientReceiveMaximum: Int,
+        connectionInfo: ConnectionInfo? = nil
     ) -> (any ConnectionHandle)? {
         state.withLock { state -> (any ConnectionHandle)? in
             let previous = state.handle
             state.owner = owner
             state.handle = handle
             state.username = username
+            state.connectionInfo = connectionInfo
             state.persistent = persistent
             state.expiryInterval = expiryInterval
             state.clientReceiveMaximum = clientReceiveMaximum
@@ -241,6 +245,9 @@ public final class Session: Sendable {
 
     /// The username the session's (last) connection authenticated as; nil when anonymous.
     var username: String? { state.withLock { $0.username } }
+
+    /// Where the session's (last) connection came from; nil when none connected since start-up.
+    var connectionInfo: ConnectionInfo? { state.withLock { $0.connectionInfo } }
 
     /// Whether the session belongs to an internal client (a bridge, ``InternalClient``): its client id
     /// has the reserved prefix network clients may not use. Client ACLs do not apply to it.

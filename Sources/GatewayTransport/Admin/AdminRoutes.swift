@@ -91,6 +91,11 @@ struct AdminRoutes: Sendable {
     var telemetry: (any TelemetryReader)? = nil
     /// The bridges for `/api/v1/stats`.
     var bridges: @Sendable () -> [AdminBridgeStatus] = { [] }
+    /// The dashboard's feed; nil when `admin.dashboard` is off (`/` then answers 404).
+    var dashboard: DashboardHub? = nil
+
+    /// Where the dashboard's live feed is served (see ``AdminServer``).
+    static let dashboardFeedPath = "/api/v1/dashboard/feed"
 
     /// The most clients one `/api/v1/clients` page returns.
     static let maxPageSize = 1000
@@ -100,6 +105,13 @@ struct AdminRoutes: Sendable {
     func respond(to request: AdminRequest) async -> AdminResponse {
         let path = request.path
         switch path {
+        case "/", "/index.html":
+            guard dashboard != nil else { return .error(.notFound, "the dashboard is disabled (admin.dashboard)") }
+            guard request.method == .GET || request.method == .HEAD else { return methodNotAllowed("GET") }
+            return DashboardPage.response
+        case Self.dashboardFeedPath:
+            // Served by AdminServer as a stream; here only when the dashboard is off.
+            return .error(.notFound, "the dashboard is disabled (admin.dashboard)")
         case "/healthz":
             guard request.method == .GET else { return methodNotAllowed("GET") }
             return await health()
@@ -215,12 +227,19 @@ struct AdminRoutes: Sendable {
         let after = request.query["after"].flatMap { $0.isEmpty ? nil : $0 }
         let (page, total) = broker.clients(prefix: prefix, after: after, limit: limit)
         let list: [AdminJSON] = page.map { client in
-            .object([
+            let connection = client.connection
+            return .object([
                 ("client_id", .string(client.clientID)),
                 ("connected", .bool(client.connected)),
                 ("persistent", .bool(client.persistent)),
                 ("subscriptions", .int(client.subscriptions)),
                 ("queued_messages", .int(client.queuedMessages)),
+                ("username", client.username.map { .string($0) } ?? .null),
+                ("address", connection?.address.map { .string($0) } ?? .null),
+                ("transport", connection?.transport.map { .string($0.rawValue) } ?? .null),
+                ("protocol", connection.map { .string($0.protocolName) } ?? .null),
+                // Of the current connection; nil while the session is offline.
+                ("connected_since", client.connected ? connection.map { .int(Int($0.connectedAt)) } ?? .null : .null),
             ])
         }
         // A full page may have more after it: the cursor for the next one is its last id.
@@ -292,8 +311,31 @@ struct AdminRoutes: Sendable {
 
     // MARK: Helpers
 
+    /// Opens a dashboard feed session for `request`, or returns the refusal: 405 for other methods,
+    /// 401 without the token, 400 for a bad watch filter, 503 past the session cap.
+    func joinFeed(_ request: AdminRequest, hub: DashboardHub) -> FeedJoin {
+        guard request.method == .GET || request.method == .HEAD else { return .refused(methodNotAllowed("GET")) }
+        if let refusal = authorize(request) { return .refused(refusal) }
+        let watch = request.query["watch"].flatMap { $0.isEmpty ? nil : $0 }
+        do {
+            return .joined(try hub.join(watch: watch))
+        } catch .full {
+            return .refused(
+                .error(.serviceUnavailable, "too many dashboard sessions (\(hub.configuration.maxSessions))", headers: [("Retry-After", "5")])
+            )
+        } catch {
+            return .refused(.error(.badRequest, "watch must be a valid topic filter (not $share/...)"))
+        }
+    }
+
+    /// What ``joinFeed(_:hub:)`` decided.
+    enum FeedJoin {
+        case joined(DashboardHub.Session)
+        case refused(AdminResponse)
+    }
+
     /// nil when the request may proceed; else the 401 answer.
-    private func authorize(_ request: AdminRequest) -> AdminResponse? {
+    func authorize(_ request: AdminRequest) -> AdminResponse? {
         guard let token else { return nil }
         let expected = Array("Bearer \(token)".utf8)
         let presented = Array((request.authorization ?? "").utf8)

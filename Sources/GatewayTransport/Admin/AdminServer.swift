@@ -7,7 +7,8 @@ public import ServiceLifecycle
 import Synchronization
 
 /// The HTTP admin listener as a `Service`: `GET /healthz`, `GET /readyz`, `GET /metrics`,
-/// `GET /api/v1/clients`, `DELETE /api/v1/clients/{id}` and `GET /api/v1/stats`.
+/// `GET /api/v1/clients`, `DELETE /api/v1/clients/{id}`, `GET /api/v1/stats`, and the dashboard:
+/// its page at `GET /` and its live feed at `GET /api/v1/dashboard/feed` (server-sent events).
 ///
 /// HTTP/1.1 through NIOHTTP1 and `NIOAsyncChannel`, one task per connection in a discarding task
 /// group (as the MQTT listeners). Requests are small and answered from memory; request bodies are not
@@ -26,29 +27,47 @@ public final class AdminServer: Service {
         public var healthTimeout: Duration
         /// Simultaneous admin connections; more are closed at accept. Default 64.
         public var maxConnections: Int
-        /// Seconds a connection may stay silent before it is closed. Default 30.
+        /// Seconds a connection may stay silent before it is closed (a dashboard feed, which the
+        /// client never speaks on, is exempt). Default 30.
         public var idleTimeout: Double
+        /// Whether the dashboard (`/` and its feed) is served. Default true.
+        public var dashboard: Bool
+        /// Dashboard feeds open at once; more are refused with 503. Default 10 (each costs a
+        /// connection of ``maxConnections`` while open).
+        public var dashboardMaxSessions: Int
+        /// Time between dashboard snapshots. Default 1 s.
+        public var dashboardInterval: Duration
 
         public init(
             listener: ListenerConfiguration = ListenerConfiguration(host: "127.0.0.1", port: 8080),
             token: String? = nil,
             healthTimeout: Duration = .seconds(1),
             maxConnections: Int = 64,
-            idleTimeout: Double = 30
+            idleTimeout: Double = 30,
+            dashboard: Bool = true,
+            dashboardMaxSessions: Int = 10,
+            dashboardInterval: Duration = .seconds(1)
         ) {
             self.listener = listener
             self.token = token
             self.healthTimeout = healthTimeout
             self.maxConnections = maxConnections
             self.idleTimeout = idleTimeout
+            self.dashboard = dashboard
+            self.dashboardMaxSessions = dashboardMaxSessions
+            self.dashboardInterval = dashboardInterval
         }
     }
+
+    /// The name of the pipeline's idle-timeout handler, removed when a dashboard feed starts.
+    private static let idleHandlerName = "iotgw.admin.idle"
 
     /// The largest request body read (bytes); larger requests get 413 and the connection closes.
     static let maxBodySize = 64 * 1024
 
     private let configuration: Configuration
     private let routes: AdminRoutes
+    private let dashboard: DashboardHub?
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
     private let onBound: (@Sendable (SocketAddress) -> Void)?
@@ -58,7 +77,8 @@ public final class AdminServer: Service {
     ///   - broker: the broker the API reads and disconnects clients of.
     ///   - readiness: the components `/readyz` reports.
     ///   - metricsText: the Prometheus text exposition (`registry.emitToBuffer()`).
-    ///   - bridges: the bridges' status for `/api/v1/stats`.
+    ///   - bridges: the bridges' status for `/api/v1/stats` and the dashboard.
+    ///   - poolSize: the storage pool's connections, for the dashboard (nil: storage off).
     ///   - startedAt: when the gateway started, for uptime.
     ///   - onBound: called with the bound address (tests read the port from it with port 0).
     public init(
@@ -68,12 +88,27 @@ public final class AdminServer: Service {
         metricsText: @escaping @Sendable () -> [UInt8],
         telemetry: (any TelemetryReader)? = nil,
         bridges: @escaping @Sendable () -> [AdminBridgeStatus] = { [] },
+        poolSize: Int? = nil,
         startedAt: ContinuousClock.Instant = .now,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
         onBound: (@Sendable (SocketAddress) -> Void)? = nil
     ) {
         self.configuration = configuration
+        let dashboard =
+            configuration.dashboard
+            ? DashboardHub(
+                configuration: DashboardHub.Configuration(maxSessions: configuration.dashboardMaxSessions, interval: configuration.dashboardInterval),
+                sources: DashboardSources(
+                    broker: broker,
+                    readiness: readiness,
+                    metricsText: metricsText,
+                    bridges: bridges,
+                    poolSize: poolSize,
+                    startedAt: startedAt
+                )
+            ) : nil
+        self.dashboard = dashboard
         self.routes = AdminRoutes(
             broker: broker,
             readiness: readiness,
@@ -83,7 +118,8 @@ public final class AdminServer: Service {
             healthTimeout: configuration.healthTimeout,
             startedAt: startedAt,
             telemetry: telemetry,
-            bridges: bridges
+            bridges: bridges,
+            dashboard: dashboard
         )
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
@@ -99,7 +135,7 @@ public final class AdminServer: Service {
             .bind(host: configuration.listener.host, port: configuration.listener.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(IdleStateHandler(readTimeout: idleTimeout))
+                    try sync.addHandler(IdleStateHandler(readTimeout: idleTimeout), name: Self.idleHandlerName)
                     try sync.addHandler(CloseOnIdleHandler())
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
                     let connection = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
@@ -114,11 +150,22 @@ public final class AdminServer: Service {
         let routes = self.routes
         let logger = self.logger
         let maxConnections = configuration.maxConnections
+        let dashboard = self.dashboard
         // Graceful shutdown cancels the accept loop and every connection task: admin requests are short
-        // and nothing is lost by cutting them. The cancellation that ends the loop is not an error.
+        // (a dashboard feed just ends) and nothing is lost by cutting them. The cancellation that ends
+        // the loop is not an error. The dashboard's ticker runs beside the loop and stops with it.
         do {
-            try await accepted.acceptingThenClosingOrphans {
-                try await serve(server, accepted: accepted, routes: routes, logger: logger, maxConnections: maxConnections)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                if let dashboard {
+                    group.addTask { await dashboard.run() }
+                }
+                group.addTask {
+                    try await accepted.acceptingThenClosingOrphans {
+                        try await self.serve(server, accepted: accepted, routes: routes, logger: logger, maxConnections: maxConnections)
+                    }
+                }
+                defer { group.cancelAll() }
+                try await group.next()
             }
         } catch is CancellationError {
             logger.debug("admin listener closed")
@@ -183,6 +230,11 @@ public final class AdminServer: Service {
                             uri: requestHead.uri,
                             authorization: requestHead.headers.first(name: "authorization")
                         )
+                        if request.path == AdminRoutes.dashboardFeedPath, let hub = routes.dashboard {
+                            // A feed holds the connection until the client goes or the listener stops.
+                            try await feed(request, head: requestHead, hub: hub, routes: routes, channel: connection.channel, to: outbound)
+                            return
+                        }
                         let response = await routes.respond(to: request)
                         logger.trace(
                             "admin request",
@@ -200,6 +252,45 @@ public final class AdminServer: Service {
         } catch {
             logger.debug("admin connection ended with an error", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// `GET /api/v1/dashboard/feed[?watch=FILTER]`: server-sent events (`history` first, then one
+    /// `snapshot` per interval, and `watch` events when a filter is watched) until the client goes.
+    /// Needs the bearer token like the rest of the API; refused with 503 past the session cap.
+    private static func feed(
+        _ request: AdminRequest,
+        head: HTTPRequestHead,
+        hub: DashboardHub,
+        routes: AdminRoutes,
+        channel: any Channel,
+        to outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
+    ) async throws {
+        let session: DashboardHub.Session
+        switch routes.joinFeed(request, hub: hub) {
+        case .refused(let refusal):
+            try await write(refusal, for: head, keepAlive: false, to: outbound)
+            return
+        case .joined(let joined):
+            session = joined
+        }
+        defer { hub.leave(session) }
+        // The client never speaks on a feed: the read-idle timeout must not close it.
+        try? await channel.pipeline.removeHandler(name: idleHandlerName).get()
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "text/event-stream; charset=utf-8")
+        headers.add(name: "Cache-Control", value: "no-store")
+        headers.add(name: "X-Content-Type-Options", value: "nosniff")
+        headers.add(name: "Connection", value: "close")
+        // No Content-Length: the HTTP/1.1 encoder sends the stream chunked.
+        try await outbound.write(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers)))
+        if head.method == .HEAD {
+            try await outbound.write(.end(nil))
+            return
+        }
+        for await event in session.events {
+            try await outbound.write(.body(.byteBuffer(event)))
+        }
+        try await outbound.write(.end(nil))
     }
 
     private static func write(

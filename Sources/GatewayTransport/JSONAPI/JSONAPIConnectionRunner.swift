@@ -48,6 +48,8 @@ struct JSONAPIConnectionRunner: Sendable {
             remoteAddress: channel.channel.remoteAddress?.description,
             logger: logger
         )
+        connection.transport = transport
+        connection.isJSONAPI = true
         var cause = ClientConnection.CloseCause.connectionLost
         do {
             try await channel.executeThenClose { inbound, outbound in

@@ -118,6 +118,7 @@ struct MQTTConnectionRunner: Sendable {
         let connection = ClientConnection(broker: broker, handle: handle, remoteAddress: address, logger: logger)
         let countedAddress = address.flatMap { broker.admitAddress($0) ? $0 : nil }
         connection.overAddressLimit = address != nil && countedAddress == nil
+        connection.transport = transport
         let writer = ConnectionWriter(channel: channel, connection: connection, metrics: broker.metrics)
         handle.writer = writer
         inbound.onWritable = { writer.drainIfConnected() }
