@@ -83,6 +83,38 @@ struct TopicRatesTests {
         #expect(drained.total == 7 && sketch.total == 0 && sketch.entries.isEmpty)
     }
 
+    @Test("Space-Saving invariants hold through many evictions (table deletions keep every topic findable)")
+    func spaceSavingInvariants() {
+        var generator = SplitMix(seed: 7)
+        for capacity in [1, 3, 8, 33] {
+            var sketch = SpaceSaving(capacity: capacity)
+            var truth: [String: Int] = [:]
+            for _ in 0..<5_000 {
+                // Skewed: topic i with probability about 1/(i+1).
+                let topic = "t/\(generator.next() % (1 + generator.next() % 200))"
+                sketch.add(topic)
+                truth[topic, default: 0] += 1
+            }
+            let entries = sketch.entries
+            let counts = Dictionary(entries.map { ($0.topic, $0.count) }, uniquingKeysWith: { _, _ in -1 })
+            #expect(counts.count == entries.count && counts.count == min(capacity, truth.count), "capacity \(capacity)")
+            #expect(entries.map(\.count).reduce(0, +) == 5_000)
+            let bound = 5_000 / capacity
+            for (topic, count) in counts {
+                let real = truth[topic] ?? 0
+                #expect(count >= real && count - real <= bound, "\(topic): \(count) vs \(real)")
+            }
+            for (topic, real) in truth where real > bound {
+                #expect(counts[topic] != nil, "\(topic) (\(real) > \(bound)) must be tracked")
+            }
+            // Still counting in place after all that: a tracked topic's next message finds its slot.
+            if let (topic, count) = counts.first {
+                sketch.add(topic)
+                #expect(sketch.entries.first { $0.topic == topic }?.count == count + 1)
+            }
+        }
+    }
+
     @Test("records from many threads at once")
     func concurrent() async {
         let rates = TopicRates(slots: 64, windowSeconds: 60)

@@ -167,26 +167,45 @@ public final class TopicRates: Sendable {
     }
 }
 
-/// A Space-Saving summary of `capacity` counters: a table from topic to its position in a min-heap of
-/// counts. A tracked topic is counted in place; an untracked one takes the slot of the least counted
-/// topic, inheriting its count plus one (so counts never underestimate a tracked topic, and overestimate
-/// it by at most the count it inherited, which is at most `total / capacity`).
+/// A Space-Saving summary of `capacity` counters: an open-addressing table from topic to its slot, and
+/// a min-heap of the slots by count. A tracked topic is counted in place; an untracked one takes the
+/// slot of the least counted topic, inheriting its count plus one (so counts never underestimate a
+/// tracked topic, and overestimate it by at most the count it inherited, which is at most
+/// `total / capacity`).
+///
+/// The topic is hashed once per message; the table stores each slot's hash, so probing compares
+/// integers first and moving entries never hashes again, and the heap moves slot numbers only.
 struct SpaceSaving: Sendable {
     let capacity: Int
-    /// Topic → its position in `topics` and `counts` (a min-heap by count).
-    private var positions: [String: Int]
+    /// Per slot: its topic, the topic's hash and its count.
     private var topics: [String]
+    private var hashes: [Int]
     private var counts: [Int]
+    /// Slots as a min-heap by count, and each slot's position in it.
+    private var heap: [Int]
+    private var heapPositions: [Int]
+    /// Linear-probing table of slots (-1: empty), at most half full.
+    private var table: [Int]
+    private let mask: Int
     /// Messages added since the last drain.
     private(set) var total = 0
 
     init(capacity: Int) {
         self.capacity = capacity
-        positions = Dictionary(minimumCapacity: capacity)
+        var size = 2
+        while size < 2 * capacity { size <<= 1 }
+        mask = size - 1
+        table = Array(repeating: -1, count: size)
         topics = []
         topics.reserveCapacity(capacity)
+        hashes = []
+        hashes.reserveCapacity(capacity)
         counts = []
         counts.reserveCapacity(capacity)
+        heap = []
+        heap.reserveCapacity(capacity)
+        heapPositions = []
+        heapPositions.reserveCapacity(capacity)
     }
 
     /// The tracked topics and their counts, in no order.
@@ -194,22 +213,38 @@ struct SpaceSaving: Sendable {
 
     mutating func add(_ topic: String) {
         total += 1
-        if let position = positions[topic] {
-            counts[position] += 1
-            siftDown(from: position)
-        } else if topics.count < capacity {
-            topics.append(topic)
-            counts.append(1)
-            positions[topic] = topics.count - 1
-            siftUp(from: topics.count - 1)
-        } else {
-            // Evict the least counted topic (the heap's root); the newcomer inherits its count.
-            positions[topics[0]] = nil
-            topics[0] = topic
-            counts[0] += 1
-            positions[topic] = 0
-            siftDown(from: 0)
+        let hash = topic.hashValue
+        var index = hash & mask
+        while table[index] >= 0 {
+            let slot = table[index]
+            if hashes[slot] == hash && topics[slot] == topic {
+                counts[slot] += 1
+                siftDown(from: heapPositions[slot])
+                return
+            }
+            index = (index + 1) & mask
         }
+        if topics.count < capacity {
+            let slot = topics.count
+            topics.append(topic)
+            hashes.append(hash)
+            counts.append(1)
+            table[index] = slot
+            heap.append(slot)
+            heapPositions.append(slot)
+            siftUp(from: slot)
+            return
+        }
+        // Evict the least counted topic (the heap's root); the newcomer inherits its count.
+        let slot = heap[0]
+        removeFromTable(slot)
+        topics[slot] = topic
+        hashes[slot] = hash
+        counts[slot] += 1
+        index = hash & mask
+        while table[index] >= 0 { index = (index + 1) & mask }
+        table[index] = slot
+        siftDown(from: 0)
     }
 
     /// Returns what was counted and starts over (keeping the capacity).
@@ -220,22 +255,44 @@ struct SpaceSaving: Sendable {
     }
 
     mutating func reset() {
-        positions.removeAll(keepingCapacity: true)
+        for index in table.indices { table[index] = -1 }
         topics.removeAll(keepingCapacity: true)
+        hashes.removeAll(keepingCapacity: true)
         counts.removeAll(keepingCapacity: true)
+        heap.removeAll(keepingCapacity: true)
+        heapPositions.removeAll(keepingCapacity: true)
         total = 0
+    }
+
+    /// Deletes `slot` from the table, shifting later entries of its probe run back (no tombstones).
+    private mutating func removeFromTable(_ slot: Int) {
+        var hole = hashes[slot] & mask
+        while table[hole] != slot { hole = (hole + 1) & mask }
+        table[hole] = -1
+        var next = (hole + 1) & mask
+        while table[next] >= 0 {
+            let home = hashes[table[next]] & mask
+            // The entry may move into the hole unless its home lies cyclically in (hole, next].
+            let staysPut = hole < next ? (home > hole && home <= next) : (home > hole || home <= next)
+            if !staysPut {
+                table[hole] = table[next]
+                table[next] = -1
+                hole = next
+            }
+            next = (next + 1) & mask
+        }
     }
 
     private mutating func siftDown(from start: Int) {
         var position = start
-        let count = counts.count
+        let count = heap.count
         while true {
             let left = 2 * position + 1
             guard left < count else { return }
             let right = left + 1
-            let child = right < count && counts[right] < counts[left] ? right : left
-            guard counts[child] < counts[position] else { return }
-            swapAt(position, child)
+            let child = right < count && counts[heap[right]] < counts[heap[left]] ? right : left
+            guard counts[heap[child]] < counts[heap[position]] else { return }
+            swapHeap(position, child)
             position = child
         }
     }
@@ -244,16 +301,15 @@ struct SpaceSaving: Sendable {
         var position = start
         while position > 0 {
             let parent = (position - 1) / 2
-            guard counts[position] < counts[parent] else { return }
-            swapAt(position, parent)
+            guard counts[heap[position]] < counts[heap[parent]] else { return }
+            swapHeap(position, parent)
             position = parent
         }
     }
 
-    private mutating func swapAt(_ a: Int, _ b: Int) {
-        topics.swapAt(a, b)
-        counts.swapAt(a, b)
-        positions[topics[a]] = a
-        positions[topics[b]] = b
+    private mutating func swapHeap(_ a: Int, _ b: Int) {
+        heap.swapAt(a, b)
+        heapPositions[heap[a]] = a
+        heapPositions[heap[b]] = b
     }
 }

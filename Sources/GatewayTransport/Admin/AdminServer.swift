@@ -274,6 +274,8 @@ public final class AdminServer: Service {
             session = joined
         }
         defer { hub.leave(session) }
+        // A client that goes away is noticed when its socket closes, not at the next write.
+        channel.closeFuture.whenComplete { _ in session.end() }
         // The client never speaks on a feed: the read-idle timeout must not close it.
         try? await channel.pipeline.removeHandler(name: idleHandlerName).get()
         var headers = HTTPHeaders()

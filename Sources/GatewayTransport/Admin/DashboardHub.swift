@@ -38,6 +38,11 @@ final class DashboardHub: Sendable {
             // Bounded: a reader that falls behind skips to the newest snapshots.
             (events, continuation) = AsyncStream.makeStream(of: ByteBuffer.self, bufferingPolicy: .bufferingNewest(2))
         }
+
+        /// Ends ``events`` (its connection closed); the reader then leaves.
+        func end() {
+            continuation.finish()
+        }
     }
 
     /// Why ``join(watch:)`` refused.
@@ -85,23 +90,23 @@ final class DashboardHub: Sendable {
             state.nextID += 1
             state.sessions[session.id] = session
             session.continuation.yield(Self.event("history", .object([("points", .array(state.history.map(\.json)))])))
+            // Under the lock, so that a concurrent leave cannot turn the sketch off after this.
+            sources.broker.topicRates.setEnabled(true)
             return .success(session)
         }
         let session = try result.get()
-        sources.broker.topicRates.setEnabled(true)
         wakeContinuation.yield()
         return session
     }
 
     /// Closes `session`; the last one to leave stops the ticking and the topic sketch.
     func leave(_ session: Session) {
-        let empty = state.withLock { state in
+        state.withLock { state in
             state.sessions[session.id] = nil
-            return state.sessions.isEmpty
+            if state.sessions.isEmpty { sources.broker.topicRates.setEnabled(false) }
         }
         session.continuation.finish()
         if let watcher = session.watcher { sources.broker.topicWatch.stop(watcher) }
-        if empty { sources.broker.topicRates.setEnabled(false) }
     }
 
     /// Open sessions.
