@@ -14,7 +14,7 @@ APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitt
 # Python test clients (real peers for the end-to-end suite) and a PostgreSQL driver to read the rows back.
 PIP_PACKAGES := paho-mqtt==2.* websockets pytest prometheus_client jsonschema pyyaml psycopg2-binary
 
-.PHONY: all deps apt-deps pip-deps build build-release run test unit-test integration-test clean bench microbench
+.PHONY: all deps apt-deps pip-deps build build-release run test unit-test integration-test fuzz fuzz-build fuzz-smoke clean bench microbench
 
 all: build
 
@@ -58,6 +58,7 @@ test: deps
 	eval "$$(Tests/Support/postgres.sh env "$$pgdir")"; \
 	echo "test PostgreSQL: $$IOTGW_TEST_POSTGRES_URL"; \
 	$(MAKE) unit-test integration-test
+	$(MAKE) fuzz-smoke
 
 # Swift unit and in-process tests. MOSQUITTO_BIN lets the simulator tests start a reference broker.
 unit-test:
@@ -66,6 +67,24 @@ unit-test:
 # End-to-end tests: the built gateway against real clients (mosquitto_pub/sub, paho-mqtt).
 integration-test:
 	IOTGW_BIN=$(CURDIR)/.build/debug/iotgw $(PYTHON) -m pytest Tests/Integration -q
+
+# Coverage-guided fuzzing (libFuzzer, -sanitize=fuzzer,address) of the MQTT decoder, the WebSocket
+# handshake and frames, the JSON API and the config loader: Fuzz/ (a separate package, built into
+# Fuzz/.build/). `make fuzz` runs each target for FUZZ_RUNS inputs (about 10 minutes for mqtt, hours for
+# config on 2 cores); `make fuzz-smoke`, part of `make test`, runs each for FUZZ_SMOKE_SECONDS on the
+# seed corpus and every input that once crashed (Fuzz/Regressions/).
+FUZZ_TARGETS := mqtt websocket jsonapi config
+FUZZ_RUNS ?= 10000000
+FUZZ_SMOKE_SECONDS ?= 15
+
+fuzz-build:
+	Fuzz/fuzz.sh build
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do Fuzz/fuzz.sh run $$t -runs=$(FUZZ_RUNS) || exit 1; done
+
+fuzz-smoke: fuzz-build
+	@for t in $(FUZZ_TARGETS); do Fuzz/fuzz.sh run $$t -max_total_time=$(FUZZ_SMOKE_SECONDS) || exit 1; done
 
 # Benchmarks: the release build against Debian's mosquitto through `iotgw simulate` (three rounds per scenario,
 # medians) plus the micro-benchmarks, written to BENCHMARKS.md. About 20 minutes. Release builds go to
@@ -86,4 +105,4 @@ microbench:
 	cat $(MICROBENCH_OUTPUT)
 
 clean:
-	rm -rf .build
+	rm -rf .build Fuzz/.build

@@ -1,13 +1,17 @@
 """(Hardening) Lingering close: when the server ends a connection with a reason code while the client is
 still sending, the client reads the DISCONNECT before the socket closes — no ECONNRESET that swallows it
-(Paho's test_flow_control2 failed this way)."""
+(Paho's test_flow_control2 failed this way). The same over WebSocket: a connection failed with a close
+code, and MQTT over WebSocket ending with a DISCONNECT, keep reading until the client has the close frame."""
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 
-from helpers import DISCONNECT, PUBREC, ConnectionClosed, iotgw_only, parse_disconnect5, publish5_packet, raw5_connected, unique
+from helpers import (CONNACK, DISCONNECT, PUBREC, ConnectionClosed, connect5_packet, decode_varint, iotgw_only,
+                     parse_disconnect5, publish5_packet, raw5_connected, unique)
+from websocket_helpers import OP_BINARY, OP_CLOSE, OP_TEXT, Closed, RawWebSocket
 
 
 def test_client_publishing_past_receive_maximum_reads_disconnect_0x93(make_broker):
@@ -46,3 +50,97 @@ def test_client_publishing_past_receive_maximum_reads_disconnect_0x93(make_broke
         writer.join(timeout=20)
         assert not writer.is_alive(), "the writer is still blocked: the gateway stopped reading"
         assert not any(isinstance(e, ConnectionResetError) for e in send_error), send_error
+
+
+# -- WebSocket: the close frame must reach a client that is still sending --------------------------
+
+
+def _keep_sending(ws: RawWebSocket, frame: bytes, stop: threading.Event, errors: list[BaseException]) -> threading.Thread:
+    """A thread that writes `frame` over and over (up to 8 MB) until `stop` is set or the socket fails."""
+
+    def write() -> None:
+        try:
+            for _ in range(8 * 1024 * 1024 // len(frame)):
+                if stop.is_set():
+                    return
+                ws.sock.sendall(frame)
+        except OSError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def _masked_frame(opcode: int, payload: bytes) -> bytes:
+    key = b"\x11\x22\x33\x44"
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    n = len(payload)
+    header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n) if n >= 126 else struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    return header + key + masked
+
+
+def test_websocket_protocol_error_close_frame_reaches_a_client_still_sending(make_broker):
+    iotgw_only("the JSON API is iotgw's")
+    b = make_broker(listeners={"ws": {"enabled": True}}, storage={"enabled": False})
+    ws = RawWebSocket(b.ws_port, "/ws")
+    try:
+        assert ws.status == 101, ws.status
+        ws.recv_data()  # {"op":"connected",...}
+        # An unmasked frame fails the connection (1002) while a writer keeps sending valid frames.
+        ws.send_frame(OP_TEXT, b'{"op":"ping"}', mask=False)
+        stop, errors = threading.Event(), []
+        writer = _keep_sending(ws, _masked_frame(OP_TEXT, b'{"op":"ping","id":"' + b"x" * 60000 + b'"}'), stop, errors)
+        try:
+            code = ws.expect_close(timeout=10)
+        except (ConnectionResetError, Closed) as e:
+            raise AssertionError(f"the connection was reset or closed before the close frame was read: {e!r}")
+        finally:
+            stop.set()
+            writer.join(timeout=20)
+        assert code == 1002, code
+        assert not writer.is_alive(), "the writer is still blocked: the gateway stopped reading"
+    finally:
+        ws.close()
+
+
+def test_mqtt_over_websocket_client_publishing_past_receive_maximum_reads_disconnect_0x93(make_broker):
+    iotgw_only("the receive maximum is configured through iotgw's mqtt.receive_maximum")
+    b = make_broker(listeners={"ws": {"enabled": True}}, mqtt={"receive_maximum": 3}, storage={"enabled": False})
+    ws = RawWebSocket(b.ws_port, "/mqtt", subprotocol="mqtt")
+    try:
+        assert ws.status == 101, ws.status
+        ws.send_frame(OP_BINARY, connect5_packet(unique("wsrm")))
+        topic = unique("wsrm")
+        chunk = b"".join(publish5_packet(topic, b"x" * 1000, qos=2, packet_id=i + 1) for i in range(60))
+        stop, errors = threading.Event(), []
+        writer = _keep_sending(ws, _masked_frame(OP_BINARY, chunk), stop, errors)
+        stream, types, reason, close_code = b"", [], None, None
+        deadline = time.monotonic() + 10
+        try:
+            while close_code is None and time.monotonic() < deadline:
+                _, op, payload = ws.recv_frame(timeout=max(0.1, deadline - time.monotonic()))
+                if op == OP_CLOSE:
+                    close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                    break
+                if op != OP_BINARY:
+                    continue
+                stream += payload
+                while len(stream) >= 2:
+                    length, pos = decode_varint(stream, 1)
+                    if len(stream) < pos + length:
+                        break
+                    first, body, stream = stream[0], stream[pos:pos + length], stream[pos + length:]
+                    types.append(first >> 4)
+                    if first >> 4 == DISCONNECT:
+                        reason = body[0]
+        except (ConnectionResetError, Closed) as e:
+            raise AssertionError(f"reset or closed before the DISCONNECT and close frame were read (got {types}): {e!r}")
+        finally:
+            stop.set()
+            writer.join(timeout=20)
+        assert types[0] == CONNACK and types[1:4] == [PUBREC] * 3, types
+        assert reason == 0x93, f"expected DISCONNECT 0x93, got {types} / {reason}"
+        assert close_code is not None, "no close frame after the DISCONNECT"
+    finally:
+        ws.close()

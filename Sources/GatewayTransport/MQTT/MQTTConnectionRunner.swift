@@ -72,8 +72,14 @@ struct MQTTConnectionRunner: Sendable {
         } catch {
             failure = error
         }
-        if tearDown(parts, closing: closing, failure: failure) == .afterReply && !isWebSocket {
-            await linger(accepted)
+        if tearDown(parts, closing: closing, failure: failure) == .afterReply {
+            if isWebSocket {
+                // The WebSocket close handshake that closing starts is the linger: it waits (bounded) for
+                // the client's close frame, which must not be stuck behind MQTT input nobody reads.
+                accepted.inbound.discardInput()
+            } else {
+                await linger(accepted)
+            }
         }
         accepted.channel.close(promise: nil)
         // The handle, the writer and the connection refer to each other: break the cycle.

@@ -42,6 +42,8 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
 
     /// How long to wait for the peer's close frame after sending ours.
     static let closeTimeout = TimeAmount.seconds(2)
+    /// Set once the connection has been failed with a close frame: what still arrives is discarded.
+    private var failed = false
 
     private var machine: WebSocketStateMachine
     private let pingInterval: TimeAmount?
@@ -85,6 +87,7 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if failed { return }
         switch machine.receive(frame) {
         case .none:
             break
@@ -101,6 +104,9 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // The frame decoder stops after its first error: what it reports afterwards is input the
+        // lingering close discards.
+        if failed { return }
         guard let error = error as? NIOWebSocketError else {
             context.fireErrorCaught(error)
             return
@@ -163,16 +169,34 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
 
     // MARK: Actions
 
+    /// Fails the connection (RFC 6455 7.1.7) with a lingering close: the close frame is flushed, the
+    /// write side shut down, and what the peer still sends is read and discarded until it closes or
+    /// ``closeTimeout`` passes (as the MQTT listener's lingering close). Closing at once with unread input makes the kernel
+    /// reset the connection, and a peer still sending would then never read the close code.
     private func sendCloseAndDisconnect(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String) {
+        guard !failed else { return }
+        failed = true
+        cancelTimers()
         var payload = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         payload.write(webSocketErrorCode: code)
         // Control frames carry at most 125 bytes: the reason is truncated to fit.
         payload.writeString(String(decoding: reason.utf8.prefix(100), as: UTF8.self))
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
         context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)))
-            .whenComplete { _ in
-                loopBound.value.close(promise: nil)
+            .whenComplete { result in
+                let context = loopBound.value
+                guard case .success = result else {
+                    context.close(promise: nil)
+                    return
+                }
+                // Half-close where the transport allows it (TLS may not): otherwise close outright.
+                let halfClosed = context.eventLoop.makePromise(of: Void.self)
+                halfClosed.futureResult.whenFailure { _ in loopBound.value.close(promise: nil) }
+                context.close(mode: .output, promise: halfClosed)
             }
+        closeTimer = context.eventLoop.scheduleTask(in: Self.closeTimeout) {
+            loopBound.value.close(promise: nil)
+        }
     }
 
     private func disconnect(context: ChannelHandlerContext) {

@@ -124,6 +124,10 @@ public struct MQTTSubAckPacket: Hashable, Sendable {
         let id = try body.readMQTTInteger(as: UInt16.self, "packet identifier")
         let properties: MQTTProperties =
             version == .v5 ? try MQTTProperties.read(from: &body, context: context) : MQTTProperties()
+        // A 3.1.1 UNSUBACK is the packet identifier alone (remaining length 2, 3.1.1 section 3.11).
+        if context == .unsuback && version == .v3_1_1 && body.readableBytes > 0 {
+            throw MQTTCodecError(.malformedPacket, "UNSUBACK with \(body.readableBytes) bytes after the packet identifier")
+        }
         var codes: [MQTTReasonCode] = []
         while let code = body.readInteger(as: UInt8.self) { codes.append(MQTTReasonCode(code)) }
         return MQTTSubAckPacket(packetIdentifier: id, reasonCodes: codes, properties: properties)
