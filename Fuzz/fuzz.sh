@@ -50,7 +50,7 @@ run)
     [ -x "$binary" ] || { echo "$binary is missing: run 'Fuzz/fuzz.sh build' first" >&2; exit 2; }
     work="$here/.build/corpus/$target"
     crashes="$here/.build/crashes"
-    mkdir -p "$work" "$crashes"
+    mkdir -p "$work" "$crashes" "$here/Regressions/$target"
     leaks=0
     [ "${FUZZ_LEAKS:-0}" = 1 ] && leaks=1
     echo "fuzzing $target ($product) $*"

@@ -55,17 +55,26 @@ def test_client_publishing_past_receive_maximum_reads_disconnect_0x93(make_broke
 # -- WebSocket: the close frame must reach a client that is still sending --------------------------
 
 
-def _keep_sending(ws: RawWebSocket, frame: bytes, stop: threading.Event, errors: list[BaseException]) -> threading.Thread:
-    """A thread that writes `frame` over and over (up to 8 MB) until `stop` is set or the socket fails."""
+def _keep_sending(ws: RawWebSocket, frame: bytes, stop: threading.Event, errors: list[BaseException],
+                  busy: threading.Event) -> threading.Thread:
+    """A thread that writes `frame` over and over (up to 8 MB) until `stop` is set or the socket fails.
+    `busy` is set once 1 MB is out (or the writer ended): reading only then means the gateway had input
+    it never read when it decided to close, which is what makes a plain close reset the connection."""
 
     def write() -> None:
+        sent = 0
         try:
             for _ in range(8 * 1024 * 1024 // len(frame)):
                 if stop.is_set():
                     return
                 ws.sock.sendall(frame)
+                sent += len(frame)
+                if sent >= 1024 * 1024:
+                    busy.set()
         except OSError as e:
             errors.append(e)
+        finally:
+            busy.set()
 
     thread = threading.Thread(target=write, daemon=True)
     thread.start()
@@ -89,8 +98,9 @@ def test_websocket_protocol_error_close_frame_reaches_a_client_still_sending(mak
         ws.recv_data()  # {"op":"connected",...}
         # An unmasked frame fails the connection (1002) while a writer keeps sending valid frames.
         ws.send_frame(OP_TEXT, b'{"op":"ping"}', mask=False)
-        stop, errors = threading.Event(), []
-        writer = _keep_sending(ws, _masked_frame(OP_TEXT, b'{"op":"ping","id":"' + b"x" * 60000 + b'"}'), stop, errors)
+        stop, errors, busy = threading.Event(), [], threading.Event()
+        writer = _keep_sending(ws, _masked_frame(OP_TEXT, b'{"op":"ping","id":"' + b"x" * 60000 + b'"}'), stop, errors, busy)
+        assert busy.wait(10)
         try:
             code = ws.expect_close(timeout=10)
         except (ConnectionResetError, Closed) as e:
@@ -100,6 +110,7 @@ def test_websocket_protocol_error_close_frame_reaches_a_client_still_sending(mak
             writer.join(timeout=20)
         assert code == 1002, code
         assert not writer.is_alive(), "the writer is still blocked: the gateway stopped reading"
+        assert not errors, f"the gateway reset the connection under the writer: {errors}"
     finally:
         ws.close()
 
@@ -113,8 +124,9 @@ def test_mqtt_over_websocket_client_publishing_past_receive_maximum_reads_discon
         ws.send_frame(OP_BINARY, connect5_packet(unique("wsrm")))
         topic = unique("wsrm")
         chunk = b"".join(publish5_packet(topic, b"x" * 1000, qos=2, packet_id=i + 1) for i in range(60))
-        stop, errors = threading.Event(), []
-        writer = _keep_sending(ws, _masked_frame(OP_BINARY, chunk), stop, errors)
+        stop, errors, busy = threading.Event(), [], threading.Event()
+        writer = _keep_sending(ws, _masked_frame(OP_BINARY, chunk), stop, errors, busy)
+        assert busy.wait(10)
         stream, types, reason, close_code = b"", [], None, None
         deadline = time.monotonic() + 10
         try:
@@ -142,5 +154,6 @@ def test_mqtt_over_websocket_client_publishing_past_receive_maximum_reads_discon
         assert types[0] == CONNACK and types[1:4] == [PUBREC] * 3, types
         assert reason == 0x93, f"expected DISCONNECT 0x93, got {types} / {reason}"
         assert close_code is not None, "no close frame after the DISCONNECT"
+        assert not errors, f"the gateway reset the connection under the writer: {errors}"
     finally:
         ws.close()
