@@ -225,10 +225,9 @@ def test_dashboard_follows_the_gateway(make_broker, browser, tmp_path):
                 extra.close()
 
             # The message rate: the publisher's rate, as the gateway counts it.
-            wait_until(lambda: (number(text_of(browser, "rate-in")) or 0) >= RATE * 0.6, 10, 0.1,
+            # (A condition, not one reading: a loaded machine may bunch one second's messages into the next.)
+            wait_until(lambda: RATE * 0.6 <= (number(text_of(browser, "rate-in")) or 0) <= RATE * 1.5, 15, 0.1,
                        f"an inbound rate near {RATE}/s on the page")
-            shown = number(text_of(browser, "rate-in"))
-            assert RATE * 0.6 <= shown <= RATE * 1.5, shown
             assert publisher.sent > 0
             # The chart has been drawn on (some pixel of the message chart is not transparent).
             drawn = browser.execute_script(

@@ -436,7 +436,7 @@ button:disabled { opacity: .5; cursor: default; }
     const g = canvas.getContext("2d");
     g.setTransform(ratio, 0, 0, ratio, 0, 0);
     g.clearRect(0, 0, width, height);
-    const left = 64, right = 8, top = 8, bottom = 20;
+    const left = 64, right = 8, top = 8, bottom = 22;
     const w = width - left - right, h = height - top - bottom;
     const now = points.length ? points[points.length - 1][0] : Date.now();
     const start = now - WINDOW_MS;
@@ -455,10 +455,11 @@ button:disabled { opacity: .5; cursor: default; }
       g.beginPath(); g.moveTo(left, y + 0.5); g.lineTo(left + w, y + 0.5); g.stroke();
       g.fillText(format((max * i) / 4), left - 6, y);
     }
-    g.textAlign = "center";
     g.textBaseline = "top";
     for (let m = 0; m <= 5; m++) {
-      g.fillText(m === 5 ? "now" : "-" + (5 - m) + " min", left + (w * m) / 5, top + h + 4);
+      // The end labels stay inside the plot's width: the first starts at its left edge, the last ends at its right.
+      g.textAlign = m === 0 ? "left" : m === 5 ? "right" : "center";
+      g.fillText(m === 5 ? "now" : "-" + (5 - m) + " min", left + (w * m) / 5, top + h + 5);
     }
     const x = (t) => left + ((t - start) / WINDOW_MS) * w;
     const y = (v) => top + h - (v / max) * h;
@@ -619,7 +620,7 @@ button:disabled { opacity: .5; cursor: default; }
 """#
 
     /// The Content-Security-Policy hash of the page's <script> element.
-    static let scriptHash = "sha256-Fk41H5t8PZeA/xpm6Ve8PhaNX2TukxHYxgCC9cmK0Ts="
+    static let scriptHash = "sha256-frCAeTsulo1ZwjDW2PsUSakyCuWCshkvaayM//EcVIs="
 
     /// The Content-Security-Policy hash of the page's <style> element.
     static let styleHash = "sha256-6AuWhaucOagGIBgUf4D3UwGbmj5v5ydpnbOyIoz21jE="
