@@ -130,8 +130,8 @@ extension GatewayConfigFile {
 
         /// `storage.batch`: group commit.
         public struct Batch: Codable, Sendable, Equatable {
-            /// `storage.batch.max_rows`: rows per transaction. Default 500.
-            public var maxRows = 500
+            /// `storage.batch.max_rows`: rows per transaction. Default 2000.
+            public var maxRows = 2000
             /// `storage.batch.max_delay`: seconds a message waits for its batch to fill. Default 0.01.
             public var maxDelay = 0.01
 
@@ -143,7 +143,7 @@ extension GatewayConfigFile {
             public init(from decoder: any Decoder) throws {
                 try decoder.rejectUnknownKeys(CodingKeys.self)
                 let c = try decoder.container(keyedBy: CodingKeys.self)
-                maxRows = try c.value(.maxRows, default: 500)
+                maxRows = try c.value(.maxRows, default: 2000)
                 maxDelay = try c.value(.maxDelay, default: 0.01)
             }
         }

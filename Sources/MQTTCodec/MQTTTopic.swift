@@ -28,6 +28,49 @@ public enum MQTTTopic {
     /// Whether `filter` matches the topic name `topic` (MQTT section 4.7; a topic starting with `$`
     /// matches only filters that name its first level).
     public static func matches(filter: String, topic: String) -> Bool {
+        let matched = filter.utf8.withContiguousStorageIfAvailable { filter in
+            topic.utf8.withContiguousStorageIfAvailable { topic in matches(filter: filter, topic: topic) }
+        }
+        if let matched, let matched { return matched }
+        return matchesByLevels(filter: filter, topic: topic)
+    }
+
+    /// ``matches(filter:topic:)`` on UTF-8 bytes, one pass over both, without splitting into levels.
+    /// `filter` must be a valid filter (``isValidFilter(_:)``).
+    public static func matches(filter: UnsafeBufferPointer<UInt8>, topic: UnsafeBufferPointer<UInt8>) -> Bool {
+        let slash = UInt8(ascii: "/")
+        let plus = UInt8(ascii: "+")
+        let hash = UInt8(ascii: "#")
+        if topic.first == UInt8(ascii: "$") && (filter.first == plus || filter.first == hash) { return false }
+        var f = 0
+        var t = 0
+        // At the start of a level in both.
+        while true {
+            if f < filter.count && filter[f] == hash { return true }
+            if f < filter.count && filter[f] == plus {
+                while t < topic.count && topic[t] != slash { t += 1 }
+                f += 1
+            } else {
+                while f < filter.count && filter[f] != slash {
+                    guard t < topic.count, topic[t] == filter[f] else { return false }
+                    f += 1
+                    t += 1
+                }
+                if t < topic.count && topic[t] != slash { return false }
+            }
+            // Both at a level's end: a slash or the end.
+            let filterEnded = f == filter.count
+            let topicEnded = t == topic.count
+            if filterEnded { return topicEnded }
+            // `a/#` also matches `a` (the parent level).
+            if topicEnded { return f + 2 == filter.count && filter[f + 1] == hash }
+            f += 1
+            t += 1
+        }
+    }
+
+    /// The reference matcher, level by level (strings without contiguous UTF-8 storage).
+    package static func matchesByLevels(filter: String, topic: String) -> Bool {
         if topic.hasPrefix("$") && (filter.hasPrefix("+") || filter.hasPrefix("#")) { return false }
         var f = filter.split(separator: "/", omittingEmptySubsequences: false)[...]
         var t = topic.split(separator: "/", omittingEmptySubsequences: false)[...]

@@ -58,4 +58,32 @@ struct TopicTests {
     func notShared(_ filter: String) {
         #expect(MQTTTopic.parseShared(filter) == nil)
     }
+
+    @Test("the one-pass matcher agrees with the level-by-level reference on every small filter and topic")
+    func matcherAgreesWithReference() {
+        func combinations(_ alphabet: [String], upTo depth: Int) -> [String] {
+            var all: [[String]] = [[]]
+            var result: [String] = []
+            for _ in 0..<depth {
+                all = all.flatMap { prefix in alphabet.map { prefix + [$0] } }
+                result += all.map { $0.joined(separator: "/") }
+            }
+            return result
+        }
+        let filters = combinations(["a", "bc", "", "+", "#", "$s"], upTo: 4).filter(MQTTTopic.isValidFilter)
+        let topics = combinations(["a", "bc", "", "b", "$s", "ab"], upTo: 4).filter(MQTTTopic.isValidName)
+        var compared = 0
+        for filter in filters {
+            for topic in topics {
+                let fast = MQTTTopic.matches(filter: filter, topic: topic)
+                let reference = MQTTTopic.matchesByLevels(filter: filter, topic: topic)
+                if fast != reference {
+                    Issue.record("filter '\(filter)' topic '\(topic)': \(fast), reference \(reference)")
+                    return
+                }
+                compared += 1
+            }
+        }
+        #expect(compared > 1_000_000)
+    }
 }

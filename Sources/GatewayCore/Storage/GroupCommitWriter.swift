@@ -54,7 +54,7 @@ struct GroupCommitFIFO<Entry: GroupCommitEntry>: GroupCommitBuffer {
 /// The owner adds entries with ``enqueue(_:)`` and applies its own admission policy there (it sees how
 /// full the queue is); callers that must wait for room use ``waitForRoom(until:willWait:)``. One writer
 /// (``run()``) takes up to `batchMaxEntries` entries, waiting at most `batchMaxDelay` for a batch to
-/// fill, and hands them to `commit`; once that returns, each entry's `onCommit` runs (acknowledge after
+/// fill (less once it stops growing), and hands them to `commit`; once that returns, each entry's `onCommit` runs (acknowledge after
 /// commit). An entry counts against the caps until its batch has committed, so the bound covers the
 /// batch being written too. When `commit` throws, the writer keeps the batch and retries it with
 /// exponential backoff (100 ms doubling to 5 s), logs once that the store is down and once that it is
@@ -316,14 +316,28 @@ final class GroupCommitWriter<Buffer: GroupCommitBuffer>: Sendable {
         }
     }
 
-    /// Waits until the batch is full, the queue is closed, or batchMaxDelay has passed.
+    /// Waits until the batch is full, the queue is closed, batchMaxDelay has passed, or the batch stopped
+    /// growing: nothing arrived for a tenth of batchMaxDelay (at least 0.5 ms). Publishers whose
+    /// in-flight window is full send nothing more until this batch commits, so waiting out the whole
+    /// delay for them would only add it to every acknowledgement.
     private func waitForBatchToFill() async {
-        let delay = Duration.seconds(batchMaxDelay)
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await Task.sleep(for: delay) }
-            group.addTask { await self.waitUntilFullOrClosed() }
-            await group.next()
-            group.cancelAll()
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(batchMaxDelay)
+        let quiet = max(Duration.microseconds(500), .seconds(batchMaxDelay / 10))
+        var seen = state.withLock { $0.buffer.count }
+        while true {
+            let now = clock.now
+            if now >= deadline { return }
+            let slice = min(quiet, now.duration(to: deadline))
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { try? await Task.sleep(for: slice) }
+                group.addTask { await self.waitUntilFullOrClosed() }
+                await group.next()
+                group.cancelAll()
+            }
+            let (count, done) = state.withLock { ($0.buffer.count, $0.closed || $0.buffer.count >= batchMaxEntries) }
+            if done || count == seen { return }
+            seen = count
         }
     }
 

@@ -25,7 +25,7 @@ public struct IngestConfiguration: Sendable, Hashable {
     /// Bytes the ingest queue holds. Default 16 MiB.
     public var maxQueuedBytes: Int = 16 * 1_048_576
     /// The most rows one transaction writes. Default 500.
-    public var batchMaxRows: Int = 500
+    public var batchMaxRows: Int = 2000
     /// The longest a message waits for its batch to fill, in seconds. Default 0.01 (10 ms).
     public var batchMaxDelay: Double = 0.01
     public var ack: AckMode = .persisted

@@ -17,6 +17,8 @@ public final class IngestQueue: Sendable {
     private let writer: GroupCommitWriter<GroupCommitFIFO<Entry>>
     /// `storage.topics`: live, so SIGHUP can change what is stored.
     private let filters: Mutex<[String]>
+    /// Whether `#` is among the filters (kept with them under the lock, read without it).
+    private let storesEverything: Atomic<Bool>
 
     private let rejected = Counter(label: "iotgw_ingest_rejected_total")
     private let backpressureWaits = Counter(label: "iotgw_ingest_backpressure_waits_total")
@@ -42,6 +44,7 @@ public final class IngestQueue: Sendable {
         self.store = store
         self.logger = logger
         self.filters = Mutex(configuration.topics)
+        self.storesEverything = Atomic(configuration.topics.contains("#"))
         writer = GroupCommitWriter(
             batchMaxEntries: configuration.batchMaxRows, batchMaxDelay: configuration.batchMaxDelay, names: Self.names,
             buffer: GroupCommitFIFO(), logger: logger, onAvailabilityChange: onAvailabilityChange
@@ -64,7 +67,9 @@ public final class IngestQueue: Sendable {
 
     /// Whether messages on `topic` are stored.
     public func stores(topic: String) -> Bool {
-        filters.withLock { filters in filters.contains { SubscriptionIndex.matches(filter: $0, topic: topic) } }
+        // The default (`#`, every topic) answers without taking the lock publishers would contend on.
+        if storesEverything.load(ordering: .relaxed) && !topic.utf8.starts(with: [UInt8(ascii: "$")]) { return true }
+        return filters.withLock { filters in filters.contains { SubscriptionIndex.matches(filter: $0, topic: topic) } }
     }
 
     /// The stored topic filters now in effect.
@@ -72,7 +77,10 @@ public final class IngestQueue: Sendable {
 
     /// Replaces the stored topic filters (SIGHUP). Messages published from now on are selected by them.
     public func setTopics(_ topics: [String]) {
-        filters.withLock { $0 = topics }
+        filters.withLock {
+            $0 = topics
+            storesEverything.store(topics.contains("#"), ordering: .relaxed)
+        }
     }
 
     /// What ``submit(_:onCommit:)`` did with a record.

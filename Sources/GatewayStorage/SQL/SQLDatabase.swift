@@ -1,3 +1,5 @@
+public import GatewayCore
+import MQTTCodec
 public import NIOCore
 
 /// A value bound to, or read from, a SQL statement: the same on every backend.
@@ -104,9 +106,39 @@ public protocol SQLDatabase: Sendable {
     func withConnection<T: Sendable>(_ body: (any SQLConnection) async throws -> T) async throws -> T
     /// Closes every connection; later uses throw.
     func close() async
+    /// Inserts telemetry rows (table `messages`) in one transaction: all are committed when this
+    /// returns, or it throws and none are. A backend overrides it with its fastest bulk path; the
+    /// default is multi-row INSERTs on a pooled connection.
+    func insertTelemetry(_ records: [TelemetryRecord]) async throws
 }
 
 extension SQLDatabase {
+    public func insertTelemetry(_ records: [TelemetryRecord]) async throws {
+        try await insertTelemetryOnPool(records)
+    }
+
+    /// The generic telemetry insert: multi-row INSERTs in one transaction on a pooled connection.
+    public func insertTelemetryOnPool(_ records: [TelemetryRecord]) async throws {
+        guard !records.isEmpty else { return }
+        try await transaction { connection in
+            // One multi-row INSERT per chunk: far fewer statement preparations than a row at a time.
+            // Chunks are capped in rows and bytes, since binding copies the payloads.
+            var start = records.startIndex
+            while start < records.endIndex {
+                var end = start
+                var bytes = 0
+                while end < records.endIndex && end - start < multiRowInsertMaxRows
+                    && (end == start || bytes + records[end].byteCount <= multiRowInsertMaxBytes)
+                {
+                    bytes += records[end].byteCount
+                    end += 1
+                }
+                try await insertTelemetryRows(records[start..<end], on: connection)
+                start = end
+            }
+        }
+    }
+
     /// Runs one statement on a pooled connection.
     @discardableResult
     public func query(_ sql: String, _ binds: [SQLValue] = []) async throws -> [SQLRow] {
@@ -129,4 +161,29 @@ extension SQLDatabase {
             }
         }
     }
+}
+
+let multiRowInsertMaxRows = 200
+let multiRowInsertMaxBytes = 1_048_576
+
+private func insertTelemetryRows(_ rows: ArraySlice<TelemetryRecord>, on connection: any SQLConnection) async throws {
+    var binds: [SQLValue] = []
+    binds.reserveCapacity(rows.count * 7)
+    var values: [String] = []
+    values.reserveCapacity(rows.count)
+    for record in rows {
+        let n = binds.count
+        values.append("($\(n + 1), $\(n + 2), $\(n + 3), $\(n + 4), $\(n + 5), $\(n + 6), $\(n + 7))")
+        binds.append(.integer(record.receivedAt))
+        binds.append(.text(record.clientID))
+        binds.append(.text(record.topic))
+        binds.append(.integer(Int64(record.qos.rawValue)))
+        binds.append(.flag(record.retain))
+        binds.append(.blob(record.payload))
+        binds.append(.optional(record.properties))
+    }
+    _ = try await connection.query(
+        "INSERT INTO messages (received_at, client_id, topic, qos, retain, payload, properties) VALUES \(values.joined(separator: ", "))",
+        binds
+    )
 }

@@ -1,3 +1,4 @@
+public import GatewayCore
 public import Logging
 import NIOCore
 import NIOPosix
@@ -31,14 +32,18 @@ public final class SQLiteBackend: SQLDatabase {
     /// write lock (busy_timeout) sleeps on its thread; with fewer threads than connections, waiters
     /// could occupy every thread while the lock holder's next statement waits for one.
     let threadPool: NIOThreadPool
+    /// Telemetry's own connection and thread (``SQLiteTelemetryWriter``): one of the `pool.size`
+    /// connections when there are at least two; with one, telemetry shares it (the generic path).
+    let telemetryWriter: SQLiteTelemetryWriter?
 
     public var dialect: SQLDialect { .sqlite }
-    public var poolSize: Int { pool.size }
+    public var poolSize: Int { pool.size + (telemetryWriter == nil ? 0 : 1) }
     public var peakConnectionsInUse: Int { pool.peakInUse }
 
-    private init(pool: ConnectionPool<SQLiteConnection>, threadPool: NIOThreadPool, logger: Logger) {
+    private init(pool: ConnectionPool<SQLiteConnection>, threadPool: NIOThreadPool, telemetryWriter: SQLiteTelemetryWriter?, logger: Logger) {
         self.pool = pool
         self.threadPool = threadPool
+        self.telemetryWriter = telemetryWriter
         self.logger = logger
     }
 
@@ -47,11 +52,13 @@ public final class SQLiteBackend: SQLDatabase {
         let directory = configuration.path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
         if !directory.isEmpty { try FileSystem.createDirectory(directory) }
         let size = max(1, configuration.poolSize)
-        let threadPool = NIOThreadPool(numberOfThreads: size)
+        // With two or more connections, one is the telemetry writer's; the rest are pooled.
+        let pooled = size >= 2 ? size - 1 : 1
+        let threadPool = NIOThreadPool(numberOfThreads: pooled)
         threadPool.start()
         var connections: [SQLiteConnection] = []
         do {
-            for _ in 0..<size {
+            for _ in 0..<pooled {
                 let connection = try await SQLiteConnection.open(
                     storage: .file(path: configuration.path),
                     threadPool: threadPool,
@@ -70,16 +77,27 @@ public final class SQLiteBackend: SQLDatabase {
             throw error
         }
         let pool = ConnectionPool(connections: connections, acquireTimeout: .seconds(configuration.acquireTimeout))
-        let database = SQLiteBackend(pool: pool, threadPool: threadPool, logger: logger)
         do {
-            try await SQLMigrations.apply(to: database, logger: logger)
+            try await SQLMigrations.apply(to: MigrationDatabase(pool: pool), logger: logger)
         } catch {
-            await database.close()
+            for connection in pool.drain() { try? await connection.close() }
+            try? await threadPool.shutdownGracefully()
             throw error
         }
+        var writer: SQLiteTelemetryWriter?
+        do {
+            if size >= 2 {
+                writer = try await SQLiteTelemetryWriter.open(path: configuration.path, synchronous: configuration.synchronous)
+            }
+        } catch {
+            for connection in pool.drain() { try? await connection.close() }
+            try? await threadPool.shutdownGracefully()
+            throw error
+        }
+        let database = SQLiteBackend(pool: pool, threadPool: threadPool, telemetryWriter: writer, logger: logger)
         logger.info(
             "database open",
-            metadata: ["iotgw.storage.backend": "sqlite", "iotgw.storage.path": "\(configuration.path)", "iotgw.storage.pool.size": "\(connections.count)"]
+            metadata: ["iotgw.storage.backend": "sqlite", "iotgw.storage.path": "\(configuration.path)", "iotgw.storage.pool.size": "\(size)"]
         )
         return database
     }
@@ -90,13 +108,40 @@ public final class SQLiteBackend: SQLDatabase {
         }
     }
 
-    /// Closes every connection and stops the thread pool.
+    public func insertTelemetry(_ records: [TelemetryRecord]) async throws {
+        if let telemetryWriter {
+            try await telemetryWriter.insert(records)
+        } else {
+            try await insertTelemetryOnPool(records)
+        }
+    }
+
+    /// Closes every connection and stops the thread pools.
     public func close() async {
+        await telemetryWriter?.close()
         for connection in pool.drain() {
             try? await connection.close()
         }
         try? await threadPool.shutdownGracefully()
     }
+}
+
+/// The pool alone as an ``SQLDatabase``, for the migrations, which run before the telemetry writer
+/// opens (its statement needs the `messages` table).
+private struct MigrationDatabase: SQLDatabase {
+    let pool: ConnectionPool<SQLiteConnection>
+
+    var dialect: SQLDialect { .sqlite }
+    var poolSize: Int { pool.size }
+    var peakConnectionsInUse: Int { pool.peakInUse }
+
+    func withConnection<T: Sendable>(_ body: (any SQLConnection) async throws -> T) async throws -> T {
+        try await pool.withConnection { connection in
+            try await body(PooledSQLiteConnection(connection: connection))
+        }
+    }
+
+    func close() async {}
 }
 
 /// A borrowed SQLite connection speaking ``SQLValue``.

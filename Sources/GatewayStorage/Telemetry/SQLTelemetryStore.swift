@@ -3,8 +3,8 @@ import MQTTCodec
 import NIOCore
 import Synchronization
 
-/// Telemetry (table `messages`) on any ``SQLDatabase``: batched multi-row inserts in one transaction,
-/// and the paged reads of `/api/v1/messages`.
+/// Telemetry (table `messages`) on any ``SQLDatabase``: batches inserted in one transaction by the
+/// backend's bulk path (``SQLDatabase/insertTelemetry(_:)``), and the paged reads of `/api/v1/messages`.
 public final class SQLTelemetryStore: TelemetryStore, TelemetryReader {
     public let database: any SQLDatabase
     private let reachable = Atomic<Bool>(true)
@@ -18,53 +18,12 @@ public final class SQLTelemetryStore: TelemetryStore, TelemetryReader {
     public func insert(_ records: [TelemetryRecord]) async throws {
         guard !records.isEmpty else { return }
         do {
-            try await database.transaction { connection in
-                // One multi-row INSERT per chunk: far fewer statement preparations than a row at a
-                // time. Chunks are capped in rows and bytes, since binding copies the payloads.
-                var start = records.startIndex
-                while start < records.endIndex {
-                    var end = start
-                    var bytes = 0
-                    while end < records.endIndex && end - start < Self.maxRowsPerStatement
-                        && (end == start || bytes + records[end].byteCount <= Self.maxBytesPerStatement)
-                    {
-                        bytes += records[end].byteCount
-                        end += 1
-                    }
-                    try await Self.insertRows(records[start..<end], on: connection)
-                    start = end
-                }
-            }
+            try await database.insertTelemetry(records)
             reachable.store(true, ordering: .relaxed)
         } catch {
             reachable.store(false, ordering: .relaxed)
             throw error
         }
-    }
-
-    static let maxRowsPerStatement = 200
-    static let maxBytesPerStatement = 1_048_576
-
-    private static func insertRows(_ rows: ArraySlice<TelemetryRecord>, on connection: any SQLConnection) async throws {
-        var binds: [SQLValue] = []
-        binds.reserveCapacity(rows.count * 7)
-        var values: [String] = []
-        values.reserveCapacity(rows.count)
-        for record in rows {
-            let n = binds.count
-            values.append("($\(n + 1), $\(n + 2), $\(n + 3), $\(n + 4), $\(n + 5), $\(n + 6), $\(n + 7))")
-            binds.append(.integer(record.receivedAt))
-            binds.append(.text(record.clientID))
-            binds.append(.text(record.topic))
-            binds.append(.integer(Int64(record.qos.rawValue)))
-            binds.append(.flag(record.retain))
-            binds.append(.blob(record.payload))
-            binds.append(.optional(record.properties))
-        }
-        _ = try await connection.query(
-            "INSERT INTO messages (received_at, client_id, topic, qos, retain, payload, properties) VALUES \(values.joined(separator: ", "))",
-            binds
-        )
     }
 
     public func messages(topic: String?, since: Int64?, afterID: Int64?, limit: Int) async throws -> [StoredTelemetry] {
