@@ -15,9 +15,11 @@ import Synchronization
 /// that stripe's table and moves it in a small min-heap: no allocation when the topic is tracked, and a
 /// new topic reuses the slot of the least counted one (the table keeps its capacity).
 ///
-/// **Memory.** `stripes × slots` entries for the current second plus `window × slots` for the window
-/// (defaults: 16 × 128 + 60 × 128 entries; an entry is a topic string, which shares the message's
-/// storage, and a count).
+/// **Memory.** While counting: `stripes × slots` entries for the current second (a stripe's table is
+/// made on its first message) plus `window × slots` for the window (defaults: at most 16 × 128 +
+/// 60 × 128 entries; an entry is a topic string, which shares the message's storage, and a few
+/// integers: about 8 KiB per stripe in use and 2 KiB per second of window, plus the topics' text).
+/// Nothing while off: turning counting off drops the tables.
 ///
 /// **Error bound.** A Space-Saving sketch of `k` slots over `n` messages overestimates a tracked topic by
 /// at most `n / k` and leaves out only topics seen at most `n / k` times. Summing the stripes of a second
@@ -89,7 +91,8 @@ public final class TopicRates: Sendable {
     public func setEnabled(_ on: Bool) {
         let was = enabled.exchange(on, ordering: .relaxed)
         guard was && !on else { return }
-        for stripe in stripes { stripe.sketch.withLock { $0.reset() } }
+        // A fresh sketch holds no storage: a gateway nobody watches keeps no tables.
+        for stripe in stripes { stripe.sketch.withLock { $0 = SpaceSaving(capacity: slots) } }
         window.withLock { $0 = Window() }
     }
 
@@ -195,17 +198,13 @@ struct SpaceSaving: Sendable {
         var size = 2
         while size < 2 * capacity { size <<= 1 }
         mask = size - 1
-        table = Array(repeating: -1, count: size)
+        // Storage is made by the first ``add(_:)``, so sketches of idle threads cost nothing.
+        table = []
         topics = []
-        topics.reserveCapacity(capacity)
         hashes = []
-        hashes.reserveCapacity(capacity)
         counts = []
-        counts.reserveCapacity(capacity)
         heap = []
-        heap.reserveCapacity(capacity)
         heapPositions = []
-        heapPositions.reserveCapacity(capacity)
     }
 
     /// The tracked topics and their counts, in no order.
@@ -213,6 +212,7 @@ struct SpaceSaving: Sendable {
 
     mutating func add(_ topic: String) {
         total += 1
+        if table.isEmpty { allocate() }
         let hash = topic.hashValue
         var index = hash & mask
         while table[index] >= 0 {
@@ -245,6 +245,15 @@ struct SpaceSaving: Sendable {
         while table[index] >= 0 { index = (index + 1) & mask }
         table[index] = slot
         siftDown(from: 0)
+    }
+
+    private mutating func allocate() {
+        table = Array(repeating: -1, count: mask + 1)
+        topics.reserveCapacity(capacity)
+        hashes.reserveCapacity(capacity)
+        counts.reserveCapacity(capacity)
+        heap.reserveCapacity(capacity)
+        heapPositions.reserveCapacity(capacity)
     }
 
     /// Returns what was counted and starts over (keeping the capacity).
