@@ -9,10 +9,12 @@ CONFIG ?= Configs/iotgw.yaml
 # System packages: the C libraries the simulator and bridge link against, the reference broker and
 # clients the tests drive, openssl for test certificates, PostgreSQL (server and psql) for the
 # PostgreSQL storage tests, and iproute2 (`ip netns`) for the bridge test that runs an upstream and two
-# gateways as three hosts in network namespaces.
-APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl postgresql iproute2
+# gateways as three hosts in network namespaces, and Chromium with its WebDriver (and fonts) for the dashboard's
+# browser test.
+APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl postgresql iproute2 \
+	chromium chromium-driver fonts-liberation
 # Python test clients (real peers for the end-to-end suite) and a PostgreSQL driver to read the rows back.
-PIP_PACKAGES := paho-mqtt==2.* websockets pytest prometheus_client jsonschema pyyaml psycopg2-binary
+PIP_PACKAGES := paho-mqtt==2.* websockets pytest prometheus_client jsonschema pyyaml psycopg2-binary selenium
 
 .PHONY: all deps apt-deps pip-deps build build-release run test unit-test integration-test fuzz fuzz-build fuzz-smoke clean bench microbench
 
@@ -30,7 +32,7 @@ apt-deps:
 	fi
 
 pip-deps:
-	@$(PYTHON) -c "import paho.mqtt, websockets, pytest, prometheus_client, jsonschema, yaml, psycopg2" 2>/dev/null || \
+	@$(PYTHON) -c "import paho.mqtt, websockets, pytest, prometheus_client, jsonschema, yaml, psycopg2, selenium" 2>/dev/null || \
 		$(PYTHON) -m pip install -q $(PIP_PACKAGES) 2>/dev/null || \
 		$(PYTHON) -m pip install -q --break-system-packages $(PIP_PACKAGES)
 
