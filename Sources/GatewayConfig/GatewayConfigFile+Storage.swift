@@ -23,11 +23,17 @@ extension GatewayConfigFile {
         public var overflow = "backpressure"
         public var queue = Queue()
         public var batch = Batch()
+        public var retention = Retention()
+        /// `storage.min_free_bytes`: below this much free space on the SQLite database's file system,
+        /// storing pauses (publishers of stored topics meet the overflow policy) and `/readyz` reports
+        /// `disk` not ready. 0 disables the check. Default 100 MiB.
+        public var minFreeBytes: Int64 = 100 * 1_048_576
 
         public init() {}
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case enabled, backend, sqlite, postgres, pool, topics, ack, overflow, queue, batch
+            case enabled, backend, sqlite, postgres, pool, topics, ack, overflow, queue, batch, retention
             case dataDir = "data_dir"
+            case minFreeBytes = "min_free_bytes"
         }
         public init(from decoder: any Decoder) throws {
             try decoder.rejectUnknownKeys(CodingKeys.self)
@@ -44,6 +50,37 @@ extension GatewayConfigFile {
             overflow = try c.value(.overflow, default: d.overflow)
             queue = try c.value(.queue, default: d.queue)
             batch = try c.value(.batch, default: d.batch)
+            retention = try c.value(.retention, default: d.retention)
+            minFreeBytes = try c.value(.minFreeBytes, default: d.minFreeBytes)
+        }
+
+        /// `storage.retention`: old telemetry deleted in chunks, oldest first.
+        public struct Retention: Codable, Sendable, Equatable {
+            /// `storage.retention.max_age`: seconds a row is kept; 0 keeps rows whatever their age. Default 0.
+            public var maxAge = 0.0
+            /// `storage.retention.max_rows`: the newest rows kept; 0 means no limit. Default 0.
+            public var maxRows = 0
+            /// `storage.retention.interval`: seconds between retention passes. Default 60.
+            public var interval = 60.0
+            /// `storage.retention.chunk_rows`: rows deleted per transaction. Default 5000.
+            public var chunkRows = 5000
+
+            public init() {}
+            enum CodingKeys: String, CodingKey, CaseIterable {
+                case interval
+                case maxAge = "max_age"
+                case maxRows = "max_rows"
+                case chunkRows = "chunk_rows"
+            }
+            public init(from decoder: any Decoder) throws {
+                try decoder.rejectUnknownKeys(CodingKeys.self)
+                let c = try decoder.container(keyedBy: CodingKeys.self)
+                let d = Retention()
+                maxAge = try c.value(.maxAge, default: d.maxAge)
+                maxRows = try c.value(.maxRows, default: d.maxRows)
+                interval = try c.value(.interval, default: d.interval)
+                chunkRows = try c.value(.chunkRows, default: d.chunkRows)
+            }
         }
 
         /// `storage.sqlite`: the embedded backend.
@@ -180,6 +217,11 @@ extension GatewayConfigFile {
         check(storage.queue.maxBytes >= 1024, "storage.queue.max_bytes", "must be at least 1024")
         check((1...10_000).contains(storage.batch.maxRows), "storage.batch.max_rows", "must be 1-10000")
         check((0...10).contains(storage.batch.maxDelay), "storage.batch.max_delay", "must be 0-10 seconds")
+        check(storage.retention.maxAge >= 0, "storage.retention.max_age", "must be 0 (keep) or more seconds")
+        check(storage.retention.maxRows >= 0, "storage.retention.max_rows", "must be 0 (no limit) or more")
+        check(storage.retention.interval > 0 && storage.retention.interval <= 86_400, "storage.retention.interval", "must be more than 0 and at most 86400 seconds")
+        check((100...1_000_000).contains(storage.retention.chunkRows), "storage.retention.chunk_rows", "must be 100-1000000")
+        check(storage.minFreeBytes >= 0, "storage.min_free_bytes", "must be 0 (no check) or more bytes")
         return errors
     }
 

@@ -86,6 +86,8 @@ struct RunCommand: AsyncParsableCommand {
         // Storage opens before anything listens: a gateway that cannot keep its promise refuses to start.
         // The same database holds the users table when `auth.backend` is `database`.
         var ingestService: IngestService?
+        var maintenanceService: StorageMaintenanceService?
+        var diskStatus: StorageDiskStatus?
         var ingest: IngestQueue?
         var telemetryReader: (any TelemetryReader)?
         var journal: StateJournal?
@@ -128,6 +130,23 @@ struct RunCommand: AsyncParsableCommand {
                     }
                 )
                 ingest = queue
+                var sqlitePath: String?
+                if case .sqlite(let sqlite) = databaseConfiguration { sqlitePath = sqlite.path }
+                let disk = StorageDiskStatus(databasePath: sqlitePath, minFreeBytes: file.storage.minFreeBytes)
+                diskStatus = disk
+                let policy = TelemetryRetention.Policy(
+                    maxAge: file.storage.retention.maxAge,
+                    maxRows: file.storage.retention.maxRows,
+                    chunkRows: file.storage.retention.chunkRows
+                )
+                maintenanceService = StorageMaintenanceService(
+                    disk: disk,
+                    retention: policy.isEnabled ? TelemetryRetention(database: database, policy: policy) : nil,
+                    retentionInterval: .milliseconds(Int64(file.storage.retention.interval * 1000)),
+                    ingest: queue,
+                    readiness: readiness,
+                    logger: logger
+                )
                 // The database is closed by the journal's service, which shuts down after this one.
                 ingestService = IngestService(queue: queue, logger: logger, close: {})
                 let sessions = SQLBrokerStateStore(database: database)
@@ -272,6 +291,17 @@ struct RunCommand: AsyncParsableCommand {
                     }
                 },
                 poolSize: file.storage.enabled ? file.storage.pool.size : nil,
+                storage: diskStatus.map { [ingest] disk in
+                    { @Sendable in
+                        AdminStorageStatus(
+                            backend: disk.databasePath == nil ? "postgres" : "sqlite",
+                            databaseBytes: disk.databasePath == nil ? nil : disk.databaseBytes,
+                            freeBytes: disk.availableBytes >= 0 ? disk.availableBytes : nil,
+                            minFreeBytes: disk.minFreeBytes,
+                            intakePaused: ingest?.isIntakePaused ?? false
+                        )
+                    }
+                },
                 startedAt: startedAt,
                 logger: logger
             )
@@ -293,6 +323,10 @@ struct RunCommand: AsyncParsableCommand {
             // Shuts down before the services that close the database.
             readiness.set("database", .ready)
             services.append(.init(service: DatabaseProbeService(database: openDatabase, readiness: readiness, logger: logger)))
+        }
+        if let maintenanceService {
+            // Shuts down before the services that close the database.
+            services.append(.init(service: maintenanceService))
         }
         // Bridges after storage and before the server: they stop once the listeners drained (the
         // drain gives queued messages time to reach the upstream) and before storage closes.

@@ -41,7 +41,7 @@ def test_healthz_and_readyz(make_broker):
     assert r.status == 200, r
     body = r.json()
     assert body["status"] == "ready"
-    assert {c["name"]: c["state"] for c in body["components"]} == {"listeners": "ready", "shutdown": "ready", "storage": "ready", "database": "ready"}
+    assert {c["name"]: c["state"] for c in body["components"]} == {"listeners": "ready", "shutdown": "ready", "storage": "ready", "database": "ready", "disk": "ready"}
 
 
 def test_unknown_paths_and_methods(make_broker):

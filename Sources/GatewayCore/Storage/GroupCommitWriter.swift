@@ -198,6 +198,17 @@ final class GroupCommitWriter<Buffer: GroupCommitBuffer>: Sendable {
         }
     }
 
+    /// Wakes everyone waiting for room, to re-check their condition (the owner changed what counts as
+    /// room, e.g. intake resumed).
+    func recheckRoom() {
+        let waiters = state.withLock { state -> Deque<CheckedContinuation<Void, Never>> in
+            let waiters = state.spaceWaiters
+            state.spaceWaiters.removeAll()
+            return waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
     /// Entries queued or being written.
     var depth: Int { state.withLock { $0.buffer.count + $0.writing } }
 

@@ -24,7 +24,7 @@ public struct IngestConfiguration: Sendable, Hashable {
     public var maxQueuedMessages: Int = 10_000
     /// Bytes the ingest queue holds. Default 16 MiB.
     public var maxQueuedBytes: Int = 16 * 1_048_576
-    /// The most rows one transaction writes. Default 500.
+    /// The most rows one transaction writes. Default 2000.
     public var batchMaxRows: Int = 2000
     /// The longest a message waits for its batch to fill, in seconds. Default 0.01 (10 ms).
     public var batchMaxDelay: Double = 0.01

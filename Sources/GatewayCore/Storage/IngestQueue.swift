@@ -19,6 +19,9 @@ public final class IngestQueue: Sendable {
     private let filters: Mutex<[String]>
     /// Whether `#` is among the filters (kept with them under the lock, read without it).
     private let storesEverything: Atomic<Bool>
+    /// Set while intake is paused (free disk space under `storage.min_free_bytes`): new records are
+    /// treated as not fitting, so the overflow policy applies; what is queued is still written.
+    private let intakePaused = Atomic<Bool>(false)
 
     private let rejected = Counter(label: "iotgw_ingest_rejected_total")
     private let backpressureWaits = Counter(label: "iotgw_ingest_backpressure_waits_total")
@@ -98,8 +101,9 @@ public final class IngestQueue: Sendable {
         let size = record.byteCount
         var waited = false
         while true {
+            let paused = intakePaused.load(ordering: .relaxed)
             let admission = writer.enqueue { pending, occupancy -> Admission in
-                guard Self.fits(size, in: occupancy, configuration) else { return .full }
+                guard !paused, Self.fits(size, in: occupancy, configuration) else { return .full }
                 pending.append(Entry(record: record, onCommit: onCommit), bytes: size)
                 return .accepted
             }
@@ -119,7 +123,9 @@ public final class IngestQueue: Sendable {
                     backpressureWaits.increment()
                     waited = true
                 }
-                await writer.waitForRoom(until: { Self.fits(size, in: $0, configuration) })
+                await writer.waitForRoom(until: { occupancy in
+                    !self.intakePaused.load(ordering: .relaxed) && Self.fits(size, in: occupancy, configuration)
+                })
             }
         }
     }
@@ -135,6 +141,17 @@ public final class IngestQueue: Sendable {
         if occupancy.count == 0 { return true }
         return occupancy.count < configuration.maxQueuedMessages && occupancy.bytes + size <= configuration.maxQueuedBytes
     }
+
+    /// Pauses or resumes intake. While paused, ``submit(_:onCommit:)`` finds the queue full: with
+    /// `overflow: backpressure` publishers wait (their connections are no longer read), with `reject`
+    /// their messages are refused; records already queued are still committed.
+    public func setIntakePaused(_ paused: Bool) {
+        intakePaused.store(paused, ordering: .relaxed)
+        if !paused { writer.recheckRoom() }
+    }
+
+    /// Whether intake is paused (``setIntakePaused(_:)``).
+    public var isIntakePaused: Bool { intakePaused.load(ordering: .relaxed) }
 
     /// Records queued or being written.
     public var depth: Int { writer.depth }

@@ -91,6 +91,8 @@ struct AdminRoutes: Sendable {
     var telemetry: (any TelemetryReader)? = nil
     /// The bridges for `/api/v1/stats`.
     var bridges: @Sendable () -> [AdminBridgeStatus] = { [] }
+    /// Telemetry storage's footprint for `/api/v1/stats`; nil when storage is off.
+    var storage: (@Sendable () -> AdminStorageStatus)? = nil
     /// The dashboard's feed; nil when `admin.dashboard` is off (`/` then answers 404).
     var dashboard: DashboardHub? = nil
 
@@ -199,8 +201,19 @@ struct AdminRoutes: Sendable {
                     ])
                 ),
                 ("bridges", .array(bridges().map(Self.bridgeJSON))),
+                ("storage", storage.map { Self.storageJSON($0()) } ?? .null),
             ])
         )
+    }
+
+    private static func storageJSON(_ storage: AdminStorageStatus) -> AdminJSON {
+        .object([
+            ("backend", .string(storage.backend)),
+            ("database_bytes", storage.databaseBytes.map { .int(Int($0)) } ?? .null),
+            ("free_bytes", storage.freeBytes.map { .int(Int($0)) } ?? .null),
+            ("min_free_bytes", .int(Int(storage.minFreeBytes))),
+            ("intake_paused", .bool(storage.intakePaused)),
+        ])
     }
 
     private static func bridgeJSON(_ bridge: AdminBridgeStatus) -> AdminJSON {

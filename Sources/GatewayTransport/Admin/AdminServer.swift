@@ -79,6 +79,7 @@ public final class AdminServer: Service {
     ///   - metricsText: the Prometheus text exposition (`registry.emitToBuffer()`).
     ///   - bridges: the bridges' status for `/api/v1/stats` and the dashboard.
     ///   - poolSize: the storage pool's connections, for the dashboard (nil: storage off).
+    ///   - storage: the storage footprint for `/api/v1/stats` (nil: storage off).
     ///   - startedAt: when the gateway started, for uptime.
     ///   - onBound: called with the bound address (tests read the port from it with port 0).
     public init(
@@ -89,6 +90,7 @@ public final class AdminServer: Service {
         telemetry: (any TelemetryReader)? = nil,
         bridges: @escaping @Sendable () -> [AdminBridgeStatus] = { [] },
         poolSize: Int? = nil,
+        storage: (@Sendable () -> AdminStorageStatus)? = nil,
         startedAt: ContinuousClock.Instant = .now,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
@@ -119,6 +121,7 @@ public final class AdminServer: Service {
             startedAt: startedAt,
             telemetry: telemetry,
             bridges: bridges,
+            storage: storage,
             dashboard: dashboard
         )
         self.eventLoopGroup = eventLoopGroup
