@@ -508,8 +508,75 @@ def micro_markdown(text: str) -> str:
     return "\n".join(out).strip()
 
 
+INGEST_CASES = [
+    ("SQLite, QoS 0, 10 publishers", ["--qos", "0", "--devices", "10"]),
+    ("SQLite, QoS 1 (`ack: persisted`), 10 publishers", ["--qos", "1", "--devices", "10", "--rate", "5000"]),
+    ("SQLite, QoS 1 (`ack: persisted`), 100 publishers", ["--qos", "1", "--devices", "100", "--rate", "5000"]),
+]
+INGEST_KEYS = [("committed_rows_per_s", "rows committed/s", 0), ("gateway_cpu_s_per_s", "gateway CPU s/s", 2),
+               ("commit_p50_ms", "commit p50 (ms)", 2), ("commit_p99_ms", "commit p99 (ms)", 2),
+               ("acknowledged_missing", "acknowledged but missing after kill -9", 0)]
+
+
+def run_ingest(args: argparse.Namespace, started: float) -> dict[str, list[dict]]:
+    """Storage-on scenarios (Benchmarks/scripts/ingest_rate.py), `args.rounds` rounds each; the engine
+    alone once per round with the first case."""
+    cases = list(INGEST_CASES)
+    url = os.environ.get("IOTGW_TEST_POSTGRES_URL")
+    if url:
+        cases += [("PostgreSQL, QoS 0, 10 publishers", ["--qos", "0", "--devices", "10", "--postgres", url]),
+                  ("PostgreSQL, QoS 1 (`ack: persisted`), 100 publishers",
+                   ["--qos", "1", "--devices", "100", "--rate", "5000", "--postgres", url])]
+    out: dict[str, list[dict]] = {name: [] for name, _ in cases}
+    script = REPO / "Benchmarks" / "scripts" / "ingest_rate.py"
+    for round_number in range(args.rounds):
+        for index, (name, extra) in enumerate(cases):
+            command = [sys.executable, str(script), "--iotgw", args.iotgw, "--seconds", "10", "--json", *extra]
+            if index == 0:
+                command.append("--engine")
+            result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            if result.returncode != 0:
+                raise RuntimeError(f"ingest_rate.py failed: {result.stderr[-2000:]}")
+            values = json.loads(result.stdout.strip().splitlines()[-1])
+            out[name].append(values)
+            print(f"[{(time.monotonic() - started) / 60:5.1f} min] ingest {name} round {round_number + 1}: {values}", flush=True)
+    return out
+
+
+def ingest_markdown(ingest: dict[str, list[dict]]) -> list[str]:
+    def med(rows: list[dict], key: str) -> float | None:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    lines = ["### Ingestion (storage on)", "",
+             "The default configuration (SQLite in WAL mode, `synchronous: full`, every topic stored, `ack: persisted`, "
+             "`pool.size` 4, `batch.max_rows` 2000) driven by `iotgw simulate` (64-byte payloads, as fast as the "
+             "publishers' in-flight windows allow; libmosquitto's window is 20 messages). The rate is the gateway's "
+             "`iotgw_ingest_committed_total` over the run after a 2 s warm-up; commit latency from "
+             "`iotgw_ingest_commit_seconds`. For QoS 1 the gateway is killed with SIGKILL at the end and the "
+             "simulator's acknowledged count compared with the rows (`Benchmarks/scripts/ingest_rate.py`).", "",
+             "| scenario | " + " | ".join(label for _, label, _ in INGEST_KEYS) + " |",
+             "|---|" + "---:|" * len(INGEST_KEYS)]
+    for name, rows in ingest.items():
+        cells = [fmt(med(rows, key), digits) for key, _, digits in INGEST_KEYS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    first = next(iter(ingest.values()), [])
+    e2000, e500 = med(first, "engine_alone_rows_per_s_batch_2000"), med(first, "engine_alone_rows_per_s_batch_500")
+    if e2000 is not None:
+        lines += ["", f"The engine alone on this machine, the limit: {fmt(e2000, 0)} rows/s in transactions of 2,000 rows "
+                  f"({fmt(e500, 0)} rows/s in transactions of 500), the same table, index and pragmas, inserted by "
+                  "`executemany` of Python's sqlite3 module (its loop over rows and binds runs in C). Each commit is "
+                  "an fsync, so rows per commit decide the rate on a disk with slow fsyncs."]
+    lines += ["", "<details><summary>Rounds</summary>", ""]
+    for name, rows in ingest.items():
+        for number, row in enumerate(rows, 1):
+            lines.append(f"- {name} round {number}: {row}")
+    lines += ["", "</details>", ""]
+    return lines
+
+
 def write_report(results: dict[str, dict[str, list[Measurement]]], args: argparse.Namespace, started: float,
-                 info: dict[str, str]) -> str:
+                 info: dict[str, str], ingest: dict[str, list[dict]] | None = None) -> str:
     now = datetime.datetime.now(datetime.timezone.utc)
     lines = [
         "# Benchmarks",
@@ -570,6 +637,9 @@ def write_report(results: dict[str, dict[str, list[Measurement]]], args: argpars
                 lines.append(f"- {kind} round {number}: {figures}")
         lines += ["", "</details>", ""]
 
+    if ingest:
+        lines += ingest_markdown(ingest)
+
     if args.micro and Path(args.micro).exists():
         lines += ["## Micro-benchmarks", "",
                   "`Benchmarks/Package.swift` (ordo-one/benchmark), run by `make microbench`: the MQTT codec "
@@ -600,6 +670,12 @@ def write_report(results: dict[str, dict[str, list[Measurement]]], args: argpars
         if section.name in results:
             lines.extend(results[section.name]["iotgw"][0].commands)
     lines += ["```", ""]
+    if ingest:
+        lines += ["Ingestion (each starts its own gateway with the default storage in a temporary directory):", "", "```sh"]
+        for name, extra in INGEST_CASES:
+            lines.append(f"python3 Benchmarks/scripts/ingest_rate.py --iotgw {display([args.iotgw])} --seconds 10 {' '.join(extra)}"
+                         + ("  # + --engine" if extra == INGEST_CASES[0][1] else ""))
+        lines += ["```", ""]
     return "\n".join(lines)
 
 
@@ -609,7 +685,7 @@ def main() -> int:
     parser.add_argument("--iotgw", default=str(REPO / ".build-release" / "release" / "iotgw"))
     parser.add_argument("--mosquitto", default=os.environ.get("MOSQUITTO_BIN") or shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", help="comma-separated scenario names (default: all)")
+    parser.add_argument("--only", help="comma-separated scenario names, `ingest` for the storage-on scenarios (default: all)")
     parser.add_argument("--idle-devices", type=int, default=19000)
     parser.add_argument("--storm-devices", type=int, default=10000)
     parser.add_argument("--micro", help="markdown output of the micro-benchmarks to include")
@@ -646,7 +722,8 @@ def main() -> int:
                 print(f"[{(time.monotonic() - started) / 60:5.1f} min] {section.name} round {round_number + 1} "
                       f"mosquitto (Nagle on): p99={fmt(m.values.get('p99'), 3)} p99.9={fmt(m.values.get('p999'), 3)}", flush=True)
         results[section.name] = data
-    report = write_report(results, args, started, info)
+    ingest = run_ingest(args, started) if not wanted or "ingest" in wanted else None
+    report = write_report(results, args, started, info, ingest)
     Path(args.output).write_text(report)
     print(f"wrote {args.output} in {(time.monotonic() - started) / 60:.1f} minutes")
     return 0

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Ingestion at the storage engine's speed: how many rows a second the gateway commits with the default
 configuration (every topic stored, `ack: persisted`), driven by `iotgw simulate` (libmosquitto, C), and the
-engine alone (the same table and index, rows inserted straight into SQLite by Python's sqlite3 module in
-batches of the same size) as the limit beside it.
+engine alone (the same table and index, WAL, synchronous=FULL, rows inserted straight into SQLite in
+transactions of 2,000 and of 500 rows by `executemany` of Python's sqlite3 module, whose loop over the rows
+and their binds runs in C) as the limit beside it.
 
 The gateway runs the embedded SQLite default in a fresh temporary directory (or, with --postgres URL, a
 fresh database on that server). The rate is read from the gateway's own counter
 `iotgw_ingest_committed_total`, sampled after a 2 s warm-up and at the end of publishing, so a backlog still
 waiting in TCP buffers does not count. For QoS 1 the simulator's acknowledged count is checked against the
 rows after the gateway is killed with SIGKILL: with `ack: persisted` every acknowledged message must be there.
+With --postgres the gateway's sessions on the server (pg_stat_activity, application_name `iotgw`) are sampled
+every 50 ms while it runs, and the peak is reported beside `storage.pool.size`.
 
 Usage: ingest_rate.py --iotgw BIN [--qos 0|1] [--devices 10] [--seconds 10] [--postgres URL] [--json]
 """
@@ -106,6 +109,49 @@ def count_rows(workdir: str, postgres: str | None) -> int:
         return conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
 
 
+def admin_sql(url: str, *statements: str) -> None:
+    """Runs statements outside a transaction (CREATE/DROP DATABASE refuse to run in one; psycopg2 2.9's
+    `with connection:` opens one even in autocommit mode, so the connection is not used as a context)."""
+    import psycopg2
+    conn = psycopg2.connect(url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
+
+
+class SessionSampler(threading.Thread):
+    """The most server sessions the gateway holds at once (pg_stat_activity), sampled every 50 ms."""
+
+    def __init__(self, url: str, database: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.database = url, database
+        self.peak, self.samples = 0, 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        import psycopg2
+        conn = psycopg2.connect(self.url)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                while not self.stopping.wait(0.05):
+                    cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'iotgw'",
+                                (self.database,))
+                    self.peak = max(self.peak, cur.fetchone()[0])
+                    self.samples += 1
+        finally:
+            conn.close()
+
+    def stop(self) -> int:
+        self.stopping.set()
+        self.join(timeout=5)
+        return self.peak
+
+
 def engine_alone(rows: int, batch: int) -> float:
     """Rows/s inserting the gateway's row shape straight into SQLite (WAL, synchronous=FULL), batches of `batch`."""
     directory = tempfile.mkdtemp(prefix="iotgw-engine-")
@@ -148,15 +194,14 @@ def main() -> None:
 
     workdir = tempfile.mkdtemp(prefix="iotgw-ingest-")
     postgres = args.postgres
+    sampler = None
     if postgres:
         import psycopg2
         name = f"iotgw_ingest_{os.getpid()}"
-        with psycopg2.connect(postgres) as admin:
-            admin.autocommit = True
-            with admin.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS {name}")
-                cur.execute(f"CREATE DATABASE {name}")
+        admin_sql(postgres, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
         postgres = re.sub(r"/[^/?]*(\?|$)", f"/{name}\\1", postgres, count=1) if "://" in postgres else postgres
+        sampler = SessionSampler(args.postgres, name)
+        sampler.start()
     proc, mqtt_port, admin_port = start_gateway(args.iotgw, workdir, postgres, args.batch_max_rows)
     try:
         sim = subprocess.Popen(
@@ -205,8 +250,13 @@ def main() -> None:
             result["acknowledged"] = acked
             result["rows_after_kill9"] = rows
             result["acknowledged_missing"] = None if acked is None else max(0, acked - rows)
+        if sampler:
+            result["peak_server_sessions"] = sampler.stop()
+            result["pool_size"] = 4  # storage.pool.size: the default, which this script does not change
         if args.engine and not postgres:
-            result["engine_alone_rows_per_s"] = round(engine_alone(200_000, 500))
+            # The same batch sizes the gateway uses at most (storage.batch.max_rows 2000) and the old default.
+            result["engine_alone_rows_per_s_batch_2000"] = round(engine_alone(200_000, 2000))
+            result["engine_alone_rows_per_s_batch_500"] = round(engine_alone(100_000, 500))
         report(result, args.json)
     finally:
         if proc.poll() is None:
@@ -215,7 +265,11 @@ def main() -> None:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if sampler:
+            sampler.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+        if postgres:
+            admin_sql(args.postgres, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 if __name__ == "__main__":
