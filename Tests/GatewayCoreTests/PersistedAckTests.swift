@@ -72,13 +72,13 @@ private struct IngestFixture {
     let broker: Broker
     let writer: Task<Void, Never>
 
-    init(_ configure: (inout IngestConfiguration) -> Void = { _ in }) {
+    init(broker brokerConfiguration: BrokerConfiguration = BrokerConfiguration(), _ configure: (inout IngestConfiguration) -> Void = { _ in }) {
         var configuration = IngestConfiguration()
         configuration.batchMaxDelay = 0
         configure(&configuration)
         let queue = IngestQueue(configuration: configuration, store: store, logger: silentLogger)
         self.queue = queue
-        self.broker = Broker(configuration: BrokerConfiguration(), ingest: queue, logger: silentLogger)
+        self.broker = Broker(configuration: brokerConfiguration, ingest: queue, logger: silentLogger)
         self.writer = Task { await queue.run() }
     }
 
@@ -127,6 +127,46 @@ struct PersistedAckTests {
         #expect(fixture.store.committed.map(\.topic) == ["stored/a"], "only the stored topic is committed")
         #expect(fixture.store.committed.first?.clientID == "persisted-1")
         #expect(fixture.store.committed.first.map { String(buffer: $0.payload) } == "one")
+        await fixture.finish()
+    }
+
+    @Test("Receive Maximum counts QoS 1 PUBLISHes whose PUBACK waits for a commit: one more is DISCONNECT 0x93")
+    func receiveMaximumCountsPendingQoS1() async {
+        var brokerConfiguration = BrokerConfiguration()
+        brokerConfiguration.receiveMaximum = 3
+        let fixture = IngestFixture(broker: brokerConfiguration)
+        let client = TestClient(fixture.broker, version: .v5)
+        await client.connectAccepted("rm-qos1")
+        fixture.store.hold()
+        for id in UInt16(1)...3 {
+            let actions = await client.publish("s/rm", "m\(id)", qos: .atLeastOnce, id: id)
+            #expect(sentPackets(actions).isEmpty, "PUBACK \(id) before its commit, or a disconnect within the quota")
+        }
+        let fourth = await client.publish("s/rm", "m4", qos: .atLeastOnce, id: 4)
+        #expect(sentPackets(fourth) == [.disconnect(MQTTReasonPacket(reasonCode: .receiveMaximumExceeded))])
+        await fixture.finish()
+    }
+
+    @Test("Receive Maximum: a client that waits for its PUBACKs may keep publishing at the limit")
+    func receiveMaximumWithinQuota() async {
+        var brokerConfiguration = BrokerConfiguration()
+        brokerConfiguration.receiveMaximum = 2
+        let fixture = IngestFixture(broker: brokerConfiguration)
+        let client = TestClient(fixture.broker, version: .v5)
+        await client.connectAccepted("rm-ok")
+        for round in 0..<5 {
+            for id in UInt16(1)...2 {
+                let actions = await client.publish("s/ok", "r\(round)", qos: .atLeastOnce, id: id)
+                #expect(!sentPackets(actions).contains { if case .disconnect = $0 { return true } else { return false } })
+            }
+            // Both acknowledgements come out (after their commits) before the next round.
+            var acked: [UInt16] = []
+            for _ in 0..<200 where acked.count < 2 {
+                acked += pubacks(client.connection.takeReadyAcknowledgements()).map(\.packetIdentifier)
+                if acked.count < 2 { await Task.yield(); try? await Task.sleep(for: .milliseconds(5)) }
+            }
+            #expect(acked == [1, 2])
+        }
         await fixture.finish()
     }
 

@@ -394,10 +394,18 @@ public final class ClientConnection {
                 return disconnectForViolation(.retainNotSupported, "retained PUBLISH but retain is not available")
             }
         }
-        if publish.qos == .exactlyOnce && session.inboundQoS2Count >= configuration.receiveMaximum
-            && version == .v5
+        // Receive Maximum (MQTT 5 section 4.9) counts QoS 1 PUBLISHes not yet answered with PUBACK and QoS 2
+        // ones not yet completed with PUBCOMP. The QoS 2 ids held, and the acknowledgements not yet sent
+        // (QoS 1 PUBACKs waiting for their commit, and PUBRECs), each count a part of that without
+        // overlap beyond the PUBRECs: the larger of the two never exceeds the true count, so a client
+        // within its quota is never disconnected.
+        if publish.qos != .atMostOnce && version == .v5
+            && max(session.inboundQoS2Count, acks.count) >= configuration.receiveMaximum
         {
-            return disconnectForViolation(.receiveMaximumExceeded, "more than \(configuration.receiveMaximum) QoS 2 messages unacknowledged")
+            return disconnectForViolation(
+                .receiveMaximumExceeded,
+                "more than \(configuration.receiveMaximum) QoS 1 and 2 messages unacknowledged"
+            )
         }
         broker.metrics.messageReceived(qos: publish.qos, bytes: publish.payload.readableBytes)
 
