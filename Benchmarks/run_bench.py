@@ -510,6 +510,7 @@ def micro_markdown(text: str) -> str:
 
 INGEST_CASES = [
     ("SQLite, QoS 0, 10 publishers", ["--qos", "0", "--devices", "10"]),
+    ("SQLite, QoS 0, 1,000 publishers", ["--qos", "0", "--devices", "1000", "--rate", "200"]),
     ("SQLite, QoS 1 (`ack: persisted`), 10 publishers", ["--qos", "1", "--devices", "10", "--rate", "5000"]),
     ("SQLite, QoS 1 (`ack: persisted`), 100 publishers", ["--qos", "1", "--devices", "100", "--rate", "5000"]),
 ]
