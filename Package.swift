@@ -94,6 +94,7 @@ let package = Package(
             dependencies: [
                 "GatewayCore",
                 "MQTTCodec",
+                "CZlib",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -122,6 +123,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The system zlib, for permessage-deflate (RFC 7692) on the WebSocket endpoints.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // glibc's malloc.h (malloc_trim), for returning memory after waves of disconnects.
         .systemLibrary(name: "CMalloc"),
         // libmosquitto and libwebsockets, used by the simulator (and the bridge) only.

@@ -143,6 +143,8 @@ struct WebSocketPipeline: Sendable {
         let webSocket = self.webSocket
         // Why an upgrade was refused, for the HTTP answer (only touched on this channel's loop).
         let refusal = NIOLoopBoundBox<WebSocketConfiguration.Decision?>(nil, eventLoop: channel.eventLoop)
+        // The permessage-deflate parameters answered in the handshake, for the upgraded pipeline.
+        let deflate = NIOLoopBoundBox<PerMessageDeflate?>(nil, eventLoop: channel.eventLoop)
         let upgrader = NIOTypedWebSocketServerUpgrader<WebSocketRoute>(
             maxFrameSize: maxFrameSize,
             // WebSocketProtocolHandler answers decoder errors with the right close code.
@@ -153,6 +155,10 @@ struct WebSocketPipeline: Sendable {
                 case .upgrade(let subprotocol):
                     var headers = HTTPHeaders()
                     if let subprotocol { headers.add(name: "Sec-WebSocket-Protocol", value: subprotocol) }
+                    if let agreed = Self.negotiateDeflate(webSocket: webSocket, head: head, channel: channel) {
+                        deflate.value = agreed
+                        headers.add(name: "Sec-WebSocket-Extensions", value: agreed.responseHeaderValue)
+                    }
                     return channel.eventLoop.makeSucceededFuture(headers)
                 case .refuse:
                     refusal.value = decision
@@ -161,7 +167,7 @@ struct WebSocketPipeline: Sendable {
             },
             upgradePipelineHandler: { channel, head in
                 channel.eventLoop.makeCompletedFuture {
-                    try self.setUpUpgraded(channel: channel, head: head)
+                    try self.setUpUpgraded(channel: channel, head: head, deflate: deflate.value)
                 }
             }
         )
@@ -180,13 +186,40 @@ struct WebSocketPipeline: Sendable {
         )
     }
 
+    /// The permessage-deflate answer to an upgrade request (nil: none), on the channel's loop. A
+    /// connection that keeps zlib contexts between messages takes a slot of the shared
+    /// ``DeflateContextBudget`` until it closes; with none free it gets no context takeover either way.
+    static func negotiateDeflate(webSocket: WebSocketConfiguration, head: HTTPRequestHead, channel: any Channel) -> PerMessageDeflate? {
+        let compression = webSocket.compression
+        guard let endpoint = webSocket.endpoint(forURI: head.uri), compression.isEnabled(for: endpoint),
+            var agreed = PerMessageDeflate.negotiate(offers: head.headers["Sec-WebSocket-Extensions"], settings: compression.settings)
+        else { return nil }
+        if agreed.usesContextTakeover {
+            let budget = compression.budget
+            if budget.reserveTakeover() {
+                channel.closeFuture.whenComplete { _ in budget.releaseTakeover() }
+            } else {
+                agreed.dropContextTakeover()
+            }
+        }
+        return agreed
+    }
+
     /// Adds the handlers of the endpoint the request reached, after the HTTP handlers are gone.
-    private func setUpUpgraded(channel: any Channel, head: HTTPRequestHead) throws -> WebSocketRoute {
+    private func setUpUpgraded(channel: any Channel, head: HTTPRequestHead, deflate: PerMessageDeflate?) throws -> WebSocketRoute {
         let sync = channel.pipeline.syncOperations
         func protocolHandler(_ endpoint: WebSocketStateMachine.Endpoint) -> WebSocketProtocolHandler {
-            WebSocketProtocolHandler(
-                configuration: .init(endpoint: endpoint, maxMessageSize: webSocket.maxMessageSize),
-                pingInterval: pingInterval
+            // A compressed MQTT message may inflate to at most one maximum-size packet.
+            let maxMessageSize = endpoint == .mqttStream ? maxPacketSize : webSocket.maxMessageSize
+            return WebSocketProtocolHandler(
+                configuration: .init(
+                    endpoint: endpoint,
+                    maxMessageSize: maxMessageSize,
+                    deflate: deflate,
+                    deflateBudget: webSocket.compression.budget
+                ),
+                pingInterval: pingInterval,
+                compressionThreshold: webSocket.compression.threshold
             )
         }
         switch webSocket.endpoint(forURI: head.uri) {

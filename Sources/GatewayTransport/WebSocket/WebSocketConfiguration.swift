@@ -18,6 +18,8 @@ public struct WebSocketConfiguration: Sendable, Hashable {
     /// `Origin` values allowed to upgrade; empty (the default) allows any. Requests without an
     /// `Origin` header (non-browser clients) are always allowed.
     public var allowedOrigins: [String]
+    /// permessage-deflate (RFC 7692): where it is offered, the threshold and the memory bound.
+    public var compression: Compression
 
     public init(
         mqttPath: String = "/mqtt",
@@ -25,7 +27,8 @@ public struct WebSocketConfiguration: Sendable, Hashable {
         echoPath: String? = nil,
         maxMessageSize: Int = 1_048_576,
         pingInterval: Double = 30,
-        allowedOrigins: [String] = []
+        allowedOrigins: [String] = [],
+        compression: Compression = Compression()
     ) {
         self.mqttPath = mqttPath
         self.jsonPath = jsonPath
@@ -33,6 +36,52 @@ public struct WebSocketConfiguration: Sendable, Hashable {
         self.maxMessageSize = maxMessageSize
         self.pingInterval = pingInterval
         self.allowedOrigins = allowedOrigins
+        self.compression = compression
+    }
+
+    /// permessage-deflate per endpoint, and its bounds.
+    public struct Compression: Sendable, Hashable {
+        /// Accept permessage-deflate on the MQTT endpoint. Default false: MQTT payloads are mostly
+        /// small or binary, and devices are many (each compressing connection may hold zlib contexts).
+        public var mqtt: Bool
+        /// Accept it on the JSON API. Default true: JSON text shrinks several times, and browsers offer it.
+        public var json: Bool
+        /// Accept it on the echo endpoint (for conformance tools). Default true.
+        public var echo: Bool
+        /// Messages sent of at least this many bytes are compressed; smaller ones go out as they are.
+        /// Default 256: below that the DEFLATE framing costs about what it saves.
+        public var threshold: Int
+        /// How many connections may keep zlib contexts between messages (context takeover); past it, new
+        /// connections get no context takeover either way. Shared by the ws and wss listeners.
+        public let budget: DeflateContextBudget
+        /// The compressor's and decompressor's windows, memLevel and level.
+        var settings = PerMessageDeflate.Settings()
+
+        /// - Parameters:
+        ///   - mqtt: offer it on MQTT over WebSocket. Default false.
+        ///   - json: on the JSON API. Default true.
+        ///   - echo: on the echo endpoint. Default true.
+        ///   - threshold: smallest message compressed, in bytes. Default 256.
+        ///   - maxContexts: connections that may use context takeover at once. Default 1000 (at
+        ///     most about 110 KiB each: roughly 110 MiB in all).
+        public init(mqtt: Bool = false, json: Bool = true, echo: Bool = true, threshold: Int = 256, maxContexts: Int = 1000) {
+            self.mqtt = mqtt
+            self.json = json
+            self.echo = echo
+            self.threshold = threshold
+            self.budget = DeflateContextBudget(limit: maxContexts)
+        }
+
+        /// The same switches, compression off on every endpoint.
+        public static var disabled: Compression { Compression(mqtt: false, json: false, echo: false) }
+
+        func isEnabled(for endpoint: Endpoint) -> Bool {
+            switch endpoint {
+            case .mqtt: mqtt
+            case .json: json
+            case .echo: echo
+            }
+        }
     }
 
     /// Which endpoint an upgrade request reached.

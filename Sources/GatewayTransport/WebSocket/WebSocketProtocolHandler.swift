@@ -12,6 +12,9 @@ import NIOWebSocket
 /// handshake instead of dropping the socket: a close frame (1000, or the code a preceding
 /// ``CloseRequest`` asked for: 1001 on shutdown), then the TCP close once the peer answers or after
 /// ``closeTimeout``.
+///
+/// With permessage-deflate negotiated, messages from above of at least the compression threshold go out
+/// compressed (RSV1 set); control frames never are.
 final class WebSocketProtocolHandler: ChannelDuplexHandler {
     typealias InboundIn = WebSocketFrame
     typealias InboundOut = ByteBuffer
@@ -54,14 +57,19 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     /// The opcode of the last message received: the echo endpoint answers with it.
     private var lastOpcode = WebSocketOpcode.binary
     private let outboundOpcode: WebSocketOpcode?
+    private var compressor: PerMessageDeflate.Compressor?
 
     /// - Parameters:
-    ///   - configuration: the endpoint kind and message size limit.
+    ///   - configuration: the endpoint kind, message size limit and agreed permessage-deflate parameters.
     ///   - pingInterval: how long a connection may be silent before the server pings it (a second
     ///     silent interval closes it); nil disables pings.
-    init(configuration: WebSocketStateMachine.Configuration, pingInterval: TimeAmount?) {
+    ///   - compressionThreshold: with permessage-deflate, the smallest message sent compressed (bytes).
+    init(configuration: WebSocketStateMachine.Configuration, pingInterval: TimeAmount?, compressionThreshold: Int = 0) {
         self.machine = WebSocketStateMachine(configuration: configuration)
         self.pingInterval = pingInterval
+        self.compressor = configuration.deflate.map {
+            PerMessageDeflate.Compressor(parameters: $0, threshold: compressionThreshold, budget: configuration.deflateBudget)
+        }
         switch configuration.endpoint {
         case .mqttStream: outboundOpcode = .binary
         case .textMessages: outboundOpcode = .text
@@ -79,6 +87,7 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         machine.closed()
+        compressor?.release()
         cancelTimers()
         closePromise?.succeed()
         closePromise = nil
@@ -124,7 +133,14 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        let frame = WebSocketFrame(fin: true, opcode: outboundOpcode ?? lastOpcode, data: unwrapOutboundIn(data))
+        let message = unwrapOutboundIn(data)
+        let opcode = outboundOpcode ?? lastOpcode
+        let frame: WebSocketFrame
+        if let compressed = compressor?.compress(message, allocator: context.channel.allocator) {
+            frame = WebSocketFrame(fin: true, rsv1: true, opcode: opcode, data: compressed)
+        } else {
+            frame = WebSocketFrame(fin: true, opcode: opcode, data: message)
+        }
         context.write(wrapOutboundOut(frame), promise: promise)
     }
 

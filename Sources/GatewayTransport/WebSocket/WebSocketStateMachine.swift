@@ -5,12 +5,18 @@ import NIOWebSocket
 /// received, with each ping tick and with a request to close. ``WebSocketProtocolHandler`` performs the
 /// actions it returns.
 ///
-/// It enforces: masked client frames (RFC 6455 5.1), no reserved bits (no extension is negotiated),
-/// continuation frames only inside a fragmented message, fragmented messages reassembled under
+/// It enforces: masked client frames (RFC 6455 5.1), no reserved bits except RSV1 on the first frame of a
+/// data message when permessage-deflate was negotiated (RFC 7692 6: 1002 otherwise), continuation frames
+/// only inside a fragmented message, fragmented messages reassembled under
 /// ``Configuration/maxMessageSize`` (1009 when over), valid UTF-8 in text messages (1007), the data
 /// opcode the endpoint speaks (1003 otherwise), the close handshake with a valid code echoed, and
 /// liveness: a ping after an idle interval, and the connection dropped when a second interval passes
 /// without any frame.
+///
+/// Compressed messages (RSV1) are inflated frame by frame as they arrive through the connection's
+/// ``PerMessageDeflate/Decompressor``, under the same bound as plain ones: a message that would inflate
+/// past ``Configuration/maxMessageSize`` fails with 1009 as soon as the output passes it, without
+/// inflating the rest (a decompression bomb costs at most the limit).
 struct WebSocketStateMachine {
     /// What the endpoint carries.
     enum Endpoint: Sendable {
@@ -26,9 +32,15 @@ struct WebSocketStateMachine {
     /// Limits of one connection.
     struct Configuration: Sendable {
         var endpoint: Endpoint
-        /// The largest reassembled message, in bytes (not used for the MQTT byte stream, where the MQTT
-        /// maximum packet size applies instead).
+        /// The largest reassembled message, in bytes. For the MQTT byte stream (never reassembled, the
+        /// MQTT maximum packet size bounds its packets) it bounds only what one compressed message may
+        /// inflate to.
         var maxMessageSize: Int
+        /// The permessage-deflate parameters agreed in the handshake; nil: not negotiated (RSV1 is then a
+        /// protocol error).
+        var deflate: PerMessageDeflate? = nil
+        /// Counts the inflater's zlib context.
+        var deflateBudget: DeflateContextBudget? = nil
     }
 
     /// What the handler must do after a frame.
@@ -71,7 +83,8 @@ struct WebSocketStateMachine {
     private enum Message {
         case none
         /// A fragmented message in progress; `buffer` is nil for the MQTT stream (not reassembled).
-        case fragmented(opcode: WebSocketOpcode, buffer: ByteBuffer?)
+        /// `inflated` counts what a compressed MQTT message has inflated to so far.
+        case fragmented(opcode: WebSocketOpcode, buffer: ByteBuffer?, compressed: Bool, inflated: Int)
     }
 
     let configuration: Configuration
@@ -79,9 +92,13 @@ struct WebSocketStateMachine {
     private var message = Message.none
     private var heardSinceTick = false
     private var pingOutstanding = false
+    private var decompressor: PerMessageDeflate.Decompressor?
 
     init(configuration: Configuration) {
         self.configuration = configuration
+        self.decompressor = configuration.deflate.map {
+            PerMessageDeflate.Decompressor(parameters: $0, budget: configuration.deflateBudget)
+        }
     }
 
     /// Whether data frames may still be sent.
@@ -104,8 +121,17 @@ struct WebSocketStateMachine {
         guard let maskKey = frame.maskKey else {
             return fail(.protocolError, "client frames must be masked")
         }
-        if frame.rsv1 || frame.rsv2 || frame.rsv3 {
+        if frame.rsv2 || frame.rsv3 {
             return fail(.protocolError, "reserved bits set without an extension")
+        }
+        if frame.rsv1 {
+            // RFC 7692 6: RSV1 marks a compressed message, on its first frame only.
+            guard decompressor != nil else {
+                return fail(.protocolError, "RSV1 set but permessage-deflate was not negotiated")
+            }
+            guard frame.opcode == .text || frame.opcode == .binary else {
+                return fail(.protocolError, "RSV1 set on a control or continuation frame")
+            }
         }
         var data = frame.data
         data.webSocketUnmask(maskKey)
@@ -122,11 +148,14 @@ struct WebSocketStateMachine {
             guard case .none = message else {
                 return fail(.protocolError, "new message before the fragmented one ended")
             }
-            return receiveData(opcode: frame.opcode, fin: frame.fin, data: data)
+            return receiveData(opcode: frame.opcode, fin: frame.fin, compressed: frame.rsv1, data: data)
         case .continuation:
             guard case .open = state else { return .none }
-            guard case .fragmented(let opcode, let buffer) = message else {
+            guard case .fragmented(let opcode, let buffer, let compressed, let inflated) = message else {
                 return fail(.protocolError, "continuation frame outside a fragmented message")
+            }
+            if compressed {
+                return receiveCompressedContinuation(opcode: opcode, buffer: buffer, inflated: inflated, fin: frame.fin, data: data)
             }
             return receiveContinuation(opcode: opcode, buffer: buffer, fin: frame.fin, data: data)
         default:
@@ -134,7 +163,7 @@ struct WebSocketStateMachine {
         }
     }
 
-    private mutating func receiveData(opcode: WebSocketOpcode, fin: Bool, data: ByteBuffer) -> FrameAction {
+    private mutating func receiveData(opcode: WebSocketOpcode, fin: Bool, compressed: Bool, data: ByteBuffer) -> FrameAction {
         switch (configuration.endpoint, opcode) {
         case (.mqttStream, .text):
             return fail(.unacceptableData, "MQTT over WebSocket uses binary frames")
@@ -143,15 +172,19 @@ struct WebSocketStateMachine {
         default:
             break
         }
+        if compressed {
+            let buffer: ByteBuffer? = configuration.endpoint == .mqttStream ? nil : ByteBuffer()
+            return receiveCompressedContinuation(opcode: opcode, buffer: buffer, inflated: 0, fin: fin, data: data)
+        }
         if case .mqttStream = configuration.endpoint {
-            if !fin { message = .fragmented(opcode: opcode, buffer: nil) }
+            if !fin { message = .fragmented(opcode: opcode, buffer: nil, compressed: false, inflated: 0) }
             return data.readableBytes > 0 ? .deliver(data, opcode: opcode) : .none
         }
         guard data.readableBytes <= configuration.maxMessageSize else {
             return fail(.messageTooLarge, "message larger than \(configuration.maxMessageSize) bytes")
         }
         if fin { return complete(opcode: opcode, data) }
-        message = .fragmented(opcode: opcode, buffer: data)
+        message = .fragmented(opcode: opcode, buffer: data, compressed: false, inflated: 0)
         return .none
     }
 
@@ -175,8 +208,44 @@ struct WebSocketStateMachine {
         var data = data
         buffer.writeBuffer(&data)
         if fin { return complete(opcode: opcode, buffer) }
-        message = .fragmented(opcode: opcode, buffer: buffer)
+        message = .fragmented(opcode: opcode, buffer: buffer, compressed: false, inflated: 0)
         return .none
+    }
+
+    /// A frame of a compressed message (its first one too): inflated at once, into the reassembly
+    /// buffer (text and echo) or passed on as a piece of the byte stream (MQTT, `buffer` nil).
+    private mutating func receiveCompressedContinuation(
+        opcode: WebSocketOpcode,
+        buffer: ByteBuffer?,
+        inflated: Int,
+        fin: Bool,
+        data: ByteBuffer
+    ) -> FrameAction {
+        // Drop the reference held in `message` first so inflating into the buffer does not copy it.
+        message = .none
+        var output = buffer ?? ByteBuffer()
+        let before = output.readableBytes
+        let limit = configuration.maxMessageSize - before - inflated
+        switch decompressor!.inflate(data, fin: fin, into: &output, limit: limit) {
+        case .inflated:
+            break
+        case .tooLarge:
+            return fail(.messageTooLarge, "compressed message inflates past \(configuration.maxMessageSize) bytes")
+        case .corrupt:
+            return fail(.dataInconsistentWithMessage, "invalid compressed data")
+        case .outOfMemory:
+            return fail(.unexpectedServerError, "out of memory for decompression")
+        }
+        if buffer != nil {
+            if fin { return complete(opcode: opcode, output) }
+            message = .fragmented(opcode: opcode, buffer: output, compressed: true, inflated: 0)
+            return .none
+        }
+        // MQTT stream: pass the inflated piece on.
+        if !fin {
+            message = .fragmented(opcode: opcode, buffer: nil, compressed: true, inflated: inflated + output.readableBytes - before)
+        }
+        return output.readableBytes > 0 ? .deliver(output, opcode: opcode) : .none
     }
 
     private mutating func complete(opcode: WebSocketOpcode, _ data: ByteBuffer) -> FrameAction {
@@ -215,6 +284,7 @@ struct WebSocketStateMachine {
     private mutating func fail(_ code: WebSocketErrorCode, _ reason: String) -> FrameAction {
         state = .closed
         message = .none
+        decompressor?.release()
         return .sendCloseAndDisconnect(code, reason: reason)
     }
 
@@ -255,6 +325,7 @@ struct WebSocketStateMachine {
     mutating func closed() {
         state = .closed
         message = .none
+        decompressor?.release()
     }
 
     // MARK: Helpers
