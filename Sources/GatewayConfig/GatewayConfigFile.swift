@@ -222,6 +222,39 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         /// `websocket.allowed_origins`: `Origin` values allowed to upgrade; empty (the default) allows
         /// any. Requests without `Origin` (non-browser clients) are always allowed.
         public var allowedOrigins: [String] = []
+        /// `websocket.compression`: permessage-deflate (RFC 7692) per endpoint.
+        public var compression = Compression()
+        /// `websocket.compression_threshold`: messages sent of at least this many bytes are compressed
+        /// (on connections that negotiated it); smaller ones go out as they are. Default 256.
+        public var compressionThreshold = 256
+        /// `websocket.compression_max_contexts`: connections that may keep zlib contexts between
+        /// messages (context takeover, about 110 KiB each at most); past it new connections get
+        /// `server_no_context_takeover` and `client_no_context_takeover` (contexts live for one message).
+        /// 0: never. Default 1000.
+        public var compressionMaxContexts = 1000
+
+        /// `websocket.compression`: which endpoints accept permessage-deflate.
+        public struct Compression: Codable, Sendable, Equatable {
+            /// `websocket.compression.mqtt`. Default false (mostly small or binary payloads, many devices).
+            public var mqtt = false
+            /// `websocket.compression.json`. Default true (JSON shrinks several times; browsers offer it).
+            public var json = true
+            /// `websocket.compression.echo`. Default true (for conformance tools).
+            public var echo = true
+
+            public init() {}
+            enum CodingKeys: String, CodingKey, CaseIterable {
+                case mqtt, json, echo
+            }
+            public init(from decoder: any Decoder) throws {
+                try decoder.rejectUnknownKeys(CodingKeys.self)
+                let c = try decoder.container(keyedBy: CodingKeys.self)
+                let d = Compression()
+                mqtt = try c.value(.mqtt, default: d.mqtt)
+                json = try c.value(.json, default: d.json)
+                echo = try c.value(.echo, default: d.echo)
+            }
+        }
 
         public init() {}
         enum CodingKeys: String, CodingKey, CaseIterable {
@@ -231,6 +264,9 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
             case maxMessageSize = "max_message_size"
             case pingInterval = "ping_interval"
             case allowedOrigins = "allowed_origins"
+            case compression
+            case compressionThreshold = "compression_threshold"
+            case compressionMaxContexts = "compression_max_contexts"
         }
         public init(from decoder: any Decoder) throws {
             try decoder.rejectUnknownKeys(CodingKeys.self)
@@ -242,6 +278,9 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
             maxMessageSize = try c.value(.maxMessageSize, default: d.maxMessageSize)
             pingInterval = try c.value(.pingInterval, default: d.pingInterval)
             allowedOrigins = try c.value(.allowedOrigins, default: d.allowedOrigins)
+            compression = try c.value(.compression, default: d.compression)
+            compressionThreshold = try c.value(.compressionThreshold, default: d.compressionThreshold)
+            compressionMaxContexts = try c.value(.compressionMaxContexts, default: d.compressionMaxContexts)
         }
     }
 
@@ -405,6 +444,8 @@ extension GatewayConfigFile {
             "\(websocket.maxMessageSize) is outside 16-268435460 bytes"
         )
         check(websocket.pingInterval >= 0, "websocket.ping_interval", "must not be negative")
+        check(websocket.compressionThreshold >= 0, "websocket.compression_threshold", "must not be negative")
+        check(websocket.compressionMaxContexts >= 0, "websocket.compression_max_contexts", "must not be negative (0: no context takeover)")
         check(limits.maxConnections > 0, "limits.max_connections", "must be at least 1")
         check(
             (16...268_435_460).contains(limits.maxPacketSize),

@@ -50,7 +50,14 @@ extension GatewayConfigFile {
                 echoPath: websocket.echoPath.isEmpty ? nil : websocket.echoPath,
                 maxMessageSize: websocket.maxMessageSize,
                 pingInterval: websocket.pingInterval,
-                allowedOrigins: websocket.allowedOrigins
+                allowedOrigins: websocket.allowedOrigins,
+                compression: WebSocketConfiguration.Compression(
+                    mqtt: websocket.compression.mqtt,
+                    json: websocket.compression.json,
+                    echo: websocket.compression.echo,
+                    threshold: websocket.compressionThreshold,
+                    maxContexts: websocket.compressionMaxContexts
+                )
             ),
             // Leave a second of the shutdown budget for closing connections after the drain.
             drainTimeout: max(shutdown.timeout - 1, shutdown.timeout / 2),
