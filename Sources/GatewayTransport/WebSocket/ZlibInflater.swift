@@ -102,6 +102,9 @@ final class ZlibInflater {
         }
     }
 
+    /// Bytes inflated over the stream's life (since the last BFINAL reset): how much work a bomb cost.
+    var totalOut: Int { Int(stream.pointee.total_out) }
+
     /// The message ended: with context takeover the window stays; a stream the sender ended with BFINAL
     /// starts over.
     func endMessage() {
