@@ -225,8 +225,8 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         /// `websocket.compression`: permessage-deflate (RFC 7692) per endpoint.
         public var compression = Compression()
         /// `websocket.compression_threshold`: messages sent of at least this many bytes are compressed
-        /// (on connections that negotiated it); smaller ones go out as they are. Default 256.
-        public var compressionThreshold = 256
+        /// (on connections that negotiated it); smaller ones go out as they are. Default 64.
+        public var compressionThreshold = 64
         /// `websocket.compression_max_contexts`: connections that may keep zlib contexts between
         /// messages (context takeover, about 110 KiB each at most); past it new connections get
         /// `server_no_context_takeover` and `client_no_context_takeover` (contexts live for one message).

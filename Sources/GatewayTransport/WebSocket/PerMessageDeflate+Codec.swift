@@ -41,8 +41,14 @@ extension PerMessageDeflate {
                 }
             }
             let compressed = deflater.compress(message, allocator: allocator)
-            // Without context takeover the stream is dropped (and freed) after each message.
-            self.deflater = parameters.serverNoContextTakeover ? nil : deflater
+            guard !parameters.serverNoContextTakeover else {
+                // Without context takeover the stream is dropped (and freed) after each message, and a
+                // message that did not shrink goes out as it is. (With takeover it cannot: the
+                // compressor's history already holds it, so the peer's must too.)
+                self.deflater = nil
+                return compressed.readableBytes < message.readableBytes ? compressed : nil
+            }
+            self.deflater = deflater
             return compressed
         }
 
