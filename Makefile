@@ -6,12 +6,12 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= Configs/iotgw.yaml
 
-# System packages: the C libraries the simulator and bridge link against, the reference broker and
+# System packages: zlib (permessage-deflate), the C libraries the simulator and bridge link against, the reference broker and
 # clients the tests drive, openssl for test certificates, PostgreSQL (server and psql) for the
 # PostgreSQL storage tests, and iproute2 (`ip netns`) for the bridge test that runs an upstream and two
 # gateways as three hosts in network namespaces, and Chromium with its WebDriver (and fonts) for the dashboard's
 # browser test.
-APT_PACKAGES := pkg-config libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl postgresql iproute2 \
+APT_PACKAGES := pkg-config zlib1g-dev libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl postgresql iproute2 \
 	chromium chromium-driver fonts-liberation
 # Python test clients (real peers for the end-to-end suite) and a PostgreSQL driver to read the rows back.
 PIP_PACKAGES := paho-mqtt==2.* websockets pytest prometheus_client jsonschema pyyaml psycopg2-binary selenium
