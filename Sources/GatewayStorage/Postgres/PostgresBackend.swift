@@ -142,10 +142,16 @@ public final class PostgresBackend: SQLDatabase {
     }
 
     public func withConnection<T: Sendable>(_ body: (any SQLConnection) async throws -> T) async throws -> T {
+        try await withPostgresConnection { connection in
+            try await body(PooledPostgresConnection(connection: connection, logger: logger))
+        }
+    }
+
+    /// Lends a pooled connection as postgres-nio's own type, for what ``SQLConnection`` cannot express
+    /// (array binds of the telemetry insert); bounded, counted and timed out like ``withConnection(_:)``.
+    func withPostgresConnection<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         try await permits.withConnection { _ in
-            try await withLease(timeout: leaseTimeout) { connection in
-                try await body(PooledPostgresConnection(connection: connection, logger: logger))
-            }
+            try await withLease(timeout: leaseTimeout, body)
         }
     }
 
