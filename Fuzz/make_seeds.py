@@ -148,6 +148,15 @@ def ws_frame(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04", rsv=0):
     return head + mask + masked
 
 
+def deflate(data, takeover_state=None):
+    """A permessage-deflate message body: raw DEFLATE, sync-flushed, without the final 00 00 ff ff."""
+    import zlib
+    c = takeover_state or zlib.compressobj(6, zlib.DEFLATED, -15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
 def websocket_seeds():
     mqtt = connect(4) + subscribe(4, 1, [("a/#", 1)]) + publish(4, "a/b", b"hello", qos=1, pid=2) + packet(0xE0, b"")
     return {
@@ -162,6 +171,11 @@ def websocket_seeds():
         + ws_frame(1, b'{"op":"publish","id":"x","topic":"a/b","payload":{"t":1},"qos":1,"retain":true}')
         + ws_frame(1, b'{"op":"publish","topic":"a/c","payload":"aGk=","encoding":"base64"}')
         + ws_frame(1, b'{"op":"ping"}') + ws_frame(10, b"") + ws_frame(8, struct.pack(">H", 1001)),
+        "mqtt-deflate": bytes([4, 6]) + ws_frame(2, deflate(mqtt), rsv=4),
+        "json-deflate": bytes([5, 4]) + ws_frame(1, deflate(b'{"op":"publish","topic":"a/b","payload":{"t":' + b"1" * 300 + b'}}'), rsv=4)
+        + ws_frame(1, b'{"op":"ping"}'),
+        "echo-deflate-fragments": bytes([6, 8]) + ws_frame(1, deflate(b"x" * 3000)[:10], fin=False, rsv=4)
+        + ws_frame(0, deflate(b"x" * 3000)[10:]) + ws_frame(2, deflate(bytes(5000)), rsv=4),
         "echo-fragments": bytes([3, 2]) + ws_frame(1, "h\u00e9".encode(), fin=False) + ws_frame(0, b"llo")
         + ws_frame(2, bytes(range(200))) + ws_frame(2, b"x" * 5000) + ws_frame(8, b""),
     }

@@ -9,10 +9,18 @@ import NIOEmbedded
 /// `EmbeddedChannel`.
 ///
 /// Input: byte 0 chooses what comes first (nothing: the fuzzer writes the HTTP request itself; or a
-/// valid upgrade request to the MQTT, JSON or echo endpoint, so the rest exercises frames), byte 1 seeds
+/// valid upgrade request to the MQTT, JSON or echo endpoint, with or without a permessage-deflate offer,
+/// so the rest exercises frames, compressed ones included), byte 1 seeds
 /// how the rest is cut into reads. Afterwards the clock moves on past the ping and connect timers.
 enum FuzzWebSocket {
-    static let configuration = WebSocketConfiguration(echoPath: "/echo", maxMessageSize: 4096, pingInterval: 1)
+    static let configuration = WebSocketConfiguration(
+        echoPath: "/echo",
+        maxMessageSize: 4096,
+        pingInterval: 1,
+        // permessage-deflate on every endpoint, every message compressed, contexts kept: the inflate
+        // path (and its bound at maxMessageSize) sees everything the fuzzer sends with RSV1 set.
+        compression: .init(mqtt: true, json: true, echo: true, threshold: 0, maxContexts: 1000)
+    )
 
     static let peer = try! SocketAddress(ipAddress: "127.0.0.1", port: 40000)
 
@@ -21,6 +29,9 @@ enum FuzzWebSocket {
         upgrade(path: "/mqtt", extra: "Sec-WebSocket-Protocol: mqtt\r\n"),
         upgrade(path: "/ws?client_id=fuzz", extra: "Authorization: Basic dXNlcjpwYXNz\r\n"),
         upgrade(path: "/echo", extra: ""),
+        upgrade(path: "/mqtt", extra: "Sec-WebSocket-Protocol: mqtt\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"),
+        upgrade(path: "/ws", extra: "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover, permessage-deflate\r\n"),
+        upgrade(path: "/echo", extra: "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=10; server_max_window_bits=12\r\n"),
     ]
 
     static func upgrade(path: String, extra: String) -> [UInt8] {
