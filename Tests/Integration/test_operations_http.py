@@ -6,6 +6,7 @@ the gateway drains; the metrics text parsed by prometheus_client's parser.
 
 from __future__ import annotations
 
+import http.client
 import json
 import select
 import signal
@@ -262,9 +263,16 @@ def test_admin_connections_over_the_limit_are_closed_and_the_gateway_lives_on(ma
     finally:
         for s in socks:
             s.close()
-    # Once the others are gone, the listener answers again.
-    r = wait_until(lambda: (lambda r: r if r.status == 200 else None)(get(b.admin_port, "/healthz")), 10,
-                   interval=0.1, message="/healthz 200 after the crowd left")
+    # Once the others are gone, the listener answers again. Until the gateway has seen them close, a new
+    # connection may still be one over the limit and be closed at once: that is a retry, not a failure.
+    def healthy():
+        try:
+            r = get(b.admin_port, "/healthz")
+        except (OSError, http.client.HTTPException):
+            return None
+        return r if r.status == 200 else None
+
+    r = wait_until(healthy, 10, interval=0.1, message="/healthz 200 after the crowd left")
     assert r.json()["status"] == "ok"
     b.signal(signal.SIGTERM)
     assert b.wait(b.shutdown_timeout + 10) == 0, b.log_tail()
