@@ -253,12 +253,22 @@ def test_dashboard_follows_the_gateway(make_broker, browser, tmp_path):
             browser.find_element("id", "client-prefix").send_keys(victim_id)
             browser.find_element("id", "client-refresh").click()
             selector = f'#clients button[data-client-id="{victim_id}"]'
-            button = wait_until(lambda: browser.find_elements("css selector", selector), 10, 0.1,
-                                "the victim in the clients view")[0]
-            row = browser.find_element("css selector", f'#clients tr[data-client-id="{victim_id}"]').text
+            wait_until(lambda: browser.find_elements("css selector", selector), 10, 0.1, "the victim in the clients view")
+            # The list is re-rendered when a search answer arrives (typing and the button each start one), so
+            # an element found a moment ago may be gone: read and click the current one, retrying if it went stale.
+            def current(read):
+                from selenium.common.exceptions import StaleElementReferenceException
+                try:
+                    return read()
+                except StaleElementReferenceException:
+                    return None
+            row = wait_until(lambda: current(
+                lambda: browser.find_element("css selector", f'#clients tr[data-client-id="{victim_id}"]').text), 5, 0.1,
+                "the victim's row")
             assert "tcp" in row and "5.0" in row and "127.0.0.1" in row, row
             browser.save_screenshot(str(tmp_path / "dashboard-clients.png"))
-            button.click()
+            wait_until(lambda: current(lambda: browser.find_element("css selector", selector).click() or True), 5, 0.1,
+                       "a click on the victim's Disconnect button")
             reason, _ = victim.expect_disconnect(timeout=10, what="after the dashboard's Disconnect button")
             assert reason == 0x98
             wait_until(lambda: "Disconnected" in text_of(browser, "client-notice"), 5, 0.1, "the page to confirm")
