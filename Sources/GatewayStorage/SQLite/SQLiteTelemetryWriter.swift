@@ -96,10 +96,9 @@ final class SQLiteTelemetryWriter: @unchecked Sendable {
 
     private func bindAndStep(_ record: TelemetryRecord) throws {
         let statement = insertStatement
-        defer {
-            sqlite_nio_sqlite3_reset(statement)
-            sqlite_nio_sqlite3_clear_bindings(statement)
-        }
+        // Every one of the seven parameters is bound again for each row (NULL included), so resetting is
+        // enough: clearing the bindings as well would only be work thrown away.
+        defer { sqlite_nio_sqlite3_reset(statement) }
         // SQLITE_STATIC: the bound bytes stay valid until the step below, which runs inside every
         // closure that exposes them; nothing is copied on the way into SQLite.
         sqlite_nio_sqlite3_bind_int64(statement, 1, record.receivedAt)

@@ -216,7 +216,8 @@ struct AdminRoutes: Sendable {
         ])
     }
 
-    private static func bridgeJSON(_ bridge: AdminBridgeStatus) -> AdminJSON {
+    /// One bridge as `/api/v1/stats` and the dashboard's snapshot show it.
+    static func bridgeJSON(_ bridge: AdminBridgeStatus) -> AdminJSON {
         .object([
             ("name", .string(bridge.name)),
             ("state", .string(bridge.state)),

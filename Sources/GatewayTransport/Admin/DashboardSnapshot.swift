@@ -139,17 +139,7 @@ struct DashboardSnapshot: Sendable {
         let topics: [AdminJSON] = report.topics.map { entry in
             .object([("topic", .string(entry.topic)), ("per_second", .double(entry.perSecond)), ("count", .int(entry.count))])
         }
-        let bridges: [AdminJSON] = sources.bridges().map { bridge in
-            .object([
-                ("name", .string(bridge.name)),
-                ("state", .string(bridge.state)),
-                ("last_error", bridge.lastError.map { .string($0) } ?? .null),
-                ("queued", .int(bridge.queued)),
-                ("forwarded", .int(bridge.forwarded)),
-                ("received", .int(bridge.received)),
-                ("dropped", .int(bridge.dropped)),
-            ])
-        }
+        let bridges: [AdminJSON] = sources.bridges().map(AdminRoutes.bridgeJSON)
 
         let json: AdminJSON = .object([
             ("time", .int(Int(wallTime))),
