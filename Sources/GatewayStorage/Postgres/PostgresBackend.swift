@@ -113,10 +113,17 @@ public final class PostgresBackend: SQLDatabase {
         clientConfiguration.options.maximumConnections = size
         clientConfiguration.options.connectTimeout = .seconds(configuration.connectTimeout)
         clientConfiguration.options.additionalStartupParameters = [("application_name", configuration.applicationName)]
-        let client = PostgresClient(configuration: clientConfiguration, backgroundLogger: logger)
+        // The connections get an event loop of their own. On the gateway's loops every round trip
+        // (BEGIN, INSERT, COMMIT) waits behind whatever MQTT reads are queued there: measured at 3-22 ms
+        // for a BEGIN while 10 publishers sent at full speed, against well under 1 ms on its own loop.
+        let eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let client = PostgresClient(configuration: clientConfiguration, eventLoopGroup: eventLoopGroup, backgroundLogger: logger)
         // Owned by the backend: cancelled and awaited in close(). Detached, so that it does not inherit
         // a graceful-shutdown signal (see the type's documentation).
-        let runTask = Task.detached { await client.run() }
+        let runTask = Task.detached {
+            await client.run()
+            try? await eventLoopGroup.shutdownGracefully()
+        }
         let database = PostgresBackend(client: client, runTask: runTask, configuration: configuration, logger: logger)
         do {
             // The pool connects in the background: wait for its first connection as long as start-up
