@@ -86,6 +86,9 @@ struct SimulateCommand: AsyncParsableCommand {
     @Option(name: .customLong("total-rate"), help: "Messages per second across all publishers (instead of --rate).")
     var totalRate: Double?
 
+    @Option(help: "QoS 1/2: most unacknowledged messages per device; a message due while the window is full is held back (0: no window).")
+    var window: Int?
+
     @Option(help: "How many devices publish (the first N); default all.")
     var publishers: Int?
 
@@ -208,6 +211,7 @@ struct SimulateCommand: AsyncParsableCommand {
         }
         if let totalRate { scenario.publish.totalRate = totalRate }
         if let publishers { scenario.publish.publishers = publishers }
+        if let window { scenario.publish.window = window }
         if let topic { scenario.publish.topic = topic }
         if let payloadSize { scenario.publish.payload = .size(payloadSize) }
         if let payloadTemplate { scenario.publish.payload = .template(payloadTemplate) }

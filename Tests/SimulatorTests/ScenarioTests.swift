@@ -33,6 +33,7 @@ struct ScenarioTests {
         #expect(scenario.connect.timeout == .seconds(60))
         #expect(scenario.publish.totalRate == 1000)
         #expect(scenario.publish.qos == 1)
+        #expect(scenario.publish.window == 100, "the default window")
         #expect(scenario.publish.payload == .template(#"{"device":"{id}","temperature":21.5,"humidity":40,"seq":{seq}}"#))
         #expect(scenario.consumers.count == 4)
         #expect(scenario.duration == .seconds(60))
@@ -78,6 +79,7 @@ struct ScenarioTests {
         ("protocol: \"4.0\"", "protocol", "must be \"3.1.1\" or \"5\""),
         ("devices:\n  ws-json: 5\npublish:\n  qos: 2", "publish.qos", "QoS 0 or 1 only"),
         ("requests:\n  rate: 1\n  reply-topic: r/x{id}", "requests.reply-topic", "whole topic level"),
+        ("publish:\n  window: -1", "publish.window", "between 0 (no window) and 65535"),
     ])
     func invalidValuesNameTheirKey(yaml: String, keyPath: String, reason: String) throws {
         let error = try #require(throws: ScenarioError.self) { try Scenario.parse(yaml: yaml, file: "test.yaml") }

@@ -19,7 +19,7 @@ final class MosquittoClient {
     var watchingWrites = false
     private var pendingSubscriptions: Set<Int32> = []
     /// Message ids of QoS 1/2 telemetry awaiting PUBACK or PUBCOMP.
-    private var awaitingAcknowledgement: Set<Int32> = []
+    private(set) var awaitingAcknowledgement: Set<Int32> = []
 
     init(plan: ClientPlan, slot: Int) {
         self.plan = plan
@@ -36,6 +36,11 @@ final class MosquittoClient {
         }
         // Latency is what we measure: do not let Nagle hold small publishes back.
         mosquitto_int_option(mosq, MOSQ_OPT_TCP_NODELAY, 1)
+        // The whole window on the wire at once (libmosquitto's own default is 20 in flight, the rest
+        // queued inside the library).
+        if scenario.publish.qos > 0 && scenario.publish.window > 0 {
+            mosquitto_int_option(mosq, MOSQ_OPT_SEND_MAXIMUM, Int32(scenario.publish.window))
+        }
         if let username = target.username {
             let rc = mosquitto_username_pw_set(mosq, username, target.password)
             if rc != MOSQ_ERR_SUCCESS.rawValue { return fail("username: \(Self.describe(rc))") }

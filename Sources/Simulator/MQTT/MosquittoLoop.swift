@@ -219,6 +219,8 @@ final class MosquittoLoop: EngineTransport {
 
     func isReady(slot: Int) -> Bool { clients[slot].state == .ready }
 
+    func unacknowledged(slot: Int) -> Int { clients[slot].awaitingAcknowledgement.count }
+
     func publishTelemetry(slot: Int, topic: String, payload: [UInt8]) -> Bool {
         let client = clients[slot]
         guard client.state == .ready else { return false }

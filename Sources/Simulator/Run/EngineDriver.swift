@@ -5,6 +5,8 @@ protocol EngineTransport: AnyObject {
     func startConnect(slot: Int, now: UInt64)
     /// Whether the client in `slot` is connected and its subscriptions are confirmed.
     func isReady(slot: Int) -> Bool
+    /// Telemetry messages from `slot` the broker has not acknowledged yet (QoS 1/2).
+    func unacknowledged(slot: Int) -> Int
     /// Publishes one telemetry payload from `slot`; returns whether the client library accepted it.
     func publishTelemetry(slot: Int, topic: String, payload: [UInt8]) -> Bool
     /// Publishes a request from the controller in `slot` to `topic`; returns whether it was accepted.
@@ -35,6 +37,8 @@ final class EngineCore {
     enum Stage: Equatable { case connecting, publishing, draining, disconnecting }
 
     private var connectOrder: [Int]
+    /// `publish.window` for QoS 1/2 telemetry; 0 when there is none (QoS 0, or no window).
+    private let window: Int
     private var connectCursor = 0
     private var publisherSlots: [Int] = []
     private var publisherOffsets: [UInt64] = []
@@ -47,6 +51,7 @@ final class EngineCore {
     private var lastPublished: UInt64 = 0
 
     init(plan: SimulationPlan, engineIndex: Int, slots: [Int]) {
+        window = plan.scenario.publish.qos > 0 ? plan.scenario.publish.window : 0
         self.plan = plan
         self.engineIndex = engineIndex
         self.slots = slots
@@ -111,7 +116,9 @@ final class EngineCore {
             if due > now { return due }
             let slot = publisherSlots[publishCursor]
             let client = plan.clients[slots[slot]]
-            if order.ready[client.index] {
+            if order.ready[client.index] && window > 0 && transport.unacknowledged(slot: slot) >= window {
+                ledger.counters.heldBack += 1
+            } else if order.ready[client.index] {
                 let probe = Probe(publisher: client.index, sequence: sequences[slot], timestamp: MonotonicClock.now())
                 if let template = plan.template {
                     template.render(probe, deviceID: client.deviceID, into: &payload)

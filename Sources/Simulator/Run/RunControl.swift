@@ -36,6 +36,8 @@ struct LiveCounters: Sendable, Equatable {
     var published: UInt64 = 0
     var acknowledged: UInt64 = 0
     var publishErrors: UInt64 = 0
+    /// Messages not sent because their device's window of unacknowledged messages was full.
+    var heldBack: UInt64 = 0
     /// Sum of the fanout of every published message: deliveries the receivers should see.
     var expected: UInt64 = 0
     var delivered: UInt64 = 0
@@ -58,6 +60,7 @@ struct LiveCounters: Sendable, Equatable {
         published += other.published
         acknowledged += other.acknowledged
         publishErrors += other.publishErrors
+        heldBack += other.heldBack
         expected += other.expected
         delivered += other.delivered
         duplicates += other.duplicates

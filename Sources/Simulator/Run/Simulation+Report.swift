@@ -92,7 +92,7 @@ extension Simulation {
                 connectSeconds: connectSeconds, connectRate: connectSeconds > 0 ? Double(readyCount) / connectSeconds : 0
             ),
             messages: .init(
-                published: counters.published, publishErrors: counters.publishErrors, acknowledged: counters.acknowledged,
+                published: counters.published, publishErrors: counters.publishErrors, heldBack: counters.heldBack, acknowledged: counters.acknowledged,
                 streams: streams, expected: expected, delivered: delivered, lost: lost, duplicates: duplicates,
                 unexpected: unexpected, retainedIgnored: counters.retainedIgnored, lossRatio: lossRatio,
                 publishSeconds: publishSeconds,

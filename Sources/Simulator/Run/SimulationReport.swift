@@ -44,6 +44,9 @@ public struct SimulationReport: Sendable, Codable, Equatable {
         public var published: UInt64
         /// Publish calls the client libraries refused (not connected, queue full, ...).
         public var publishErrors: UInt64
+        /// QoS 1/2 messages not sent because their device's window of unacknowledged messages was full
+        /// (`publish.window`): the broker was slower than the offered rate and held the devices back.
+        public var heldBack: UInt64
         /// QoS 1/2 messages acknowledged by the broker (PUBACK, PUBCOMP, or a JSON API ack).
         public var acknowledged: UInt64
         /// (publisher, receiver) streams that should have carried messages.
@@ -119,7 +122,7 @@ extension SimulationReport: CustomStringConvertible {
             "clients      planned \(clients.planned) (\(transports)), ready \(clients.ready), connect failures \(clients.connectFailures), "
                 + "disconnects \(clients.disconnects), connected in \(number(clients.connectSeconds, 2)) s (\(number(clients.connectRate)) /s)",
             "published    \(messages.published) in \(number(messages.publishSeconds, 2)) s (\(number(messages.publishRate)) msg/s), "
-                + "errors \(messages.publishErrors), acknowledged \(messages.acknowledged)",
+                + "errors \(messages.publishErrors), acknowledged \(messages.acknowledged), held back \(messages.heldBack)",
             "delivered    \(messages.delivered) of \(messages.expected) expected on \(messages.streams) streams "
                 + "(\(number(messages.deliveryRate)) msg/s), lost \(messages.lost) (\(number(messages.lossRatio * 100, 3))%), "
                 + "duplicates \(messages.duplicates), unexpected \(messages.unexpected)",

@@ -46,6 +46,9 @@ extension Scenario {
         try checkRate(publish.rate, "publish.rate")
         if let total = publish.totalRate { try checkRate(total, "publish.total-rate") }
         try checkQoS(publish.qos, "publish.qos")
+        guard (0...65_535).contains(publish.window) else {
+            throw fail("publish.window", "must be between 0 (no window) and 65535, got \(publish.window)")
+        }
         try checkTopic(publish.topic, "publish.topic")
         switch publish.payload {
         case .size(let size):

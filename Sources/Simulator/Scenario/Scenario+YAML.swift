@@ -119,7 +119,7 @@ private struct ScenarioYAMLReader {
     }
 
     private func readPublish(_ node: Node, _ path: String, into publish: inout Scenario.Publish) throws(ScenarioError) {
-        try mapping(node, path, keys: ["publishers", "rate", "total-rate", "qos", "retain", "topic", "payload"]) { (key, value, path) throws(ScenarioError) in
+        try mapping(node, path, keys: ["publishers", "rate", "total-rate", "qos", "retain", "topic", "window", "payload"]) { (key, value, path) throws(ScenarioError) in
             switch key {
             case "publishers":
                 if value.scalar?.string == "all" {
@@ -132,6 +132,7 @@ private struct ScenarioYAMLReader {
             case "qos": publish.qos = try integer(value, path)
             case "retain": publish.retain = try bool(value, path)
             case "topic": publish.topic = try string(value, path)
+            case "window": publish.window = try integer(value, path)
             default:  // "payload"
                 var seen: [String] = []
                 try mapping(value, path, keys: ["size", "template"]) { (key, value, path) throws(ScenarioError) in

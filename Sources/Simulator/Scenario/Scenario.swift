@@ -142,6 +142,12 @@ extension Scenario {
         public var topic: String
         /// The payload shape. Default `.size(64)`.
         public var payload: Payload
+        /// QoS 1 and 2: the most telemetry messages one device keeps unacknowledged. A message falling due
+        /// while its device's window is full is not sent and is counted as held back: the device waits for
+        /// the broker, as a real device with a bounded outbox does, instead of handing the client library
+        /// a queue that grows without bound. 0: no window (every message is handed to the client library,
+        /// which queues what it cannot send yet). Default 100.
+        public var window: Int
 
         /// Creates publishing options; defaults are on the properties.
         public init(
@@ -151,7 +157,8 @@ extension Scenario {
             qos: Int = 0,
             retain: Bool = false,
             topic: String = "devices/{id}/telemetry",
-            payload: Payload = .size(64)
+            payload: Payload = .size(64),
+            window: Int = 100
         ) {
             self.publishers = publishers
             self.rate = rate
@@ -160,6 +167,7 @@ extension Scenario {
             self.retain = retain
             self.topic = topic
             self.payload = payload
+            self.window = window
         }
     }
 

@@ -461,6 +461,8 @@ final class WebSocketEngine: EngineTransport {
 
     func isReady(slot: Int) -> Bool { clients[slot].state == .ready }
 
+    func unacknowledged(slot: Int) -> Int { clients[slot].awaitingAcknowledgement.count }
+
     func publishTelemetry(slot: Int, topic: String, payload: [UInt8]) -> Bool {
         send(clients[slot], topic: topic, payload: payload, qos: plan.scenario.publish.qos, retain: plan.scenario.publish.retain, telemetry: true)
     }
