@@ -86,7 +86,7 @@ struct SimulateCommand: AsyncParsableCommand {
     @Option(name: .customLong("total-rate"), help: "Messages per second across all publishers (instead of --rate).")
     var totalRate: Double?
 
-    @Option(help: "QoS 1/2: most unacknowledged messages per device; a message due while the window is full is held back (0: no window).")
+    @Option(help: "Most unacknowledged QoS 1/2 messages per device (at QoS 0: hold back while the socket pushes back); a message due then is held back (0: no window).")
     var window: Int?
 
     @Option(help: "How many devices publish (the first N); default all.")

@@ -1,4 +1,5 @@
-"""`iotgw simulate` keeps at most `publish.window` QoS 1 messages unacknowledged per device.
+"""`iotgw simulate` keeps at most `publish.window` QoS 1 messages unacknowledged per device, and at QoS 0
+holds messages back while the broker does not read them.
 
 The broker here is a few lines of Python that accepts CONNECT, answers CONNACK and then acknowledges a
 PUBLISH only when the test says so, so the window is the only thing that limits the devices. Without the
@@ -21,7 +22,8 @@ class SilentBroker:
     """Accepts MQTT 3.1.1 clients on loopback, answers CONNACK, counts PUBLISH packets per client and sends
     PUBACKs only for what `release()` allows."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_after_connect: bool = True) -> None:
+        self.read_after_connect = read_after_connect
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
         self.server.listen(16)
@@ -77,6 +79,10 @@ class SilentBroker:
                 buffer = buffer[i + length:]
                 if kind >> 4 == 1:  # CONNECT
                     conn.sendall(bytes([0x20, 2, 0, 0]))
+                    if not self.read_after_connect:
+                        with self.lock:
+                            self.published[number].append(0)  # marks "connected"
+                        return  # never read again: the client's socket fills up
                 elif kind >> 4 == 3:  # PUBLISH
                     topic_length = int.from_bytes(body[0:2], "big")
                     packet_id = int.from_bytes(body[2 + topic_length:4 + topic_length], "big")
@@ -141,4 +147,26 @@ def test_window_holds_devices_back_until_the_broker_acknowledges():
     assert messages["published"] == 30, messages
     assert messages["acknowledged"] == 15, messages
     assert messages["heldBack"] >= 2_000, messages
+    assert messages["publishErrors"] == 0, messages
+
+
+def test_qos0_devices_hold_back_while_the_broker_does_not_read():
+    broker = SilentBroker(read_after_connect=False)
+    proc = subprocess.Popen(
+        [str(IOTGW_BIN), "simulate", "--port", str(broker.port), "--mqtt-devices", "1", "--qos", "0",
+         "--rate", "50000", "--payload-size", "1024", "--duration", "3s", "--drain", "1s", "--consumers", "0",
+         "--connect-rate", "0", "--loss-tolerance", "1", "--json", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: broker.count() >= 1, 10, message="the device to connect")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        broker.stop()
+    messages = json.loads(out)["messages"]
+    # 150,000 messages of 1 KiB fell due; the socket buffers take a few MB, and then the device waits.
+    assert messages["heldBack"] > 100_000, messages
+    assert messages["published"] * 1_100 < 32 * 1024 * 1024, messages
     assert messages["publishErrors"] == 0, messages

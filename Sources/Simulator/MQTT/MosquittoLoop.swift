@@ -221,6 +221,13 @@ final class MosquittoLoop: EngineTransport {
 
     func unacknowledged(slot: Int) -> Int { clients[slot].awaitingAcknowledgement.count }
 
+    /// libmosquitto writes a publish at once when the socket takes it, so anything still queued means the
+    /// socket's send buffer is full.
+    func isWriteBlocked(slot: Int) -> Bool {
+        guard let mosq = clients[slot].mosq else { return false }
+        return mosquitto_want_write(mosq)
+    }
+
     func publishTelemetry(slot: Int, topic: String, payload: [UInt8]) -> Bool {
         let client = clients[slot]
         guard client.state == .ready else { return false }

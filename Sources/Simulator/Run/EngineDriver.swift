@@ -7,6 +7,8 @@ protocol EngineTransport: AnyObject {
     func isReady(slot: Int) -> Bool
     /// Telemetry messages from `slot` the broker has not acknowledged yet (QoS 1/2).
     func unacknowledged(slot: Int) -> Int
+    /// Whether `slot` has data waiting for its socket to take it (the broker is not reading fast enough).
+    func isWriteBlocked(slot: Int) -> Bool
     /// Publishes one telemetry payload from `slot`; returns whether the client library accepted it.
     func publishTelemetry(slot: Int, topic: String, payload: [UInt8]) -> Bool
     /// Publishes a request from the controller in `slot` to `topic`; returns whether it was accepted.
@@ -37,8 +39,9 @@ final class EngineCore {
     enum Stage: Equatable { case connecting, publishing, draining, disconnecting }
 
     private var connectOrder: [Int]
-    /// `publish.window` for QoS 1/2 telemetry; 0 when there is none (QoS 0, or no window).
+    /// `publish.window`; 0 when there is none.
     private let window: Int
+    private let qos: Int
     private var connectCursor = 0
     private var publisherSlots: [Int] = []
     private var publisherOffsets: [UInt64] = []
@@ -51,7 +54,8 @@ final class EngineCore {
     private var lastPublished: UInt64 = 0
 
     init(plan: SimulationPlan, engineIndex: Int, slots: [Int]) {
-        window = plan.scenario.publish.qos > 0 ? plan.scenario.publish.window : 0
+        window = plan.scenario.publish.window
+        qos = plan.scenario.publish.qos
         self.plan = plan
         self.engineIndex = engineIndex
         self.slots = slots
@@ -116,7 +120,7 @@ final class EngineCore {
             if due > now { return due }
             let slot = publisherSlots[publishCursor]
             let client = plan.clients[slots[slot]]
-            if order.ready[client.index] && window > 0 && transport.unacknowledged(slot: slot) >= window {
+            if order.ready[client.index] && window > 0 && holdsBack(slot: slot, transport: transport) {
                 ledger.counters.heldBack += 1
             } else if order.ready[client.index] {
                 let probe = Probe(publisher: client.index, sequence: sequences[slot], timestamp: MonotonicClock.now())
@@ -138,6 +142,13 @@ final class EngineCore {
                 publishRound += 1
             }
         }
+    }
+
+    /// Whether the device in `slot` must not publish now: at QoS 1/2 its window of unacknowledged messages is
+    /// full; at QoS 0 the broker is not reading fast enough (TCP pushes back, so the client library holds unsent
+    /// data).
+    private func holdsBack(slot: Int, transport: some EngineTransport) -> Bool {
+        qos > 0 ? transport.unacknowledged(slot: slot) >= window : transport.isWriteBlocked(slot: slot)
     }
 
     private func requestsDue(now: UInt64, order: PublishOrder, transport: some EngineTransport) -> UInt64 {

@@ -145,8 +145,9 @@ extension Scenario {
         /// QoS 1 and 2: the most telemetry messages one device keeps unacknowledged. A message falling due
         /// while its device's window is full is not sent and is counted as held back: the device waits for
         /// the broker, as a real device with a bounded outbox does, instead of handing the client library
-        /// a queue that grows without bound. 0: no window (every message is handed to the client library,
-        /// which queues what it cannot send yet). Default 100.
+        /// a queue that grows without bound. At QoS 0 a message is held back while the device's earlier
+        /// messages still wait for its socket (the broker is not reading fast enough). 0: no window (every
+        /// message is handed to the client library, which queues what it cannot send yet). Default 100.
         public var window: Int
 
         /// Creates publishing options; defaults are on the properties.

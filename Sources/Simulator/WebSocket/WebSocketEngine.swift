@@ -463,6 +463,13 @@ final class WebSocketEngine: EngineTransport {
 
     func unacknowledged(slot: Int) -> Int { clients[slot].awaitingAcknowledgement.count }
 
+    /// Output waits for libwebsockets' next writeable callback even when the socket has room, so only a backlog
+    /// of more than 64 KiB (or 256 JSON frames) counts as the socket pushing back.
+    func isWriteBlocked(slot: Int) -> Bool {
+        let client = clients[slot]
+        return client.mqttOutbound.count > 65_536 || client.jsonOutbound.count > 256
+    }
+
     func publishTelemetry(slot: Int, topic: String, payload: [UInt8]) -> Bool {
         send(clients[slot], topic: topic, payload: payload, qos: plan.scenario.publish.qos, retain: plan.scenario.publish.retain, telemetry: true)
     }
