@@ -11,7 +11,7 @@ CONFIG ?= Configs/iotgw.yaml
 # PostgreSQL storage tests, and iproute2 (`ip netns`) for the bridge test that runs an upstream and two
 # gateways as three hosts in network namespaces, and Chromium with its WebDriver (and fonts) for the dashboard's
 # browser test.
-APT_PACKAGES := pkg-config zlib1g-dev libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl postgresql iproute2 \
+APT_PACKAGES := pkg-config zlib1g-dev libsqlite3-dev libmosquitto-dev libwebsockets-dev mosquitto mosquitto-clients openssl postgresql iproute2 \
 	chromium chromium-driver fonts-liberation
 # Python test clients (real peers for the end-to-end suite) and a PostgreSQL driver to read the rows back.
 PIP_PACKAGES := paho-mqtt==2.* websockets pytest prometheus_client jsonschema pyyaml psycopg2-binary selenium
