@@ -40,6 +40,10 @@ public final class ClientConnection {
     /// The client id, once CONNECT was accepted.
     public private(set) var clientID: String?
     private var session: Session?
+    /// The configuration and authorizer this connection's PUBLISHes read: copied from the broker and
+    /// copied again only after a change (``Broker/liveGeneration``), so a PUBLISH takes neither of their
+    /// locks. Nil until the first PUBLISH: an idle connection carries no copy.
+    private var live: LiveCopy?
     private var owner: UInt64 = 0
     private var username: String?
     private var will: MQTTWill?
@@ -361,9 +365,32 @@ public final class ClientConnection {
 
     // MARK: PUBLISH
 
+    private final class LiveCopy {
+        let generation: UInt64
+        let configuration: BrokerConfiguration
+        let authorizer: any Authorizer
+
+        init(generation: UInt64, configuration: BrokerConfiguration, authorizer: any Authorizer) {
+            self.generation = generation
+            self.configuration = configuration
+            self.authorizer = authorizer
+        }
+    }
+
+    /// ``live``, copied again if the broker's configuration or access control changed since.
+    private func liveCopy() -> LiveCopy {
+        // The generation is read before the values: a change racing with this copy bumps it again
+        // afterwards, so a stale copy is replaced at the next PUBLISH.
+        let generation = broker.liveGeneration
+        if let live, live.generation == generation { return live }
+        let copy = LiveCopy(generation: generation, configuration: broker.configuration, authorizer: broker.authorizer)
+        live = copy
+        return copy
+    }
+
     @inline(never)
     private func handlePublish(_ publish: MQTTPublishPacket, session: Session) async -> [Action] {
-        let configuration = broker.configuration
+        let live = liveCopy()
         if broker.isDraining {
             // Draining: take in nothing new. The PUBLISH is neither routed nor acknowledged, so the
             // client still owns it and will send it again (to us after a restart, or elsewhere).
@@ -373,7 +400,7 @@ public final class ClientConnection {
         var topic = publish.topic
         if version == .v5 {
             if let alias = publish.properties.topicAlias {
-                guard alias <= configuration.topicAliasMaximum else {
+                guard alias <= live.configuration.topicAliasMaximum else {
                     return disconnectForViolation(.topicAliasInvalid, "topic alias \(alias) above the maximum")
                 }
                 if topic.isEmpty {
@@ -387,10 +414,10 @@ public final class ClientConnection {
             } else if topic.isEmpty {
                 return disconnectForViolation(.protocolError, "empty topic without a topic alias")
             }
-            if publish.qos.rawValue > configuration.maxQoS {
+            if publish.qos.rawValue > live.configuration.maxQoS {
                 return disconnectForViolation(.qosNotSupported, "PUBLISH QoS \(publish.qos.rawValue) above the maximum")
             }
-            if publish.retain && !configuration.retainAvailable {
+            if publish.retain && !live.configuration.retainAvailable {
                 return disconnectForViolation(.retainNotSupported, "retained PUBLISH but retain is not available")
             }
         }
@@ -400,11 +427,11 @@ public final class ClientConnection {
         // overlap beyond the PUBRECs: the larger of the two never exceeds the true count, so a client
         // within its quota is never disconnected.
         if publish.qos != .atMostOnce && version == .v5
-            && max(session.inboundQoS2Count, acks.count) >= configuration.receiveMaximum
+            && max(session.inboundQoS2Count, acks.count) >= live.configuration.receiveMaximum
         {
             return disconnectForViolation(
                 .receiveMaximumExceeded,
-                "more than \(configuration.receiveMaximum) QoS 1 and 2 messages unacknowledged"
+                "more than \(live.configuration.receiveMaximum) QoS 1 and 2 messages unacknowledged"
             )
         }
         broker.metrics.messageReceived(qos: publish.qos, bytes: publish.payload.readableBytes)
@@ -418,7 +445,7 @@ public final class ClientConnection {
             // $SYS/ belongs to the gateway's own statistics; clients may read it, not write it.
             logger.debug("PUBLISH to $SYS refused", metadata: ["mqtt.topic": "\(topic)"])
             failure = .notAuthorized
-        } else if !broker.authorizer.isAllowed(.publish, topic: topic, clientID: session.clientID, username: username) {
+        } else if !live.authorizer.isAllowed(.publish, topic: topic, clientID: session.clientID, username: username) {
             logger.debug("PUBLISH not authorized", metadata: ["mqtt.topic": "\(topic)"])
             failure = .notAuthorized
         }
@@ -449,7 +476,7 @@ public final class ClientConnection {
                 topic: topic,
                 payload: payload,
                 qos: publish.qos,
-                retain: publish.retain && configuration.retainAvailable,
+                retain: publish.retain && live.configuration.retainAvailable,
                 properties: properties,
                 publisherClientID: session.clientID,
                 expiresAt: publish.properties.messageExpiryInterval.map { now.advanced(by: .seconds(Int64($0))) }
