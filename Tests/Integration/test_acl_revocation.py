@@ -140,3 +140,35 @@ def test_restart_with_revoking_rules_removes_the_restored_subscription(make_brok
     restart(b, signal.SIGTERM)
     assert metric(b.admin_port, "iotgw_acl_subscriptions_revoked_total") == 0
     assert [r["topic_key"] for r in query(b, "SELECT topic_key FROM subscriptions WHERE client_id = ?", (cid,))] == ["devices/alice/#"]
+
+
+# The same, except that nobody may publish under fleet/locked/.
+LOCK_FLEET = [{"permission": "deny", "access": "write", "topic": "fleet/locked/#"}] + ALLOW
+
+
+def test_sighup_decides_the_next_publish_of_a_connected_publisher(make_broker):
+    """A connection keeps its own copy of the authorizer and the configuration (read again only after a
+    change): the PUBLISH right after a reload must be decided by the new rules."""
+    b = acl_gateway(make_broker)
+    watcher = PahoClient(b.port, client_id=unique("watcher")).start()
+    pub = PahoClient(b.port, client_id=unique("pub")).start()
+    try:
+        assert watcher.subscribe([("fleet/#", 1)]) == [1]
+        pub.publish("fleet/locked/before", b"allowed", qos=1)
+        got = watcher.get(what="fleet/locked/before at the watcher")
+        assert (got.topic, got.payload) == ("fleet/locked/before", b"allowed")
+
+        set_acl(b, LOCK_FLEET)
+        before = log_count(b, "configuration reloaded")
+        b.signal(signal.SIGHUP)
+        wait_until(lambda: log_count(b, "configuration reloaded") > before, 10, message="reload logged")
+
+        # Same connection: the locked topic is refused now, the open one still routed, in that order.
+        pub.publish("fleet/locked/after", b"refused", qos=1)
+        pub.publish("fleet/open/barrier", b"barrier", qos=1)
+        got = watcher.get(what="the barrier at the watcher")
+        assert (got.topic, got.payload) == ("fleet/open/barrier", b"barrier"), \
+            f"{got} arrived before the barrier: the PUBLISH after the reload was decided by the old rules"
+        assert watcher.drain() == []
+    finally:
+        stop_all([watcher, pub])
