@@ -12,7 +12,7 @@ import json
 import socket
 import subprocess
 import threading
-import time
+from contextlib import contextmanager
 
 from conftest import IOTGW_BIN
 from helpers import wait_until
@@ -30,6 +30,7 @@ class SilentBroker:
         self.port = self.server.getsockname()[1]
         self.lock = threading.Lock()
         self.published: dict[int, list[int]] = {}  # connection number -> packet ids seen
+        self.connects = 0
         self.connections: list[socket.socket] = []
         self.stopped = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -79,9 +80,9 @@ class SilentBroker:
                 buffer = buffer[i + length:]
                 if kind >> 4 == 1:  # CONNECT
                     conn.sendall(bytes([0x20, 2, 0, 0]))
+                    with self.lock:
+                        self.connects += 1
                     if not self.read_after_connect:
-                        with self.lock:
-                            self.published[number].append(0)  # marks "connected"
                         return  # never read again: the client's socket fills up
                 elif kind >> 4 == 3:  # PUBLISH
                     topic_length = int.from_bytes(body[0:2], "big")
@@ -118,14 +119,30 @@ class SilentBroker:
                     pass
 
 
+@contextmanager
+def simulating(broker: SilentBroker, *args: str):
+    """Runs `iotgw simulate` against `broker` (no consumers, losses tolerated) while the body runs, then
+    waits for it to end; yields a dict that holds the report's `messages` afterwards."""
+    proc = subprocess.Popen(
+        [str(IOTGW_BIN), "simulate", "--port", str(broker.port), *args, "--consumers", "0", "--connect-rate", "0",
+         "--loss-tolerance", "1", "--json", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    messages: dict = {}
+    try:
+        yield messages
+        out, _ = proc.communicate(timeout=30)
+        messages.update(json.loads(out)["messages"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        broker.stop()
+
+
 def test_window_holds_devices_back_until_the_broker_acknowledges():
     broker = SilentBroker()
-    proc = subprocess.Popen(
-        [str(IOTGW_BIN), "simulate", "--port", str(broker.port), "--mqtt-devices", "3", "--qos", "1",
-         "--rate", "200", "--window", "5", "--duration", "4s", "--drain", "1s", "--consumers", "0",
-         "--connect-rate", "0", "--loss-tolerance", "1", "--json", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with simulating(broker, "--mqtt-devices", "3", "--qos", "1", "--rate", "200", "--window", "5",
+                    "--duration", "4s", "--drain", "1s") as messages:
         # 3 devices x a window of 5: 15 PUBLISHes, then nothing more while none is acknowledged.
         wait_until(lambda: broker.count() >= 15, 10, message="15 PUBLISH packets (3 devices x window 5)")
         seen_at_full = broker.count()
@@ -135,14 +152,6 @@ def test_window_holds_devices_back_until_the_broker_acknowledges():
         assert released == 15
         wait_until(lambda: broker.count() >= 15, 10, message="15 more PUBLISH packets after the PUBACKs")
         assert broker.count() == 15, f"{broker.count()} PUBLISH packets after releasing windows of 5"
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        broker.stop()
-    report = json.loads(out)
-    messages = report["messages"]
     # Due: 3 x 200/s x 4 s = 2,400; sent: 30 (two windows); every other one was held back.
     assert messages["published"] == 30, messages
     assert messages["acknowledged"] == 15, messages
@@ -152,20 +161,9 @@ def test_window_holds_devices_back_until_the_broker_acknowledges():
 
 def test_qos0_devices_hold_back_while_the_broker_does_not_read():
     broker = SilentBroker(read_after_connect=False)
-    proc = subprocess.Popen(
-        [str(IOTGW_BIN), "simulate", "--port", str(broker.port), "--mqtt-devices", "1", "--qos", "0",
-         "--rate", "50000", "--payload-size", "1024", "--duration", "3s", "--drain", "1s", "--consumers", "0",
-         "--connect-rate", "0", "--loss-tolerance", "1", "--json", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: broker.count() >= 1, 10, message="the device to connect")
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        broker.stop()
-    messages = json.loads(out)["messages"]
+    with simulating(broker, "--mqtt-devices", "1", "--qos", "0", "--rate", "50000", "--payload-size", "1024",
+                    "--duration", "3s", "--drain", "1s") as messages:
+        wait_until(lambda: broker.connects >= 1, 10, message="the device to connect")
     # 150,000 messages of 1 KiB fell due; the socket buffers take a few MB, and then the device waits.
     assert messages["heldBack"] > 100_000, messages
     assert messages["published"] * 1_100 < 32 * 1024 * 1024, messages

@@ -55,8 +55,9 @@ struct GroupCommitFIFO<Entry: GroupCommitEntry>: GroupCommitBuffer {
 /// full the queue is); callers that must wait for room use ``waitForRoom(until:willWait:)``. One writer
 /// (``run()``) takes up to `batchMaxEntries` entries, waiting at most `batchMaxDelay` for a batch to
 /// fill (less once it stops growing; not at all when entries arrived during the previous commit), and
-/// hands them to `commit`; once that returns, each entry's `onCommit` runs (acknowledge after commit). An entry counts against the caps until its batch has committed, so the bound covers the
-/// batch being written too. When `commit` throws, the writer keeps the batch and retries it with
+/// hands them to `commit`; once that returns, each entry's `onCommit` runs (acknowledge after commit).
+/// An entry counts against the caps until its batch has committed, so the bound covers the batch being
+/// written too. When `commit` throws, the writer keeps the batch and retries it with
 /// exponential backoff (100 ms doubling to 5 s), logs once that the store is down and once that it is
 /// available again, and reports both through `onAvailabilityChange`; those waiting for room keep
 /// waiting, so nothing is dropped silently. ``close()`` (or cancelling ``run()``) stops intake; ``run()``

@@ -120,20 +120,11 @@ final class EngineCore {
             if due > now { return due }
             let slot = publisherSlots[publishCursor]
             let client = plan.clients[slots[slot]]
-            if order.ready[client.index] && window > 0 && holdsBack(slot: slot, transport: transport) {
-                ledger.counters.heldBack += 1
-            } else if order.ready[client.index] {
-                let probe = Probe(publisher: client.index, sequence: sequences[slot], timestamp: MonotonicClock.now())
-                if let template = plan.template {
-                    template.render(probe, deviceID: client.deviceID, into: &payload)
-                } else if case .size(let size) = plan.scenario.publish.payload {
-                    ProbeCodec.encodeSized(probe, size: size, into: &payload)
-                }
-                if transport.publishTelemetry(slot: slot, topic: client.telemetryTopic!, payload: payload) {
-                    sequences[slot] += 1
-                    ledger.recordSent(publisher: client.index, fanout: fanout[client.index])
+            if order.ready[client.index] {
+                if window > 0 && holdsBack(slot: slot, transport: transport) {
+                    ledger.counters.heldBack += 1
                 } else {
-                    ledger.counters.publishErrors += 1
+                    publishTelemetry(slot: slot, client: client, transport: transport)
                 }
             }
             publishCursor += 1
@@ -141,6 +132,22 @@ final class EngineCore {
                 publishCursor = 0
                 publishRound += 1
             }
+        }
+    }
+
+    /// Sends the next telemetry probe of the device in `slot`.
+    private func publishTelemetry(slot: Int, client: ClientPlan, transport: some EngineTransport) {
+        let probe = Probe(publisher: client.index, sequence: sequences[slot], timestamp: MonotonicClock.now())
+        if let template = plan.template {
+            template.render(probe, deviceID: client.deviceID, into: &payload)
+        } else if case .size(let size) = plan.scenario.publish.payload {
+            ProbeCodec.encodeSized(probe, size: size, into: &payload)
+        }
+        if transport.publishTelemetry(slot: slot, topic: client.telemetryTopic!, payload: payload) {
+            sequences[slot] += 1
+            ledger.recordSent(publisher: client.index, fanout: fanout[client.index])
+        } else {
+            ledger.counters.publishErrors += 1
         }
     }
 

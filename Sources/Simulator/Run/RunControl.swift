@@ -36,7 +36,7 @@ struct LiveCounters: Sendable, Equatable {
     var published: UInt64 = 0
     var acknowledged: UInt64 = 0
     var publishErrors: UInt64 = 0
-    /// Messages not sent because their device's window of unacknowledged messages was full.
+    /// Messages not sent because their device was held back (``Scenario/Publish/window``).
     var heldBack: UInt64 = 0
     /// Sum of the fanout of every published message: deliveries the receivers should see.
     var expected: UInt64 = 0

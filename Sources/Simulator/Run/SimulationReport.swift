@@ -44,8 +44,8 @@ public struct SimulationReport: Sendable, Codable, Equatable {
         public var published: UInt64
         /// Publish calls the client libraries refused (not connected, queue full, ...).
         public var publishErrors: UInt64
-        /// QoS 1/2 messages not sent because their device's window of unacknowledged messages was full
-        /// (`publish.window`): the broker was slower than the offered rate and held the devices back.
+        /// Messages not sent because their device was held back (`publish.window`): at QoS 1/2 its window of
+        /// unacknowledged messages was full, at QoS 0 its socket was; the broker took less than was offered.
         public var heldBack: UInt64
         /// QoS 1/2 messages acknowledged by the broker (PUBACK, PUBCOMP, or a JSON API ack).
         public var acknowledged: UInt64
