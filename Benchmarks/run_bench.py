@@ -227,7 +227,7 @@ def start_broker(kind: str, args: argparse.Namespace, nodelay: bool = True) -> B
 
 
 def simulate_command(args: argparse.Namespace, scenario: str, port: int, extra: list[str] = ()) -> list[str]:
-    return [args.iotgw, "simulate", "--scenario", str(SCENARIOS / f"{scenario}.yaml"),
+    return [args.simulator or args.iotgw, "simulate", "--scenario", str(SCENARIOS / f"{scenario}.yaml"),
             "--port", str(port), "--json", "--quiet", *extra]
 
 
@@ -694,6 +694,8 @@ def main() -> int:
     parser.add_argument("--iotgw", default=str(REPO / ".build-release" / "release" / "iotgw"))
     parser.add_argument("--mosquitto", default=os.environ.get("MOSQUITTO_BIN") or shutil.which("mosquitto") or "/usr/sbin/mosquitto")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--simulator", help="the iotgw binary whose `simulate` drives the load (default: --iotgw), so two "
+                        "gateway builds can be compared under the same simulator")
     parser.add_argument("--only", help="comma-separated scenario names, `ingest` for the storage-on scenarios (default: all)")
     parser.add_argument("--idle-devices", type=int, default=19000)
     parser.add_argument("--storm-devices", type=int, default=10000)
@@ -702,6 +704,8 @@ def main() -> int:
     args = parser.parse_args()
     ARGS = args
     args.iotgw = os.path.abspath(args.iotgw)  # not resolve(): keep .build-release/release/ in the commands shown
+    if args.simulator:
+        args.simulator = os.path.abspath(args.simulator)
     for binary in (args.iotgw, args.mosquitto):
         if not os.access(binary, os.X_OK):
             print(f"run_bench: {binary} is not an executable", file=sys.stderr)
