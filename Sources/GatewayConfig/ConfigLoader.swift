@@ -28,7 +28,7 @@ public enum ConfigLoader {
                     let line = $0.trimmingCharacters(in: .whitespaces)
                     return line.isEmpty || line.hasPrefix("#") || line == "---"
                 }
-                config = isEmpty ? GatewayConfigFile() : try YAMLDecoder().decode(GatewayConfigFile.self, from: text)
+                config = isEmpty ? GatewayConfigFile() : try decodeYAML(text)
             } else {
                 throw ConfigError(file: path, key: nil, message: "unknown file type: use .yaml, .yml or .json")
             }
@@ -43,6 +43,41 @@ public enum ConfigLoader {
             throw ConfigError(file: path, key: first.key, message: first.message)
         }
         return config
+    }
+
+    /// Decodes YAML as `YAMLDecoder.decode(_:from:)` does, with one difference: a plain scalar holding
+    /// a `:` is decoded as quoted text. Yams reads such a scalar as a YAML 1.1 base-60 number when a
+    /// number is expected (`1:30` is 90) and traps on overflow (`port: 8888888888888888:88888:88888`);
+    /// quoted, it is text: a string key reads it unchanged, a number key reports "expected an integer".
+    private static func decodeYAML(_ text: String) throws -> GatewayConfigFile {
+        let parser: Parser
+        let root: Node
+        do {
+            // The resolver YAMLDecoder uses: only merge keys (`<<`) are resolved while parsing.
+            parser = try Parser(yaml: text, resolver: Resolver.basic.appending(.merge))
+            root = try parser.singleRoot() ?? ""
+        } catch {
+            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "The given data was not valid YAML.", underlyingError: error))
+        }
+        // The parser holds the anchors that the nodes refer to.
+        return try withExtendedLifetime(parser) {
+            try YAMLDecoder().decode(GatewayConfigFile.self, from: quotingColons(root))
+        }
+    }
+
+    private static func quotingColons(_ node: Node) -> Node {
+        switch node {
+        case .scalar(var scalar):
+            if scalar.style == .plain || scalar.style == .any, scalar.string.contains(":") { scalar.style = .singleQuoted }
+            return .scalar(scalar)
+        case .mapping(let mapping):
+            let pairs = mapping.map { (quotingColons($0.key), quotingColons($0.value)) }
+            return .mapping(Node.Mapping(pairs, mapping.tag, mapping.style, mapping.mark))
+        case .sequence(let sequence):
+            return .sequence(Node.Sequence(sequence.map(quotingColons), sequence.tag, sequence.style, sequence.mark))
+        case .alias:
+            return node
+        }
     }
 
     private static func describe(_ error: DecodingError, path: String) -> ConfigError {

@@ -58,6 +58,11 @@ struct ConfigLoaderTests {
         arguments: [
             ("bad.yaml", "listeners:\n  mqtt:\n    port: 70000\n", "listeners.mqtt.port", "not a port number"),
             ("bad.yaml", "listeners:\n  mqtt:\n    port: abc\n", "listeners.mqtt.port", "expected an integer"),
+            // YAML 1.1 base-60 forms are not numbers here (Fuzz/Regressions/config/config-crash-cdbe6db...:
+            // Yams' own reading of this one overflows and traps).
+            ("bad.yaml", "listeners:\n  mqtt:\n    port: +8888888888888888:88888:88888\n", "listeners.mqtt.port", "expected an integer"),
+            ("bad.yaml", "listeners:\n  mqtt:\n    port: 1:30\n", "listeners.mqtt.port", "expected an integer"),
+            ("bad.yaml", "shutdown:\n  timeout: 1:30.5\n", "shutdown.timeout", "expected a number"),
             ("bad.yaml", "limits:\n  max_conections: 5\n", "limits.max_conections", "unknown key"),
             ("bad.yaml", "colour: blue\n", "colour", "unknown key"),
             ("bad.yaml", "mqtt:\n  max_qos: 3\n", "mqtt.max_qos", "not a QoS"),
@@ -165,6 +170,13 @@ struct ConfigLoaderTests {
         #expect(!authorizer.isAllowed(.publish, topic: "devices/alice/firmware", clientID: "x", username: "alice"))
         #expect(authorizer.isAllowed(.subscribe, topic: "$SYS/#", clientID: "console", username: "admin"))
         #expect(!authorizer.isAllowed(.subscribe, topic: "$SYS/#", clientID: "other", username: "admin"))
+    }
+
+    @Test("a plain YAML scalar with a colon is read as text, unchanged")
+    func colonScalarsStayText() throws {
+        let config = try ConfigLoader.decode("listeners:\n  mqtt:\n    host: fe80::1\n  ws:\n    host: 1:30\n", path: "x.yaml")
+        #expect(config.listeners.mqtt.host == "fe80::1")
+        #expect(config.listeners.ws.host == "1:30")
     }
 
     @Test("syntax errors and unknown extensions name the file")

@@ -4,7 +4,9 @@ subprotocol negotiation, Origin allow-list, graceful shutdown (DISCONNECT 0x8B, 
 from __future__ import annotations
 
 import signal
+import socket
 import struct
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -138,3 +140,42 @@ def test_shutdown_sends_disconnect_0x8b_then_close_1001(make_broker):
         assert broker.wait(15) == 0
     finally:
         ws.close()
+
+
+def _http_exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
+    """Sends `request` in one write and returns all the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        answer = bytearray()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            answer += data
+        return bytes(answer)
+
+
+@pytest.mark.parametrize("path", ["/ws", "/mqtt"])
+def test_upgrade_without_connection_upgrade_and_a_pipelined_request(make_broker, path):
+    """The request the WebSocket fuzz target found (Fuzz/Regressions/websocket): Upgrade headers without
+    `Connection: Upgrade`, a body, then a second request in the same write. It ended the whole process
+    (a fatal type mismatch in the pipeline); now it is answered 400 and only that connection closes."""
+    iotgw_only("HTTP answers of the WebSocket listener")
+    broker = make_broker(**WS)
+    request = (f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: mqtt\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 3\r\n\r\n"
+               "abcGET / HTTP/1.1\r\nHost: x\r\n\r\n").encode()
+    answer = _http_exchange(broker.ws_port, request)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"Connection: Upgrade" in answer
+    # The gateway is still there for everyone else.
+    ws = RawWebSocket(broker.ws_port, "/mqtt", subprotocol="mqtt")
+    try:
+        assert ws.status == 101
+    finally:
+        ws.close()
+    assert broker.proc.poll() is None

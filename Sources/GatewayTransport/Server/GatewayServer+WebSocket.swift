@@ -150,7 +150,7 @@ struct WebSocketPipeline: Sendable {
             // WebSocketProtocolHandler answers decoder errors with the right close code.
             enableAutomaticErrorHandling: false,
             shouldUpgrade: { channel, head in
-                let decision = webSocket.decide(head)
+                let decision = WebSocketConfiguration.asksForUpgrade(head) ? webSocket.decide(head) : .refuse(.badRequest, "a WebSocket upgrade request needs Connection: Upgrade")
                 switch decision {
                 case .upgrade(let subprotocol):
                     var headers = HTTPHeaders()
@@ -167,7 +167,10 @@ struct WebSocketPipeline: Sendable {
             },
             upgradePipelineHandler: { channel, head in
                 channel.eventLoop.makeCompletedFuture {
-                    try self.setUpUpgraded(channel: channel, head: head, deflate: deflate.value)
+                    let sync = channel.pipeline.syncOperations
+                    let upgradeHandler = try sync.handler(type: NIOTypedHTTPServerUpgradeHandler<WebSocketRoute>.self)
+                    try sync.addHandler(UpgradeLeftoverGuard(), position: .after(upgradeHandler))
+                    return try self.setUpUpgraded(channel: channel, head: head, deflate: deflate.value)
                 }
             }
         )
@@ -242,6 +245,56 @@ struct WebSocketPipeline: Sendable {
             // shouldUpgrade refused unknown paths; nothing else gets here.
             channel.close(promise: nil)
             return .refused
+        }
+    }
+}
+
+/// Stands between the HTTP upgrade handler and the WebSocket frame decoder while the upgrade completes.
+/// What the upgrade handler buffered during the upgrade is replayed to the frame decoder; NIO's HTTP
+/// decoder keeps parsing after a request it did not itself see as an upgrade, so that replay can hold
+/// HTTP request parts (the body or next request of a client that pipelines after its upgrade), and a
+/// part reaching a handler that reads `ByteBuffer` is a process-wide fatal error. The guard drops such
+/// parts and closes that connection, and leaves the pipeline once the upgrade handler has.
+/// ``WebSocketConfiguration/asksForUpgrade(_:)`` keeps the two parsers agreeing in every case known;
+/// this guard is for the ones not known.
+final class UpgradeLeftoverGuard: ChannelInboundHandler, RemovableChannelHandler {
+    // `Any`: a ByteBuffer arrives as `IOData`, an HTTP part as itself; `data` is forwarded untouched.
+    typealias InboundIn = Any
+    typealias InboundOut = Any
+
+    private var closed = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard Self.unwrapInboundIn(data) is HTTPServerRequestPart else {
+            context.fireChannelRead(data)
+            return
+        }
+        guard !closed else { return }
+        closed = true
+        context.fireErrorCaught(WebSocketHandshakeError.requestAfterUpgrade)
+        context.close(promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.fireChannelReadComplete()
+        // The upgrade handler removes itself after its replay: from then on only bytes arrive.
+        if (try? context.pipeline.syncOperations.handler(type: NIOTypedHTTPServerUpgradeHandler<WebSocketRoute>.self)) == nil {
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+    }
+}
+
+@available(*, unavailable)
+extension UpgradeLeftoverGuard: Sendable {}
+
+/// Why a WebSocket connection ended during its upgrade.
+enum WebSocketHandshakeError: Error, CustomStringConvertible {
+    /// HTTP (a request body or another request) followed an accepted upgrade request.
+    case requestAfterUpgrade
+
+    var description: String {
+        switch self {
+        case .requestAfterUpgrade: "HTTP data after the WebSocket upgrade request"
         }
     }
 }

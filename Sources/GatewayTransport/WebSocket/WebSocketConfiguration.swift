@@ -100,6 +100,13 @@ public struct WebSocketConfiguration: Sendable, Hashable {
         case refuse(HTTPResponseStatus, String)
     }
 
+    /// Whether the request's Connection header carries the `upgrade` token (RFC 6455 4.2.1 item 4).
+    /// NIO's upgrade handler does not check it, while its HTTP decoder stops parsing at a request only
+    /// when it is there: an upgrade without it would leave the decoder parsing what follows as HTTP.
+    static func asksForUpgrade(_ head: HTTPRequestHead) -> Bool {
+        head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
+    }
+
     /// The endpoint for a request path (the query string is ignored).
     func endpoint(forURI uri: String) -> Endpoint? {
         let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? uri
