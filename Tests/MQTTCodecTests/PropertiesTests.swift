@@ -183,6 +183,16 @@ struct PropertiesTests {
         #expect(id.allowedIn == specAllowedContexts[id])
     }
 
+    @Test("a list holding any one property is not empty (its emptiness check covers every field)", arguments: MQTTPropertyIdentifier.allCases)
+    func oneProperty(_ id: MQTTPropertyIdentifier) {
+        // One stored field per property identifier: a new field needs a new identifier, and so a sample.
+        #expect(Mirror(reflecting: MQTTProperties.Values()).children.count == MQTTPropertyIdentifier.allCases.count)
+        let properties = sample(id)
+        #expect(!properties.isEmpty)
+        #expect(properties != MQTTProperties())
+        #expect(MQTTProperties(MQTTProperties.Values()).isEmpty)
+    }
+
     @Test("a property round-trips in every packet that allows it", arguments: allowedPlacements)
     func roundTrip(_ placement: PropertyPlacement) throws {
         let (packet, direction) = packet(carrying: sample(placement.id), in: placement.context)

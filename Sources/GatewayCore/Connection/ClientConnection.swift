@@ -469,8 +469,9 @@ public final class ClientConnection {
         }
         if failure == nil {
             var properties = publish.properties
-            properties.topicAlias = nil
-            properties.subscriptionIdentifiers = []
+            // Each assignment rebuilds the list: only when there is something to remove.
+            if properties.topicAlias != nil { properties.topicAlias = nil }
+            if !properties.subscriptionIdentifiers.isEmpty { properties.subscriptionIdentifiers = [] }
             let now = clock.now
             let message = Message(
                 topic: topic,

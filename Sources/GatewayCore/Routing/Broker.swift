@@ -416,7 +416,14 @@ public final class Broker: Sendable {
             var identifiers: [UInt32]
             var sharedGroup: SharedGroupKey?
         }
-        var targets: [String: Target] = [:]
+        // Usually one subscriber or a few: kept in order in an array (no hashing, one allocation at
+        // most), deduplicated by client id with a look along it, or through an index once it is long.
+        var targets: [Target] = []
+        var positions: [String: Int]?
+        func position(of id: String) -> Int? {
+            if let positions { return positions[id] }
+            return targets.firstIndex { $0.session.clientID == id }
+        }
         let size = message.queuedByteCount
         // Read once, and only when a subscription that a deny rule overlaps matches (ACL read checks).
         var readChecks: (any Authorizer)?
@@ -436,20 +443,26 @@ public final class Broker: Sendable {
                 }
                 let qos = min(message.qos, entry.options.qos)
                 let id = entry.session.clientID
-                if var target = targets[id] {
+                if let index = position(of: id) {
                     // Overlapping subscriptions: deliver once, at the highest QoS (MQTT-3.3.5-1).
-                    target.qos = max(target.qos, qos)
-                    target.retainAsPublished = target.retainAsPublished || entry.options.retainAsPublished
-                    if let sid = entry.subscriptionIdentifier { target.identifiers.append(sid) }
-                    targets[id] = target
+                    targets[index].qos = max(targets[index].qos, qos)
+                    targets[index].retainAsPublished = targets[index].retainAsPublished || entry.options.retainAsPublished
+                    if let sid = entry.subscriptionIdentifier { targets[index].identifiers.append(sid) }
                 } else {
-                    targets[id] = Target(
-                        session: entry.session,
-                        qos: qos,
-                        retainAsPublished: entry.options.retainAsPublished,
-                        identifiers: entry.subscriptionIdentifier.map { [$0] } ?? [],
-                        sharedGroup: entry.sharedGroup
+                    targets.append(
+                        Target(
+                            session: entry.session,
+                            qos: qos,
+                            retainAsPublished: entry.options.retainAsPublished,
+                            identifiers: entry.subscriptionIdentifier.map { [$0] } ?? [],
+                            sharedGroup: entry.sharedGroup
+                        )
                     )
+                    if positions != nil {
+                        positions?[id] = targets.count - 1
+                    } else if targets.count == 16 {
+                        positions = Dictionary(uniqueKeysWithValues: targets.enumerated().map { ($1.session.clientID, $0) })
+                    }
                 }
             } pickShared: { group in
                 // Only members that may read the message are candidates (ACL read checks).
@@ -463,7 +476,7 @@ public final class Broker: Sendable {
             message.sharedEncoding = SharedPublishEncoding()
         }
         let overflow = self.overflow(throttle: throttle)
-        for target in targets.values {
+        for target in targets {
             deliver(
                 QueuedMessage(
                     message: message,

@@ -674,7 +674,10 @@ public final class Session: Sendable {
 
     private static func packet(for queued: QueuedMessage, packetID: UInt16?, dup: Bool, now: ContinuousClock.Instant) -> MQTTPublishPacket {
         var properties = queued.message.properties
-        properties.subscriptionIdentifiers = queued.subscriptionIdentifiers
+        // Each assignment rebuilds the list: not when both are empty (the common case).
+        if !(queued.subscriptionIdentifiers.isEmpty && properties.subscriptionIdentifiers.isEmpty) {
+            properties.subscriptionIdentifiers = queued.subscriptionIdentifiers
+        }
         if let expiresAt = queued.message.expiresAt {
             // Forward the remaining lifetime, not the original interval (MQTT-3.3.2-6).
             let remaining = now.duration(to: expiresAt).components.seconds

@@ -55,7 +55,24 @@ public struct MQTTProperties: Hashable, Sendable {
         public var sharedSubscriptionAvailable: UInt8?
 
         public init() {}
+
+        /// True when every property is absent: `self == Values()` without building and comparing a
+        /// whole second struct (every received PUBLISH's list is edited and checked once or twice).
+        var isDefault: Bool {
+            payloadFormatIndicator == nil && messageExpiryInterval == nil && contentType == nil && responseTopic == nil
+                && correlationData == nil && subscriptionIdentifiers.isEmpty && sessionExpiryInterval == nil
+                && assignedClientIdentifier == nil && serverKeepAlive == nil && authenticationMethod == nil
+                && authenticationData == nil && requestProblemInformation == nil && willDelayInterval == nil
+                && requestResponseInformation == nil && responseInformation == nil && serverReference == nil
+                && reasonString == nil && receiveMaximum == nil && topicAliasMaximum == nil && topicAlias == nil
+                && maximumQoS == nil && retainAvailable == nil && userProperties.isEmpty && maximumPacketSize == nil
+                && wildcardSubscriptionAvailable == nil && subscriptionIdentifierAvailable == nil
+                && sharedSubscriptionAvailable == nil
+        }
     }
+
+    /// What an empty list reads as (built once, not per read).
+    private static let none = Values()
 
     private final class Box: Sendable {
         let values: Values
@@ -67,17 +84,20 @@ public struct MQTTProperties: Hashable, Sendable {
     public init() {}
 
     public init(_ values: Values) {
-        self.box = values == Values() ? nil : Box(values)
+        self.box = values.isDefault ? nil : Box(values)
     }
 
     /// All values at once.
     public var values: Values {
-        get { box?.values ?? Values() }
+        get { box?.values ?? Self.none }
         set { self = MQTTProperties(newValue) }
     }
 
     public subscript<T>(dynamicMember keyPath: WritableKeyPath<Values, T>) -> T {
-        get { values[keyPath: keyPath] }
+        get {
+            if let box { return box.values[keyPath: keyPath] }
+            return Self.none[keyPath: keyPath]
+        }
         set {
             var values = self.values
             values[keyPath: keyPath] = newValue
