@@ -86,8 +86,46 @@ public final class Session: Sendable {
         /// (the search copies each message it passes; on a full queue of QoS 1 messages that was most of
         /// the CPU of routing to it).
         var pendingQoS0 = 0
-        var inflight: Deque<Inflight> = []
+        /// Changed only through ``appendInflight(_:)``, ``removeInflight(at:)`` and ``removeAllInflight()``,
+        /// which keep ``inflightIDs`` in step.
+        private(set) var inflight: Deque<Inflight> = []
+        /// The packet ids of ``inflight``. Reading an entry of a `Deque` copies it (its topic, payload and
+        /// properties retained and released), so asking whether an id is taken — every packet id allocated
+        /// asks it — is answered here instead of by looking at every entry.
+        private(set) var inflightIDs: Set<UInt16> = []
         var inflightBytes = 0
+
+        mutating func appendInflight(_ entry: Inflight) {
+            inflight.append(entry)
+            inflightIDs.insert(entry.packetID)
+        }
+
+        mutating func removeInflight(at index: Int) -> Inflight {
+            let entry = inflight.remove(at: index)
+            inflightIDs.remove(entry.packetID)
+            return entry
+        }
+
+        mutating func removeAllInflight() {
+            inflight.removeAll()
+            inflightIDs = []
+        }
+
+        mutating func setInflightPhase(at index: Int, _ phase: Inflight.Phase) {
+            inflight[index].phase = phase
+        }
+
+        /// The index of the in-flight entry with `packetID` (in `phase`, if given). Acknowledgements come
+        /// mostly in order, so the look along the queue usually stops at its first entry.
+        func inflightIndex(of packetID: UInt16, phase: Inflight.Phase? = nil) -> Int? {
+            guard inflightIDs.contains(packetID) else { return nil }
+            var index = 0
+            while index < inflight.count {
+                if inflight[index].packetID == packetID, phase == nil || inflight[index].phase == phase { return index }
+                index += 1
+            }
+            return nil
+        }
         /// Packet ids of in-flight messages to send again after a reconnect, in order.
         var resend: Deque<UInt16> = []
         var nextPacketID: UInt16 = 1
@@ -275,7 +313,7 @@ public final class Session: Sendable {
             }
             state.pending.removeAll()
             state.pendingQoS0 = 0
-            state.inflight.removeAll()
+            state.removeAllInflight()
             state.resend.removeAll()
             state.pendingBytes = 0
             state.inflightBytes = 0
@@ -620,7 +658,8 @@ public final class Session: Sendable {
             guard state.owner == owner else { return .finished }
             // Redeliveries after a reconnect come first, in their original order.
             while let id = state.resend.popFirst() {
-                guard let entry = state.inflight.first(where: { $0.packetID == id }) else { continue }
+                guard let index = state.inflightIndex(of: id) else { continue }
+                let entry = state.inflight[index]
                 if entry.phase == .awaitingPubcomp { return .item(.pubrel(id)) }
                 return .item(.publish(Self.packet(for: entry.queued, packetID: id, dup: true, now: now)))
             }
@@ -647,7 +686,7 @@ public final class Session: Sendable {
                 }
                 let id = Self.allocatePacketID(&state)
                 let phase: Inflight.Phase = queued.qos == .atLeastOnce ? .awaitingPuback : .awaitingPubrec
-                state.inflight.append(Inflight(packetID: id, queued: queued, phase: phase))
+                state.appendInflight(Inflight(packetID: id, queued: queued, phase: phase))
                 if state.journaling, let seq = queued.seq, let journal {
                     journal.append(.updateMessage(seq: seq, state: phase.stored, packetID: id))
                 }
@@ -668,7 +707,7 @@ public final class Session: Sendable {
         while true {
             let id = state.nextPacketID
             state.nextPacketID = id == UInt16.max ? 1 : id + 1
-            if !state.inflight.contains(where: { $0.packetID == id }) { return id }
+            if !state.inflightIDs.contains(id) { return id }
         }
     }
 
@@ -712,10 +751,10 @@ public final class Session: Sendable {
     /// whether the packet id was awaiting PUBREC.
     func acknowledge(pubrec packetID: UInt16) -> Bool {
         state.withLock { state in
-            guard let index = state.inflight.firstIndex(where: { $0.packetID == packetID && $0.phase == .awaitingPubrec }) else {
-                return state.inflight.contains(where: { $0.packetID == packetID && $0.phase == .awaitingPubcomp })
+            guard let index = state.inflightIndex(of: packetID, phase: .awaitingPubrec) else {
+                return state.inflightIndex(of: packetID, phase: .awaitingPubcomp) != nil
             }
-            state.inflight[index].phase = .awaitingPubcomp
+            state.setInflightPhase(at: index, .awaitingPubcomp)
             if state.journaling, let seq = state.inflight[index].queued.seq, let journal {
                 journal.append(.updateMessage(seq: seq, state: .awaitingPubcomp, packetID: packetID))
             }
@@ -725,10 +764,10 @@ public final class Session: Sendable {
 
     private func complete(packetID: UInt16, phase: Inflight.Phase) -> Bool {
         let bytes = state.withLock { state -> Int? in
-            guard let index = state.inflight.firstIndex(where: { $0.packetID == packetID && $0.phase == phase }) else {
+            guard let index = state.inflightIndex(of: packetID, phase: phase) else {
                 return nil
             }
-            let entry = state.inflight.remove(at: index)
+            let entry = state.removeInflight(at: index)
             state.inflightBytes -= entry.queued.byteCount
             journalDelete(entry.queued, &state)
             releaseThrottles(&state)
@@ -825,9 +864,9 @@ extension Session {
                     continue
                 }
                 if let phase = Self.phase(stored), let packetID,
-                    !state.inflight.contains(where: { $0.packetID == packetID })
+                    state.inflightIndex(of: packetID) == nil
                 {
-                    state.inflight.append(Inflight(packetID: packetID, queued: queued, phase: phase))
+                    state.appendInflight(Inflight(packetID: packetID, queued: queued, phase: phase))
                     state.inflightBytes += size
                     state.nextPacketID = packetID == UInt16.max ? 1 : packetID + 1
                     count.inflight += 1
