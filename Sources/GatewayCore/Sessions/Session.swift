@@ -121,7 +121,8 @@ public final class Session: Sendable {
             guard inflightIDs.contains(packetID) else { return nil }
             var index = 0
             while index < inflight.count {
-                if inflight[index].packetID == packetID, phase == nil || inflight[index].phase == phase { return index }
+                let entry = inflight[index]  // one copy, not one per field read
+                if entry.packetID == packetID, phase == nil || entry.phase == phase { return index }
                 index += 1
             }
             return nil
