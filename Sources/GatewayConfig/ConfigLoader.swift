@@ -28,7 +28,7 @@ public enum ConfigLoader {
                     let line = $0.trimmingCharacters(in: .whitespaces)
                     return line.isEmpty || line.hasPrefix("#") || line == "---"
                 }
-                config = isEmpty ? GatewayConfigFile() : try decodeYAML(text)
+                config = isEmpty ? GatewayConfigFile() : try decodeYAML(text, path: path)
             } else {
                 throw ConfigError(file: path, key: nil, message: "unknown file type: use .yaml, .yml or .json")
             }
@@ -49,7 +49,11 @@ public enum ConfigLoader {
     /// a `:` is decoded as quoted text. Yams reads such a scalar as a YAML 1.1 base-60 number when a
     /// number is expected (`1:30` is 90) and traps on overflow (`port: 8888888888888888:88888:88888`);
     /// quoted, it is text: a string key reads it unchanged, a number key reports "expected an integer".
-    private static func decodeYAML(_ text: String) throws -> GatewayConfigFile {
+    /// The most nodes a configuration may expand to. Aliases are copies sharing storage, so a small
+    /// document can stand for billions of nodes ("billion laughs"); the rewrite below visits each one.
+    static let maxNodes = 100_000
+
+    private static func decodeYAML(_ text: String, path: String) throws -> GatewayConfigFile {
         let parser: Parser
         let root: Node
         do {
@@ -61,20 +65,40 @@ public enum ConfigLoader {
         }
         // The parser holds the anchors that the nodes refer to.
         return try withExtendedLifetime(parser) {
-            try YAMLDecoder().decode(GatewayConfigFile.self, from: quotingColons(root))
+            var budget = maxNodes
+            guard let rewritten = quotingColons(root, budget: &budget) else {
+                throw ConfigError(file: path, key: nil, message: "the document expands to more than \(maxNodes) YAML nodes (aliases?)")
+            }
+            return try YAMLDecoder().decode(GatewayConfigFile.self, from: rewritten)
         }
     }
 
-    private static func quotingColons(_ node: Node) -> Node {
+    /// `node` with its plain scalars holding `:` quoted; nil once more than `budget` nodes were visited.
+    private static func quotingColons(_ node: Node, budget: inout Int) -> Node? {
+        budget -= 1
+        guard budget >= 0 else { return nil }
         switch node {
         case .scalar(var scalar):
             if scalar.style == .plain || scalar.style == .any, scalar.string.contains(":") { scalar.style = .singleQuoted }
             return .scalar(scalar)
         case .mapping(let mapping):
-            let pairs = mapping.map { (quotingColons($0.key), quotingColons($0.value)) }
+            var pairs: [(Node, Node)] = []
+            pairs.reserveCapacity(mapping.count)
+            for pair in mapping {
+                guard let key = quotingColons(pair.key, budget: &budget), let value = quotingColons(pair.value, budget: &budget) else {
+                    return nil
+                }
+                pairs.append((key, value))
+            }
             return .mapping(Node.Mapping(pairs, mapping.tag, mapping.style, mapping.mark))
         case .sequence(let sequence):
-            return .sequence(Node.Sequence(sequence.map(quotingColons), sequence.tag, sequence.style, sequence.mark))
+            var nodes: [Node] = []
+            nodes.reserveCapacity(sequence.count)
+            for element in sequence {
+                guard let rewritten = quotingColons(element, budget: &budget) else { return nil }
+                nodes.append(rewritten)
+            }
+            return .sequence(Node.Sequence(nodes, sequence.tag, sequence.style, sequence.mark))
         case .alias:
             return node
         }

@@ -179,6 +179,23 @@ struct ConfigLoaderTests {
         #expect(config.listeners.ws.host == "1:30")
     }
 
+    @Test("a document whose aliases expand past the node limit is refused, not expanded")
+    func aliasBomb() throws {
+        // Ten levels of ten aliases each: 10^10 nodes if expanded, a few hundred bytes as text.
+        var text = "a: &l0 [x, x, x, x, x, x, x, x, x, x]\n"
+        for level in 1...9 {
+            let previous = "*l\(level - 1)"
+            text += "b\(level): &l\(level) [" + Array(repeating: previous, count: 10).joined(separator: ", ") + "]\n"
+        }
+        do {
+            _ = try ConfigLoader.decode(text, path: "bomb.yaml")
+            Issue.record("accepted")
+        } catch {
+            #expect(error.file == "bomb.yaml")
+            #expect(error.message.contains("more than 100000 YAML nodes"), "message: \(error.message)")
+        }
+    }
+
     @Test("syntax errors and unknown extensions name the file")
     func unparsable() {
         #expect(throws: ConfigError.self) { try ConfigLoader.decode("{not json", path: "x.json") }

@@ -265,6 +265,9 @@ final class UpgradeLeftoverGuard: ChannelInboundHandler, RemovableChannelHandler
     private var closed = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Once closed, nothing more goes on: bytes replayed after the parts would still reach the
+        // decoders behind (a CONNECT handled on a connection that is closing).
+        if closed { return }
         guard Self.unwrapInboundIn(data) is HTTPServerRequestPart else {
             context.fireChannelRead(data)
             return
