@@ -45,14 +45,14 @@ public enum ConfigLoader {
         return config
     }
 
+    /// The most nodes a configuration may expand to. Aliases are copies sharing storage, so a small
+    /// document can stand for billions of nodes ("billion laughs"); ``decodeYAML(_:path:)`` visits each one.
+    static let maxNodes = 100_000
+
     /// Decodes YAML as `YAMLDecoder.decode(_:from:)` does, with one difference: a plain scalar holding
     /// a `:` is decoded as quoted text. Yams reads such a scalar as a YAML 1.1 base-60 number when a
     /// number is expected (`1:30` is 90) and traps on overflow (`port: 8888888888888888:88888:88888`);
     /// quoted, it is text: a string key reads it unchanged, a number key reports "expected an integer".
-    /// The most nodes a configuration may expand to. Aliases are copies sharing storage, so a small
-    /// document can stand for billions of nodes ("billion laughs"); the rewrite below visits each one.
-    static let maxNodes = 100_000
-
     private static func decodeYAML(_ text: String, path: String) throws -> GatewayConfigFile {
         let parser: Parser
         let root: Node

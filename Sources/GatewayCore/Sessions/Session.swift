@@ -865,7 +865,7 @@ extension Session {
                     continue
                 }
                 if let phase = Self.phase(stored), let packetID,
-                    state.inflightIndex(of: packetID) == nil
+                    !state.inflightIDs.contains(packetID)
                 {
                     state.appendInflight(Inflight(packetID: packetID, queued: queued, phase: phase))
                     state.inflightBytes += size

@@ -272,7 +272,6 @@ final class UpgradeLeftoverGuard: ChannelInboundHandler, RemovableChannelHandler
             context.fireChannelRead(data)
             return
         }
-        guard !closed else { return }
         closed = true
         context.fireErrorCaught(WebSocketHandshakeError.requestAfterUpgrade)
         context.close(promise: nil)
