@@ -34,7 +34,7 @@ public final class ClientConnection {
     let broker: Broker
     let handle: any ConnectionHandle
     let remoteAddress: String?
-    public private(set) var logger: Logger
+    public private(set) var logger: ConnectionLogger
     /// The negotiated version (3.1.1 until CONNECT says otherwise).
     public private(set) var version: MQTTProtocolVersion = .v3_1_1
     /// The client id, once CONNECT was accepted.
@@ -83,8 +83,7 @@ public final class ClientConnection {
         self.broker = broker
         self.handle = handle
         self.remoteAddress = remoteAddress
-        self.logger = logger
-        if let remoteAddress { self.logger[metadataKey: "net.peer.address"] = "\(remoteAddress)" }
+        self.logger = ConnectionLogger(base: logger, peerAddress: remoteAddress)
     }
 
     /// Whether CONNECT was accepted.
@@ -93,19 +92,52 @@ public final class ClientConnection {
     // MARK: Inbound packets
 
     /// Handles one decoded packet.
+    ///
+    /// Only CONNECT and PUBLISH can suspend (authentication, session restore, a storage commit); each has
+    /// an async function of its own and every other packet is handled synchronously, so the frame a
+    /// connection's task keeps for this call (a task keeps its deepest frames for its whole life) holds
+    /// little more than the packet.
     public func handle(_ packet: MQTTPacket) async -> [Action] {
+        if let actions = handleSynchronously(packet) { return actions }
+        return await handleSuspending(packet)
+    }
+
+    /// Handles a packet that ``handleSynchronously(_:)`` returned nil for.
+    public func handleSuspending(_ packet: MQTTPacket) async -> [Action] {
+        switch packet {
+        case .publish(let publish):
+            guard let session else { return protocolViolation("PUBLISH before CONNECT") }
+            return await handlePublish(publish, session: session)
+        case .connect(let connect) where session == nil:
+            return await handleConnect(connect)
+        default:
+            return handleSynchronously(packet) ?? []
+        }
+    }
+
+    /// Handles `packet` without suspending, or returns nil for the two that may suspend: the first CONNECT
+    /// and a PUBLISH (``handle(_:)`` then does).
+    @inline(never)
+    public func handleSynchronously(_ packet: MQTTPacket) -> [Action]? {
         logger.trace("received packet", metadata: ["mqtt.packet.type": "\(packet.type)"])
         guard let session else {
-            guard case .connect(let connect) = packet else {
+            guard case .connect = packet else {
                 return protocolViolation("first packet is \(packet.type), not CONNECT")
             }
-            return await handleConnect(connect)
+            return nil
         }
+        if case .publish = packet { return nil }
+        return handleControl(packet, session: session)
+    }
+
+    /// Handles a packet of a connected client other than PUBLISH.
+    @inline(never)
+    private func handleControl(_ packet: MQTTPacket, session: Session) -> [Action] {
         switch packet {
         case .connect:
             return protocolViolation("second CONNECT")
-        case .publish(let publish):
-            return await handlePublish(publish, session: session)
+        case .publish:
+            preconditionFailure("PUBLISH is handled by handlePublish")
         case .puback(let ack):
             if !session.acknowledge(puback: ack.packetIdentifier) {
                 logger.debug("PUBACK for unknown packet id", metadata: ["mqtt.packet.id": "\(ack.packetIdentifier)"])
@@ -237,7 +269,7 @@ public final class ClientConnection {
             // receive (and acknowledge away) what is queued for an upstream.
             return rejectConnect(.identifierRejected, v5: .clientIdentifierNotValid, "client ids starting with \(InternalClient.reservedPrefix) are reserved")
         }
-        logger[metadataKey: "mqtt.client.id"] = "\(clientID)"
+        logger.clientID = clientID
         if connect.properties.authenticationMethod != nil {
             return rejectConnect(.notAuthorized, v5: .badAuthenticationMethod, "enhanced authentication is not supported")
         }

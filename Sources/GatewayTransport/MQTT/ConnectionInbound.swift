@@ -11,7 +11,7 @@ enum ConnectionInput: Sendable {
 /// What an MQTT connection's task awaits: the next decoded packet, or `writable` when its socket can take
 /// writes again. A lighter bridge between the pipeline and the task than `NIOAsyncChannel`'s inbound stream.
 ///
-/// An idle connection's task sits in ``next()`` for hours, and a task keeps the async frames its deepest
+/// An idle connection's task sits in ``wait()`` for hours, and a task keeps the async frames its deepest
 /// suspension needed: NIO's generic producer (`NIOThrowingAsyncSequenceProducer`) cost about 3 KiB of
 /// frames per connection there, plus its storage, lock and state machine on the heap. This handler is the
 /// whole bridge: a small buffer, one continuation, and the back-pressure rule — no more than
@@ -24,7 +24,7 @@ enum ConnectionInput: Sendable {
 /// # Thread safety
 /// `@unchecked Sendable`: it is handed from the channel initializer to the connection task, which runs
 /// on the channel's event loop (``EventLoopTaskExecutor``). Every method runs on that loop — the handler
-/// callbacks by NIO's rules, ``next()`` because the task is pinned there (checked in debug builds) — so
+/// callbacks by NIO's rules, ``wait()`` and the buffer's accessors because the task is pinned there (checked in debug builds) — so
 /// the state below is only ever touched by that one thread.
 final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     typealias InboundIn = MQTTPacket
@@ -37,7 +37,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     private var context: ChannelHandlerContext?
     private var buffer: [ConnectionInput] = []
     private var head = 0
-    private var waiting: UnsafeContinuation<ConnectionInput?, any Error>?
+    private var waiting: UnsafeContinuation<Void, any Error>?
     private var failure: (any Error)?
     private var finished = false
     private var heldRead = false
@@ -66,19 +66,41 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
-    /// The next input; nil once the connection has closed. Call from the connection task only.
-    func next() async throws -> ConnectionInput? {
+    /// Waits until an input is buffered (true) or the connection has closed (false); throws the error
+    /// that ended it. Call from the connection task only, then take the inputs with ``nextBuffered()``.
+    ///
+    /// Nothing but a flag crosses the suspension: the connection task's frame for its longest wait holds
+    /// no packet (a task keeps its deepest frames for its whole life).
+    func wait() async throws -> Bool {
         eventLoop.assertInEventLoop()
-        if let input = take() { return input }
+        if buffered > 0 { return true }
         if let failure {
             self.failure = nil
             finished = true
             throw failure
         }
-        if finished { return nil }
-        return try await withUnsafeThrowingContinuation { continuation in
+        if finished { return false }
+        try await withUnsafeThrowingContinuation { continuation in
             waiting = continuation
         }
+        return buffered > 0
+    }
+
+    /// The next buffered input, nil when none is. Call from the connection task only.
+    func nextBuffered() -> ConnectionInput? {
+        eventLoop.assertInEventLoop()
+        return take()
+    }
+
+    /// The next buffered input, left in the buffer; nil when none is. Call from the connection task only.
+    func peekBuffered() -> ConnectionInput? {
+        eventLoop.assertInEventLoop()
+        return head < buffer.count ? buffer[head] : nil
+    }
+
+    /// Drops the next buffered input (the one ``peekBuffered()`` returned).
+    func dropBuffered() {
+        _ = take()
     }
 
     private func take() -> ConnectionInput? {
@@ -98,11 +120,10 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private func deliver(_ input: ConnectionInput) {
+        buffer.append(input)
         if let waiting {
             self.waiting = nil
-            waiting.resume(returning: input)
-        } else {
-            buffer.append(input)
+            waiting.resume()
         }
     }
 
@@ -115,7 +136,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
             finished = true
             waiting.resume(throwing: failure)
         } else {
-            waiting.resume(returning: nil)
+            waiting.resume()
         }
     }
 

@@ -22,33 +22,58 @@ struct MQTTConnectionRunner: Sendable {
     var isWebSocket = false
 
     /// Inbound packets handled before the task yields the loop to other jobs: a publisher whose packets
-    /// are already buffered never suspends on `next()`.
+    /// are already buffered never suspends on `wait()`.
     private static let packetsPerYield = 16
 
+    /// Runs the connection until it closes.
+    ///
+    /// # Frames
+    /// A task allocates the frames of its async calls from slabs it keeps until it ends: the first slab
+    /// holds 1,000 bytes, and every slab the deepest `await` chain ever needed stays with the connection.
+    /// The chain an idle connection waits in (the task's start, this function, ``serve(_:_:)`` and
+    /// `ConnectionInbound.wait()`) and the one CONNECT is awaited in are kept within that first slab: this
+    /// function and ``runOnEventLoop(_:)`` are inlined into the task's closure, no packet crosses a
+    /// suspension in them, CONNECT runs in a task of its own (``startFirst(_:_:)``), and anything that logs
+    /// is a synchronous function of its own (a log call's temporaries in an async function take frame
+    /// space). Measured with `perf probe` on `swift_task_alloc` and heaptrack: 3.7 KiB of slabs per idle
+    /// connection before, 1 KiB after.
+    @inline(__always)
     func run(_ accepted: MQTTConnectionChannel) async {
-        let channel = accepted.channel
-        guard broker.admitConnection(transport: transport) else {
-            logger.debug("connection refused: limit reached or draining")
-            channel.close(promise: nil)
-            return
-        }
-        defer { broker.releaseConnection(transport: transport) }
+        guard admit(accepted.channel) else { return }
         // Connection tasks are not cancelled (the accept loop runs in a task of its own); they end when
         // their channel closes, which shutdown does through the connection registry.
-        let executor = EventLoopTaskExecutor.of(channel.eventLoop)
-        if Self.currentTaskPrefers(executor) {
+        if Self.currentTaskPrefers(accepted.channel.eventLoop) {
             // The accept loop made the task with this preference: no frame for it here (an idle
             // connection's task keeps every frame it waits in).
             await runOnEventLoop(accepted)
         } else {
-            await withTaskExecutorPreference(executor) {
-                await runOnEventLoop(accepted)
-            }
+            await runPreferringLoop(accepted)
+        }
+        broker.releaseConnection(transport: transport)
+    }
+
+    /// Counts the connection in, or closes it when the gateway is full or draining.
+    @inline(never)
+    private func admit(_ channel: any Channel) -> Bool {
+        guard broker.admitConnection(transport: transport) else {
+            logger.debug("connection refused: limit reached or draining")
+            channel.close(promise: nil)
+            return false
+        }
+        return true
+    }
+
+    @inline(never)
+    private func runPreferringLoop(_ accepted: MQTTConnectionChannel) async {
+        await withTaskExecutorPreference(EventLoopTaskExecutor.of(accepted.channel.eventLoop)) {
+            await runOnEventLoop(accepted)
         }
     }
 
-    private static func currentTaskPrefers(_ executor: EventLoopTaskExecutor) -> Bool {
-        withUnsafeCurrentTask { task in task?.unownedTaskExecutor == executor.asUnownedTaskExecutor() }
+    @inline(never)
+    private static func currentTaskPrefers(_ eventLoop: any EventLoop) -> Bool {
+        let executor = EventLoopTaskExecutor.of(eventLoop)
+        return withUnsafeCurrentTask { task in task?.unownedTaskExecutor == executor.asUnownedTaskExecutor() }
     }
 
     /// The parts of a running connection, made before its first read.
@@ -62,13 +87,15 @@ struct MQTTConnectionRunner: Sendable {
     }
 
     /// The connection's life. Only what must outlive the reads stays in this frame (the task keeps it for
-    /// as long as the client stays); set-up and tear-down are synchronous functions of their own.
+    /// as long as the client stays); set-up and tear-down are synchronous functions of their own. Inlined
+    /// into the task's closure: one frame fewer in the chain (see ``run(_:)``).
+    @inline(__always)
     private func runOnEventLoop(_ accepted: MQTTConnectionChannel) async {
         let parts = setUp(accepted.channel, inbound: accepted.inbound)
         var closing: Closing?
         var failure: (any Error)?
         do {
-            closing = try await serve(accepted.inbound, connection: parts.connection, handle: parts.handle, writer: parts.writer)
+            closing = try await serve(accepted.inbound, parts)
         } catch {
             failure = error
         }
@@ -158,75 +185,120 @@ struct MQTTConnectionRunner: Sendable {
     }
 
     /// Reads and answers the client until it disconnects, the connection closes (nil), or the core says close.
-    private func serve(
-        _ inbound: ConnectionInbound,
-        connection: ClientConnection,
-        handle: ChannelConnectionHandle,
-        writer: ConnectionWriter
-    ) async throws -> Closing? {
-        // This loop is where an idle connection's task waits, for as long as the client stays: its frame
-        // is kept small by doing everything else in functions of their own (not inlined here).
-        var handledSinceYield = 0
-        while let input = try await inbound.next() {
-            if case .packet(let packet) = input,
-                let closing = await process(packet, connection: connection, handle: handle, writer: writer)
-            {
-                return closing
+    ///
+    /// This loop is where an idle connection's task waits, for as long as the client stays, and a task
+    /// keeps the frames of its deepest `await` chain for its whole life: the wait crosses its suspension
+    /// with nothing but references, and the packets are handled in a function of its own.
+    @inline(never)
+    private func serve(_ inbound: ConnectionInbound, _ parts: Parts) async throws -> Closing? {
+        while try await inbound.wait() {
+            if !parts.connection.isConnected {
+                // CONNECT: awaited here, not deeper, so that its wait needs no more frames than the idle one.
+                if let closing = perform(
+                    await startFirst(inbound, parts).value, connection: parts.connection, handle: parts.handle, writer: parts.writer
+                ) {
+                    return closing
+                }
+                parts.writer.drainIfConnected()
+                continue
             }
+            if let closing = await processBuffered(inbound, parts) { return closing }
+        }
+        return nil
+    }
+
+    /// Handles the inputs buffered for the task, yielding the loop to other jobs every
+    /// ``packetsPerYield`` of them. Returns how to close, when the connection is to close.
+    ///
+    /// Most packets are handled without suspending (``step(_:_:)``); the few that may suspend (the first
+    /// CONNECT, a PUBLISH) are taken by functions of their own, so only their chain holds a packet in a frame.
+    @inline(never)
+    private func processBuffered(_ inbound: ConnectionInbound, _ parts: Parts) async -> Closing? {
+        var handledSinceYield = 0
+        while let step = step(inbound, parts) {
+            switch step {
+            case .handled:
+                break
+            case .closing(let closing):
+                return closing
+            case .suspends:
+                let actions: [ClientConnection.Action]
+                if parts.connection.isConnected {
+                    actions = await handleConnected(inbound, parts)
+                } else {
+                    actions = await startFirst(inbound, parts).value
+                }
+                if let closing = perform(actions, connection: parts.connection, handle: parts.handle, writer: parts.writer) {
+                    return closing
+                }
+            }
+            parts.writer.drainIfConnected()
             handledSinceYield += 1
             if handledSinceYield >= Self.packetsPerYield {
                 handledSinceYield = 0
                 await Task.yield()
             }
-            writer.drainIfConnected()
         }
         return nil
     }
 
-    /// Hands one packet to the core and performs its actions. Returns how to close, when the connection is to close.
-    @inline(never)
-    private func process(
-        _ packet: MQTTPacket,
-        connection: ClientConnection,
-        handle: ChannelConnectionHandle,
-        writer: ConnectionWriter
-    ) async -> Closing? {
-        let actions: [ClientConnection.Action]
-        if connection.isConnected {
-            actions = await connection.handle(packet)
-        } else {
-            actions = await handleFirst(packet, connection: writer.connection, channel: handle.channel)
-        }
-        return perform(actions, connection: connection, handle: handle, writer: writer)
+    /// What ``step(_:_:)`` did with the next buffered input.
+    private enum Step {
+        case handled
+        case closing(Closing)
+        /// The input is a packet that may suspend; it is still buffered.
+        case suspends
     }
 
-    /// Handles the packets before CONNECT was accepted (CONNECT itself: authentication, session set-up or
-    /// restore) in a child task. That work goes deepest into async frames, and a task's allocator keeps
-    /// the slabs its deepest chain needed for the task's whole life; a child's are freed when it ends, so
-    /// an idle connection keeps only the frames of its read loop. The child inherits the event-loop
-    /// executor preference and is awaited at once: the connection is never used by two tasks at a time.
+    /// Handles the next buffered input when that needs no suspension. Returns nil when nothing is buffered.
     @inline(never)
-    private func handleFirst(
-        _ packet: MQTTPacket,
-        connection: LoopBoundConnection,
-        channel: any Channel
-    ) async -> [ClientConnection.Action] {
+    private func step(_ inbound: ConnectionInbound, _ parts: Parts) -> Step? {
+        guard let input = inbound.peekBuffered() else { return nil }
+        guard case .packet(let packet) = input else {
+            inbound.dropBuffered()
+            return .handled
+        }
+        guard parts.connection.isConnected, let actions = parts.connection.handleSynchronously(packet) else {
+            return .suspends
+        }
+        inbound.dropBuffered()
+        return perform(actions, connection: parts.connection, handle: parts.handle, writer: parts.writer)
+            .map { .closing($0) } ?? .handled
+    }
+
+    /// Takes the buffered packet of a connected client (a PUBLISH) and hands it to the core.
+    @inline(never)
+    private func handleConnected(_ inbound: ConnectionInbound, _ parts: Parts) async -> [ClientConnection.Action] {
+        guard case .packet(let packet)? = inbound.nextBuffered() else { return [] }
+        return await parts.connection.handleSuspending(packet)
+    }
+
+    /// Takes the buffered packets before CONNECT was accepted (CONNECT itself: authentication, session
+    /// set-up or restore) and starts a task of its own that handles it. That work goes deepest into async
+    /// frames, and a task's allocator keeps the slabs its deepest chain needed for the task's whole life;
+    /// the helper's are freed when it ends, so an idle connection keeps only the frames of its read loop.
+    /// The helper runs on the same event loop and the connection task awaits it at once: the connection is
+    /// never used by two tasks at a time. It is not a child in a task group, whose storage and waiting
+    /// frames would stay in the connection's task.
+    @inline(never)
+    private func startFirst(_ inbound: ConnectionInbound, _ parts: Parts) -> Task<[ClientConnection.Action], Never> {
+        let packet: MQTTPacket
+        if case .packet(let buffered)? = inbound.nextBuffered() { packet = buffered } else { packet = .pingreq }
         let useCertificateCommonName = self.useCertificateCommonName
-        return await withTaskGroup(of: [ClientConnection.Action].self) { group in
-            group.addTask {
-                var packet = packet
-                if useCertificateCommonName, case .connect(var connect) = packet,
-                    let name = await TLSContext.peerCommonName(of: channel)
-                {
-                    connect.username = name
-                    packet = .connect(connect)
-                    // Only a certificate verified against tls.ca_file reaches here (without a CA none is
-                    // requested): it authenticates the client.
-                    connection.value.certificateIdentity = name
-                }
-                return await connection.value.handle(packet)
+        let connection = parts.writer.connection
+        let channel = parts.handle.channel
+        return Task(executorPreference: EventLoopTaskExecutor.of(channel.eventLoop)) {
+            var packet = packet
+            if useCertificateCommonName, case .connect(var connect) = packet,
+                let name = await TLSContext.peerCommonName(of: channel)
+            {
+                connect.username = name
+                packet = .connect(connect)
+                // Only a certificate verified against tls.ca_file reaches here (without a CA none is
+                // requested): it authenticates the client.
+                connection.value.certificateIdentity = name
             }
-            return await group.next() ?? []
+            return await connection.value.handle(packet)
         }
     }
 

@@ -1,3 +1,11 @@
+/// What ``ConnectionTasks/forEach(in:shards:executor:_:)`` runs for each element: a value whose method the
+/// task calls directly. A closure would add its own contexts (the closure's and its partial application's)
+/// between the task's start and its work, and an idle connection's task keeps every frame it waits under.
+protocol ConnectionBody: Sendable {
+    associatedtype Element: Sendable
+    func run(_ element: Element) async
+}
+
 /// Runs one child task per accepted connection, spread over many task groups.
 ///
 /// The Swift runtime unlinks a finished child from its group by walking the group's list of children,
@@ -14,19 +22,19 @@ enum ConnectionTasks {
     /// given to `body` (a NIO child channel that is never run traps when deinitialized).
     /// - Parameter executor: the task executor each element's task prefers (its channel's event loop), set
     ///   when the task is created so that it needs no `withTaskExecutorPreference` frame of its own.
-    static func forEach<Sequence: AsyncSequence>(
+    static func forEach<Sequence: AsyncSequence, Body: ConnectionBody>(
         in sequence: Sequence,
         shards: Int = shards,
         executor: @escaping @Sendable (Sequence.Element) -> (any TaskExecutor)? = { _ in nil },
-        _ body: @escaping @Sendable (Sequence.Element) async -> Void
-    ) async throws where Sequence.Element: Sendable {
+        _ body: Body
+    ) async throws where Body.Element == Sequence.Element {
         let streams = (0..<max(1, shards)).map { _ in AsyncStream<Sequence.Element>.makeStream() }
         let failure: (any Error)? = await withDiscardingTaskGroup { group in
             for (stream, _) in streams {
                 group.addTask {
                     await withDiscardingTaskGroup { children in
                         for await element in stream {
-                            children.addTask(executorPreference: executor(element)) { await body(element) }
+                            children.addTask(executorPreference: executor(element)) { await body.run(element) }
                         }
                     }
                 }

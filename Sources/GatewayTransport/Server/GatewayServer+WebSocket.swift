@@ -10,8 +10,9 @@ import NIOWebSocket
 enum WebSocketRoute: Sendable {
     /// MQTT over WebSocket: the same pipeline tail and connection task as TCP.
     case mqtt(MQTTConnectionChannel)
-    /// The JSON API, with what the upgrade request said about the client.
-    case json(NIOAsyncChannel<JSONAPIInput, ByteBuffer>, JSONAPIRequest)
+    /// The JSON API, with what the upgrade request said about the client. Boxed: the route is small for
+    /// the MQTT connections whose task frame holds it.
+    indirect case json(NIOAsyncChannel<JSONAPIInput, ByteBuffer>, JSONAPIRequest)
     /// The echo endpoint: handled entirely in the pipeline.
     case echo(any Channel)
     /// Not upgraded: ``HTTPRefusalHandler`` answers and closes.
@@ -86,36 +87,72 @@ extension GatewayServer {
         registry: ConnectionRegistry,
         logger: Logger
     ) async {
-        // Until the upgrade is done the connection is only a channel; registering it lets a shutdown
-        // close it too.
-        let token = registry.add(ChannelConnectionHandle(channel: pending.channel))
-        let route: WebSocketRoute
-        do {
-            route = try await pending.route.get()
-        } catch {
-            registry.remove(token)
-            mqttRunner.broker.logLimited(.handshakeFailure, address: pending.channel.remoteAddress?.description) {
-                logger.debug("WebSocket handshake failed", metadata: ["error": "\(error)"])
-            }
+        guard let route = await upgraded(pending, broker: mqttRunner.broker, registry: registry, logger: logger) else {
             return
         }
-        registry.remove(token)
-        switch route {
+        // An MQTT connection's task keeps this frame for the connection's life (see
+        // `MQTTConnectionRunner.run(_:)`): the other endpoints are functions of their own, and the route
+        // ends here.
+        switch consume route {
         case .mqtt(let channel):
             await mqttRunner.run(channel)
         case .json(let channel, let request):
-            let name = useCommonName ? await TLSContext.peerCommonName(of: channel.channel) : nil
-            await jsonRunner.run(channel, request: request, certificateName: name)
+            await runJSON(channel, request: request, runner: jsonRunner, useCommonName: useCommonName)
         case .echo(let channel):
-            let token = registry.add(ChannelConnectionHandle(channel: channel, isWebSocket: true))
-            defer { registry.remove(token) }
-            do {
-                try await channel.closeFuture.get()
-            } catch {
-                logger.debug("echo connection ended with error", metadata: ["error": "\(error)"])
-            }
+            await runEcho(channel, registry: registry, logger: logger)
         case .refused:
             return
+        }
+    }
+
+    /// Waits for the HTTP upgrade. Returns nil when it failed (logged, rate-limited).
+    @inline(never)
+    private static func upgraded(
+        _ pending: PendingWebSocket,
+        broker: Broker,
+        registry: ConnectionRegistry,
+        logger: Logger
+    ) async -> WebSocketRoute? {
+        // Until the upgrade is done the connection is only a channel; registering it lets a shutdown
+        // close it too.
+        let token = registry.add(ChannelConnectionHandle(channel: pending.channel))
+        defer { registry.remove(token) }
+        do {
+            return try await pending.route.get()
+        } catch {
+            handshakeFailed(pending.channel, error: error, broker: broker, logger: logger)
+            return nil
+        }
+    }
+
+    /// Logs a failed upgrade (rate-limited). Not in ``upgraded(_:broker:registry:logger:)``: a log call's
+    /// temporaries would take space in its frame, which a connection's task keeps.
+    @inline(never)
+    private static func handshakeFailed(_ channel: any Channel, error: any Error, broker: Broker, logger: Logger) {
+        broker.logLimited(.handshakeFailure, address: channel.remoteAddress?.description) {
+            logger.debug("WebSocket handshake failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    @inline(never)
+    private static func runJSON(
+        _ channel: NIOAsyncChannel<JSONAPIInput, ByteBuffer>,
+        request: JSONAPIRequest,
+        runner: JSONAPIConnectionRunner,
+        useCommonName: Bool
+    ) async {
+        let name = useCommonName ? await TLSContext.peerCommonName(of: channel.channel) : nil
+        await runner.run(channel, request: request, certificateName: name)
+    }
+
+    @inline(never)
+    private static func runEcho(_ channel: any Channel, registry: ConnectionRegistry, logger: Logger) async {
+        let token = registry.add(ChannelConnectionHandle(channel: channel, isWebSocket: true))
+        defer { registry.remove(token) }
+        do {
+            try await channel.closeFuture.get()
+        } catch {
+            logger.debug("echo connection ended with error", metadata: ["error": "\(error)"])
         }
     }
 }

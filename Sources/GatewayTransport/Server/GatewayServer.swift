@@ -192,17 +192,18 @@ public final class GatewayServer: Service {
                     try await Self.closingOnCancellation(channel.channel, registry: registry) {
                         try await accepted.acceptingThenClosingOrphans {
                             try await channel.executeThenClose { inbound in
-                                try await ConnectionTasks.forEach(in: inbound) { pending in
-                                    accepted.take(pending)
-                                        await Self.runWebSocket(
-                                        pending,
+                                try await ConnectionTasks.forEach(
+                                    in: inbound,
+                                    executor: { EventLoopTaskExecutor.of($0.channel.eventLoop) },
+                                    AcceptedWebSocket(
+                                        accepted: accepted,
                                         mqttRunner: webSocketMQTTRunner,
                                         jsonRunner: jsonRunner,
                                         useCommonName: useCommonName,
                                         registry: registry,
                                         logger: logger
                                     )
-                                }
+                                )
                             }
                         }
                     }
@@ -250,10 +251,11 @@ public final class GatewayServer: Service {
     ) async throws {
         try await accepted.acceptingThenClosingOrphans {
             try await server.executeThenClose { inbound in
-                try await ConnectionTasks.forEach(in: inbound, executor: { EventLoopTaskExecutor.of($0.channel.eventLoop) }) { connection in
-                    accepted.take(connection)
-                    await runner.run(connection)
-                }
+                try await ConnectionTasks.forEach(
+                    in: inbound,
+                    executor: { EventLoopTaskExecutor.of($0.channel.eventLoop) },
+                    AcceptedMQTTConnection(runner: runner, accepted: accepted)
+                )
             }
         }
     }
@@ -310,5 +312,62 @@ public final class GatewayServer: Service {
                     return connection
                 }
             }
+    }
+}
+
+/// An accepted MQTT connection's task (TCP or TLS): taken from the orphan list, then run. A class: the
+/// task's closure and frames hold one reference to it, not a copy (see `MQTTConnectionRunner.run(_:)`).
+private final class AcceptedMQTTConnection: ConnectionBody {
+    let runner: MQTTConnectionRunner
+    let accepted: AcceptedConnections<MQTTConnectionChannel>
+
+    init(runner: MQTTConnectionRunner, accepted: AcceptedConnections<MQTTConnectionChannel>) {
+        self.runner = runner
+        self.accepted = accepted
+    }
+
+    @inline(__always)
+    func run(_ connection: MQTTConnectionChannel) async {
+        accepted.take(connection)
+        await runner.run(connection)
+    }
+}
+
+/// An accepted WebSocket connection's task: taken from the orphan list, then its handshake and endpoint
+/// run on the connection's event loop. A class, like ``AcceptedMQTTConnection``.
+private final class AcceptedWebSocket: ConnectionBody {
+    let accepted: AcceptedConnections<PendingWebSocket>
+    let mqttRunner: MQTTConnectionRunner
+    let jsonRunner: JSONAPIConnectionRunner
+    let useCommonName: Bool
+    let registry: ConnectionRegistry
+    let logger: Logger
+
+    init(
+        accepted: AcceptedConnections<PendingWebSocket>,
+        mqttRunner: MQTTConnectionRunner,
+        jsonRunner: JSONAPIConnectionRunner,
+        useCommonName: Bool,
+        registry: ConnectionRegistry,
+        logger: Logger
+    ) {
+        self.accepted = accepted
+        self.mqttRunner = mqttRunner
+        self.jsonRunner = jsonRunner
+        self.useCommonName = useCommonName
+        self.registry = registry
+        self.logger = logger
+    }
+
+    func run(_ pending: PendingWebSocket) async {
+        accepted.take(pending)
+        await GatewayServer.runWebSocket(
+            pending,
+            mqttRunner: mqttRunner,
+            jsonRunner: jsonRunner,
+            useCommonName: useCommonName,
+            registry: registry,
+            logger: logger
+        )
     }
 }
