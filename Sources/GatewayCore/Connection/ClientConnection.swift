@@ -106,8 +106,7 @@ public final class ClientConnection {
     public func handleSuspending(_ packet: MQTTPacket) async -> [Action] {
         switch packet {
         case .publish(let publish):
-            guard let session else { return protocolViolation("PUBLISH before CONNECT") }
-            return await handlePublish(publish, session: session)
+            return await handlePublish(publish)
         case .connect(let connect) where session == nil:
             return await handleConnect(connect)
         default:
@@ -420,37 +419,89 @@ public final class ClientConnection {
         return copy
     }
 
+    /// What is left of a PUBLISH once it was checked: the waits (session store room, the telemetry queue),
+    /// the routing and the acknowledgement.
+    ///
+    /// PUBLISH is the one packet a connected client's task may suspend in, and a task keeps the frames of
+    /// its deepest chain for its whole life: the checks and the routing are synchronous functions of
+    /// their own, so what the suspending function holds across its waits is this and little more (the
+    /// whole function was a 5.4 KiB frame, which every publishing connection kept).
+    private struct PublishStep {
+        var message: Message
+        /// Set when the message is refused (MQTT 5 says why in the acknowledgement).
+        var failure: MQTTReasonCode?
+        /// False for a QoS 2 retransmission (same id before PUBREL): acknowledged again, not routed.
+        var isNew: Bool
+        /// The acknowledgement's slot, taken at receipt so acknowledgements leave in receive order.
+        var ackSlot: UInt64?
+        var gate: CommitGate?
+        /// The telemetry row, when the topic is stored.
+        var record: TelemetryRecord?
+    }
+
+    /// What ``checkPublish(_:session:)`` decided.
+    private enum PublishCheck {
+        /// Done: these are the actions (a refusal that closes, or nothing while draining).
+        case answered([Action])
+        /// Go on with this.
+        case proceed(PublishStep)
+    }
+
+    /// Handles a PUBLISH of a connected client (what ``handleSuspending(_:)`` does with one, without the
+    /// frame of a whole packet).
     @inline(never)
-    private func handlePublish(_ publish: MQTTPublishPacket, session: Session) async -> [Action] {
+    public func handlePublish(_ publish: MQTTPublishPacket) async -> [Action] {
+        guard let session else { return protocolViolation("PUBLISH before CONNECT") }
+        var step: PublishStep
+        switch checkPublish(publish, session: session) {
+        case .answered(let actions): return actions
+        case .proceed(let checked): step = checked
+        }
+        if step.failure == nil && step.isNew, let journal = broker.journal {
+            // The session store's write-behind queue is over its caps: stop reading this publisher.
+            await journal.waitForRoom()
+        }
+        if let record = step.record, let ingest = broker.ingest {
+            let result = await ingest.submit(record, onCommit: step.gate?.hold())
+            if result == .rejected, let actions = refuseForFullIngest(publish, step: &step, session: session) {
+                return actions
+            }
+        }
+        return routeAndAcknowledge(publish, step: step, session: session)
+    }
+
+    /// The checks of a PUBLISH (topic alias, limits, authorization) and what they decide.
+    @inline(never)
+    private func checkPublish(_ publish: MQTTPublishPacket, session: Session) -> PublishCheck {
         let live = liveCopy()
         if broker.isDraining {
             // Draining: take in nothing new. The PUBLISH is neither routed nor acknowledged, so the
             // client still owns it and will send it again (to us after a restart, or elsewhere).
             logger.trace("ignoring PUBLISH while draining")
-            return []
+            return .answered([])
         }
         var topic = publish.topic
         if version == .v5 {
             if let alias = publish.properties.topicAlias {
                 guard alias <= live.configuration.topicAliasMaximum else {
-                    return disconnectForViolation(.topicAliasInvalid, "topic alias \(alias) above the maximum")
+                    return .answered(disconnectForViolation(.topicAliasInvalid, "topic alias \(alias) above the maximum"))
                 }
                 if topic.isEmpty {
                     guard let known = topicAliases[alias] else {
-                        return disconnectForViolation(.protocolError, "unknown topic alias \(alias)")
+                        return .answered(disconnectForViolation(.protocolError, "unknown topic alias \(alias)"))
                     }
                     topic = known
                 } else {
                     topicAliases[alias] = topic
                 }
             } else if topic.isEmpty {
-                return disconnectForViolation(.protocolError, "empty topic without a topic alias")
+                return .answered(disconnectForViolation(.protocolError, "empty topic without a topic alias"))
             }
             if publish.qos.rawValue > live.configuration.maxQoS {
-                return disconnectForViolation(.qosNotSupported, "PUBLISH QoS \(publish.qos.rawValue) above the maximum")
+                return .answered(disconnectForViolation(.qosNotSupported, "PUBLISH QoS \(publish.qos.rawValue) above the maximum"))
             }
             if publish.retain && !live.configuration.retainAvailable {
-                return disconnectForViolation(.retainNotSupported, "retained PUBLISH but retain is not available")
+                return .answered(disconnectForViolation(.retainNotSupported, "retained PUBLISH but retain is not available"))
             }
         }
         // Receive Maximum (MQTT 5 section 4.9) counts QoS 1 PUBLISHes not yet answered with PUBACK and QoS 2
@@ -461,9 +512,11 @@ public final class ClientConnection {
         if publish.qos != .atMostOnce && version == .v5
             && max(session.inboundQoS2Count, acks.count) >= live.configuration.receiveMaximum
         {
-            return disconnectForViolation(
-                .receiveMaximumExceeded,
-                "more than \(live.configuration.receiveMaximum) QoS 1 and 2 messages unacknowledged"
+            return .answered(
+                disconnectForViolation(
+                    .receiveMaximumExceeded,
+                    "more than \(live.configuration.receiveMaximum) QoS 1 and 2 messages unacknowledged"
+                )
             )
         }
         broker.metrics.messageReceived(qos: publish.qos, bytes: publish.payload.readableBytes)
@@ -482,9 +535,6 @@ public final class ClientConnection {
             failure = .notAuthorized
         }
 
-        var matched = 0
-        /// A new QoS 2 message that was routed: its packet id is stored before PUBREC (``Session/storeInboundQoS2``).
-        var routedQoS2 = false
         let payload = publish.payload.compacted()
         // The acknowledgement's slot is taken now, so acknowledgements leave in receive order even when
         // this one waits for a storage commit.
@@ -492,81 +542,88 @@ public final class ClientConnection {
         // With `ack: persisted` the acknowledgement waits for every commit the message causes: its
         // telemetry row and each copy stored for a persistent session (and a retained change).
         var gate: CommitGate?
-        if broker.acknowledgesAfterCommit, let slot = ackSlot {
+        if failure == nil, broker.acknowledgesAfterCommit, let slot = ackSlot {
             let acks = self.acks
             let handle = self.handle
             gate = CommitGate {
                 if acks.complete(slot) { handle.deliveryAvailable() }
             }
         }
-        if failure == nil {
-            var properties = publish.properties
-            // Each assignment rebuilds the list: only when there is something to remove.
-            if properties.topicAlias != nil { properties.topicAlias = nil }
-            if !properties.subscriptionIdentifiers.isEmpty { properties.subscriptionIdentifiers = [] }
-            let now = clock.now
-            let message = Message(
+        var properties = publish.properties
+        // Each assignment rebuilds the list: only when there is something to remove.
+        if properties.topicAlias != nil { properties.topicAlias = nil }
+        if !properties.subscriptionIdentifiers.isEmpty { properties.subscriptionIdentifiers = [] }
+        let now = clock.now
+        let message = Message(
+            topic: topic,
+            payload: payload,
+            qos: publish.qos,
+            retain: publish.retain && live.configuration.retainAvailable,
+            properties: properties,
+            publisherClientID: session.clientID,
+            expiresAt: publish.properties.messageExpiryInterval.map { now.advanced(by: .seconds(Int64($0))) }
+        )
+        // Route (and store) on first receipt only; a QoS 2 retransmission (same id before PUBREL)
+        // is just acknowledged again.
+        let isNew = failure == nil
+            && (publish.qos != .exactlyOnce || session.receivedQoS2(packetID: publish.packetIdentifier!, dup: publish.dup))
+        var record: TelemetryRecord?
+        if isNew, let ingest = broker.ingest, ingest.stores(topic: topic) {
+            record = TelemetryRecord(
+                receivedAt: WallClock.millisecondsSinceEpoch(),
+                clientID: session.clientID,
                 topic: topic,
-                payload: payload,
                 qos: publish.qos,
-                retain: publish.retain && live.configuration.retainAvailable,
-                properties: properties,
-                publisherClientID: session.clientID,
-                expiresAt: publish.properties.messageExpiryInterval.map { now.advanced(by: .seconds(Int64($0))) }
+                retain: publish.retain,
+                payload: payload,
+                properties: version == .v5 && !properties.isEmpty ? Self.encoded(properties) : nil
             )
-            // Route (and store) on first receipt only; a QoS 2 retransmission (same id before PUBREL)
-            // is just acknowledged again.
-            let isNew = publish.qos != .exactlyOnce || session.receivedQoS2(packetID: publish.packetIdentifier!, dup: publish.dup)
-            var accepted = true
-            if isNew, let journal = broker.journal {
-                // The session store's write-behind queue is over its caps: stop reading this publisher.
-                await journal.waitForRoom()
-            }
-            if isNew, let ingest = broker.ingest, ingest.stores(topic: topic) {
-                let record = TelemetryRecord(
-                    receivedAt: WallClock.millisecondsSinceEpoch(),
-                    clientID: session.clientID,
-                    topic: topic,
-                    qos: publish.qos,
-                    retain: publish.retain,
-                    payload: payload,
-                    properties: version == .v5 && !properties.isEmpty ? Self.encoded(properties) : nil
-                )
-                let result = await ingest.submit(record, onCommit: gate?.hold())
-                if result == .rejected {
-                    if publish.qos != .atMostOnce {
-                        accepted = false
-                        failure = .quotaExceeded
-                        if version == .v3_1_1 {
-                            // 3.1.1 cannot refuse a message; the publisher is disconnected instead and
-                            // will send it again when it reconnects (nothing was acknowledged).
-                            _ = session.releasedQoS2(packetID: publish.packetIdentifier!)
-                            logger.notice("ingest queue full: disconnecting publisher (overflow: reject)")
-                            broker.metrics.disconnected(.slowConsumer)
-                            return [.close]
-                        }
-                    }
-                }
-            }
-            if accepted {
-                matched = isNew ? broker.publish(message, onPersisted: gate, throttle: throttle) : 1
-                routedQoS2 = isNew && publish.qos == .exactlyOnce
-            } else {
-                gate = nil
-            }
+        }
+        return .proceed(PublishStep(message: message, failure: failure, isNew: isNew, ackSlot: ackSlot, gate: gate, record: record))
+    }
+
+    /// The telemetry queue refused a message (`storage.queue.overflow: reject`). Returns the actions
+    /// when the publisher is disconnected (MQTT 3.1.1 cannot refuse a message); otherwise `step` carries
+    /// the refusal to the acknowledgement.
+    @inline(never)
+    private func refuseForFullIngest(_ publish: MQTTPublishPacket, step: inout PublishStep, session: Session) -> [Action]? {
+        guard publish.qos != .atMostOnce else { return nil }
+        step.failure = .quotaExceeded
+        step.gate = nil
+        if version == .v3_1_1 {
+            // 3.1.1 cannot refuse a message; the publisher is disconnected instead and will send it again
+            // when it reconnects (nothing was acknowledged).
+            _ = session.releasedQoS2(packetID: publish.packetIdentifier!)
+            logger.notice("ingest queue full: disconnecting publisher (overflow: reject)")
+            broker.metrics.disconnected(.slowConsumer)
+            return [.close]
+        }
+        return nil
+    }
+
+    /// Routes an accepted message and acknowledges the PUBLISH (at once, or through the commit gate).
+    @inline(never)
+    private func routeAndAcknowledge(_ publish: MQTTPublishPacket, step: PublishStep, session: Session) -> [Action] {
+        var matched = 0
+        /// A new QoS 2 message that was routed: its packet id is stored before PUBREC (``Session/storeInboundQoS2``).
+        var routedQoS2 = false
+        var gate = step.gate
+        if step.failure == nil {
+            matched = step.isNew ? broker.publish(step.message, onPersisted: gate, throttle: throttle) : 1
+            routedQoS2 = step.isNew && publish.qos == .exactlyOnce
         } else {
             gate = nil
         }
         // MQTT 3.1.1 has no negative acknowledgement: a refused message is acknowledged and dropped
         // (section 3.3.5); MQTT 5 says why in the reason code.
         let code: MQTTReasonCode =
-            version == .v5 ? (failure ?? (matched == 0 ? .noMatchingSubscribers : .success)) : .success
-        guard let ackSlot, let packetID = publish.packetIdentifier else { return [] }
+            version == .v5 ? (step.failure ?? (matched == 0 ? .noMatchingSubscribers : .success)) : .success
+        guard let ackSlot = step.ackSlot, let packetID = publish.packetIdentifier else { return [] }
         let ack: MQTTPacket
         if publish.qos == .atLeastOnce {
             ack = .puback(MQTTAckPacket(packetIdentifier: packetID, reasonCode: code))
         } else {
-            if failure != nil {
+            if step.failure != nil {
                 // A failed PUBREC ends the exchange: forget the id so a new message may reuse it.
                 _ = session.releasedQoS2(packetID: packetID)
             }

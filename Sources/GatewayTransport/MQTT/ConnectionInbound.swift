@@ -9,7 +9,10 @@ enum ConnectionInput: Sendable {
 }
 
 /// What an MQTT connection's task awaits: the next decoded packet, or `writable` when its socket can take
-/// writes again. A lighter bridge between the pipeline and the task than `NIOAsyncChannel`'s inbound stream.
+/// writes again. A lighter bridge between the pipeline and the task than `NIOAsyncChannel`'s inbound stream,
+/// and the connection's packet decoder (``MQTTPacketParser``) as well: a `ByteToMessageHandler` in front of
+/// it cost every connection about 500 bytes (the handler, two ring buffers and a pipeline context) and
+/// every packet a pipeline hop. Bytes of a packet not yet whole are the only bytes it keeps.
 ///
 /// An idle connection's task sits in ``wait()`` for hours, and a task keeps the async frames its deepest
 /// suspension needed: NIO's generic producer (`NIOThrowingAsyncSequenceProducer`) cost about 3 KiB of
@@ -27,7 +30,7 @@ enum ConnectionInput: Sendable {
 /// callbacks by NIO's rules, ``wait()`` and the buffer's accessors because the task is pinned there (checked in debug builds) — so
 /// the state below is only ever touched by that one thread.
 final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
-    typealias InboundIn = MQTTPacket
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = Any
 
     /// Inputs buffered for the task before the socket stops being read.
@@ -40,6 +43,11 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     private var waiting: UnsafeContinuation<Void, any Error>?
     private var failure: (any Error)?
     private var finished = false
+    private var parser: MQTTPacketParser
+    /// The start of a packet whose rest has not arrived (nil when none: an idle connection keeps no bytes).
+    private var partial: ByteBuffer?
+    /// Set once the stream failed to decode: nothing after the error is read as packets.
+    private var decodingFailed = false
     private var heldRead = false
     /// Set for a lingering close: what arrives is dropped and reading goes on.
     private var discarding = false
@@ -47,17 +55,22 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     /// waiting for the task (which may be waiting for a storage commit).
     var onWritable: (() -> Void)?
 
-    init(eventLoop: any EventLoop) {
+    init(eventLoop: any EventLoop, parser: MQTTPacketParser) {
         self.eventLoop = eventLoop
+        self.parser = parser
     }
 
     private var buffered: Int { buffer.count - head }
+
+    /// The storage held for a packet not yet whole, in bytes (0: none).
+    var partialCapacity: Int { partial?.storageCapacity ?? 0 }
 
     /// Drops what is buffered and everything that arrives from now on, and keeps reading (a lingering
     /// close reads the client's input until it closes, so that closing does not reset the connection).
     func discardInput() {
         eventLoop.assertInEventLoop()
         discarding = true
+        partial = nil
         buffer.removeAll()
         head = 0
         if heldRead, let context {
@@ -80,6 +93,8 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
             throw failure
         }
         if finished { return false }
+        // Nothing is buffered: an idle connection keeps no buffer storage.
+        buffer = []
         try await withUnsafeThrowingContinuation { continuation in
             waiting = continuation
         }
@@ -90,6 +105,14 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     func nextBuffered() -> ConnectionInput? {
         eventLoop.assertInEventLoop()
         return take()
+    }
+
+    /// The next buffered input when it is a PUBLISH (taken), nil otherwise (left in the buffer).
+    func nextBufferedPublish() -> MQTTPublishPacket? {
+        eventLoop.assertInEventLoop()
+        guard head < buffer.count, case .packet(.publish(let publish)) = buffer[head] else { return nil }
+        _ = take()
+        return publish
     }
 
     /// The next buffered input, left in the buffer; nil when none is. Call from the connection task only.
@@ -154,8 +177,35 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !discarding else { return }
-        deliver(.packet(unwrapInboundIn(data)))
+        guard !discarding, !decodingFailed else { return }
+        var bytes = unwrapInboundIn(data)
+        if var partial {
+            self.partial = nil
+            partial.writeBuffer(&bytes)
+            bytes = partial
+        }
+        do {
+            while let packet = try parser.next(&bytes) {
+                deliver(.packet(packet))
+            }
+        } catch {
+            // The packets before the error reach the task first, then the error (answered with the
+            // reason code it carries, and the connection closes).
+            decodingFailed = true
+            fail(error)
+            return
+        }
+        guard bytes.readableBytes > 0 else { return }
+        if bytes.readerIndex == 0 {
+            // Only the start of one packet so far: keep it (appended to in place while it is ours alone).
+            partial = bytes
+        } else {
+            // Packets were taken from the front: keep only the unread rest, in storage of its own. Kept
+            // in place, a buffer appended to at the back and read at the front would never shrink.
+            var rest = context.channel.allocator.buffer(capacity: bytes.readableBytes)
+            rest.writeImmutableBuffer(bytes)
+            partial = rest
+        }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -167,6 +217,10 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        fail(error)
+    }
+
+    private func fail(_ error: any Error) {
         if failure == nil && !finished { failure = error }
         deliverEnd()
     }

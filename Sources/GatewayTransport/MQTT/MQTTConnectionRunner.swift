@@ -266,9 +266,18 @@ struct MQTTConnectionRunner: Sendable {
             .map { .closing($0) } ?? .handled
     }
 
-    /// Takes the buffered packet of a connected client (a PUBLISH) and hands it to the core.
+    /// Takes the buffered packet of a connected client that may suspend (a PUBLISH) and hands it to the
+    /// core. A publishing connection keeps this chain's frames: only the PUBLISH crosses the suspension.
     @inline(never)
     private func handleConnected(_ inbound: ConnectionInbound, _ parts: Parts) async -> [ClientConnection.Action] {
+        if let publish = inbound.nextBufferedPublish() {
+            return await parts.connection.handlePublish(publish)
+        }
+        return await handleOther(inbound, parts)
+    }
+
+    @inline(never)
+    private func handleOther(_ inbound: ConnectionInbound, _ parts: Parts) async -> [ClientConnection.Action] {
         guard case .packet(let packet)? = inbound.nextBuffered() else { return [] }
         return await parts.connection.handleSuspending(packet)
     }

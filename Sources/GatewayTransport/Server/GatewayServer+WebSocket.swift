@@ -266,8 +266,7 @@ struct WebSocketPipeline: Sendable {
         case .mqtt:
             try sync.addHandler(protocolHandler(.mqttStream))
             try sync.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
-            try sync.addHandler(ByteToMessageHandler(MQTTPacketDecoder(parser: MQTTPacketParser(maximumPacketSize: maxPacketSize))))
-            let inbound = ConnectionInbound(eventLoop: channel.eventLoop)
+            let inbound = ConnectionInbound(eventLoop: channel.eventLoop, parser: MQTTPacketParser(maximumPacketSize: maxPacketSize))
             try sync.addHandler(inbound)
             return .mqtt(MQTTConnectionChannel(channel: channel, inbound: inbound))
         case .json:

@@ -302,10 +302,10 @@ public final class GatewayServer: Service {
                         try tls.addServerHandlers(to: channel.pipeline.syncOperations)
                     }
                     try channel.pipeline.syncOperations.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
-                    try channel.pipeline.syncOperations.addHandler(
-                        ByteToMessageHandler(MQTTPacketDecoder(parser: MQTTPacketParser(maximumPacketSize: maxPacketSize)))
+                    let inbound = ConnectionInbound(
+                        eventLoop: channel.eventLoop,
+                        parser: MQTTPacketParser(maximumPacketSize: maxPacketSize)
                     )
-                    let inbound = ConnectionInbound(eventLoop: channel.eventLoop)
                     try channel.pipeline.syncOperations.addHandler(inbound)
                     let connection = MQTTConnectionChannel(channel: channel, inbound: inbound)
                     accepted.accepted(connection)

@@ -7,9 +7,9 @@ import NIOWebSocket
 /// handshake, failing the connection with a close code).
 ///
 /// Above it the pipeline sees plain `ByteBuffer`s both ways: for MQTT over WebSocket the binary byte
-/// stream that feeds the same `MQTTPacketDecoder` as TCP, for the JSON API whole text messages. Closing
-/// the channel from above (the connection task ending, or ``ChannelConnectionHandle``) starts the close
-/// handshake instead of dropping the socket: a close frame (1000, or the code a preceding
+/// stream that feeds the same packet decoder (`ConnectionInbound`) as TCP, for the JSON API whole text
+/// messages. Closing the channel from above (the connection task ending, or ``ChannelConnectionHandle``)
+/// starts the close handshake instead of dropping the socket: a close frame (1000, or the code a preceding
 /// ``CloseRequest`` asked for: 1001 on shutdown), then the TCP close once the peer answers or after
 /// ``closeTimeout``.
 ///
