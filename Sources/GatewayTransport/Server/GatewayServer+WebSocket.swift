@@ -57,7 +57,7 @@ extension GatewayServer {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
+            .childChannelOption(.recvAllocator, value: GatewayServer.receiveAllocator)
             .bind(host: listener.host, port: listener.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
@@ -116,21 +116,35 @@ extension GatewayServer {
         // Until the upgrade is done the connection is only a channel; registering it lets a shutdown
         // close it too.
         let token = registry.add(ChannelConnectionHandle(channel: pending.channel))
-        defer { registry.remove(token) }
-        do {
-            return try await pending.route.get()
-        } catch {
-            handshakeFailed(pending.channel, error: error, broker: broker, logger: logger)
-            return nil
+        // Awaited through a continuation, not `EventLoopFuture.get()`: its frames would be the deepest an
+        // MQTT-over-WebSocket connection's task ever needs (see `MQTTConnectionRunner.run(_:)`).
+        let result = await withUnsafeContinuation { continuation in
+            pending.route.whenComplete { continuation.resume(returning: $0) }
         }
+        return upgradeEnded(result, channel: pending.channel, token: token, broker: broker, registry: registry, logger: logger)
     }
 
-    /// Logs a failed upgrade (rate-limited). Not in ``upgraded(_:broker:registry:logger:)``: a log call's
-    /// temporaries would take space in its frame, which a connection's task keeps.
+    /// Unregisters the pending connection and returns its route, or logs a failed upgrade (rate-limited)
+    /// and returns nil. Synchronous: a log call's temporaries would take space in the frame of
+    /// ``upgraded(_:broker:registry:logger:)``.
     @inline(never)
-    private static func handshakeFailed(_ channel: any Channel, error: any Error, broker: Broker, logger: Logger) {
-        broker.logLimited(.handshakeFailure, address: channel.remoteAddress?.description) {
-            logger.debug("WebSocket handshake failed", metadata: ["error": "\(error)"])
+    private static func upgradeEnded(
+        _ result: Result<WebSocketRoute, any Error>,
+        channel: any Channel,
+        token: UInt64,
+        broker: Broker,
+        registry: ConnectionRegistry,
+        logger: Logger
+    ) -> WebSocketRoute? {
+        registry.remove(token)
+        switch result {
+        case .success(let route):
+            return route
+        case .failure(let error):
+            broker.logLimited(.handshakeFailure, address: channel.remoteAddress?.description) {
+                logger.debug("WebSocket handshake failed", metadata: ["error": "\(error)"])
+            }
+            return nil
         }
     }
 

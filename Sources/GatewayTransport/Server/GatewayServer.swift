@@ -283,6 +283,13 @@ public final class GatewayServer: Service {
         registry.closeAll(reason: .serverShuttingDown)
     }
 
+    /// How much a connection's socket reads at a time. NIO keeps each channel's last read buffer for the
+    /// next read, so the starting size is what every idle connection holds: 128 bytes fit a typical CONNECT
+    /// and its keep-alive traffic (512 cost 0.38 KiB more per idle connection, measured with 19,000); a
+    /// read that fills the buffer grows the next one, so a busy publisher is read in large reads after its
+    /// first few.
+    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65536)
+
     private func bindMQTT(
         _ listener: ListenerConfiguration,
         tls: TLSContext?,
@@ -295,7 +302,7 @@ public final class GatewayServer: Service {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
+            .childChannelOption(.recvAllocator, value: GatewayServer.receiveAllocator)
             .bind(host: listener.host, port: listener.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tls {
