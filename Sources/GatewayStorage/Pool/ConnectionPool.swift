@@ -150,7 +150,27 @@ public final class ConnectionPool<Connection: Sendable>: Sendable {
         }
     }
 
-    /// Takes every connection out of the pool for closing; waiting callers fail.
+    /// Closes the pool: waiting callers fail, nothing is lent again, and every connection is handed to
+    /// `closeConnection` — the idle ones at once, the ones lent out when they come back (a service still
+    /// running a query while another closes the database, as when a failed start cancels them all).
+    /// Returns how many were still lent out after `timeout` (0 normally); those are not closed.
+    public func close(waitingAtMost timeout: Duration, _ closeConnection: (Connection) async -> Void) async -> Int {
+        for connection in drain() { await closeConnection(connection) }
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while true {
+            let (returned, lent) = state.withLock { state in (state.idle.popFirst(), state.inUse) }
+            if let returned {
+                await closeConnection(returned)
+                continue
+            }
+            if lent == 0 || ContinuousClock.now >= deadline { return lent }
+            // Rare (only a close racing a query) and short: look again shortly.
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
+    /// Takes every connection out of the pool for closing; waiting callers fail. A connection lent out
+    /// comes back into the closed pool, for ``close(waitingAtMost:_:)``.
     public func drain() -> [Connection] {
         let (connections, waiters) = state.withLock { state -> ([Connection], [CheckedContinuation<Connection?, Never>]) in
             state.closed = true

@@ -3,6 +3,7 @@ public import Logging
 import NIOCore
 import NIOPosix
 import SQLiteNIO
+import Synchronization
 
 /// The embedded default backend: SQLite in WAL mode, under the configured data directory.
 ///
@@ -35,6 +36,8 @@ public final class SQLiteBackend: SQLDatabase {
     /// Telemetry's own connection and thread (``SQLiteTelemetryWriter``): one of the `pool.size`
     /// connections when there are at least two; with one, telemetry shares it (the generic path).
     let telemetryWriter: SQLiteTelemetryWriter?
+    /// The close in progress or done (``close()``).
+    private let closingTask = Mutex<Task<Void, Never>?>(nil)
 
     public var dialect: SQLDialect { .sqlite }
     public var poolSize: Int { pool.size + (telemetryWriter == nil ? 0 : 1) }
@@ -116,11 +119,30 @@ public final class SQLiteBackend: SQLDatabase {
         }
     }
 
-    /// Closes every connection and stops the thread pools.
+    /// Closes every connection and stops the thread pools. Safe to call more than once and from several
+    /// tasks: the first call closes, the others wait for it (a second close stopping the thread pool
+    /// under the first left connections open).
     public func close() async {
+        let closing = closingTask.withLock { task in
+            if let task { return task }
+            let started = Task { await self.closeOnce() }
+            task = started
+            return started
+        }
+        await closing.value
+    }
+
+    private func closeOnce() async {
         await telemetryWriter?.close()
-        for connection in pool.drain() {
-            try? await connection.close()
+        let abandoned = await pool.close(waitingAtMost: .seconds(5)) { connection in
+            do {
+                try await connection.close()
+            } catch {
+                logger.warning("closing a database connection failed", metadata: ["error": "\(error)"])
+            }
+        }
+        if abandoned > 0 {
+            logger.warning("database connections still in use at close", metadata: ["iotgw.db.connections": "\(abandoned)"])
         }
         try? await threadPool.shutdownGracefully()
     }
