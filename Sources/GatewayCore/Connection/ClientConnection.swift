@@ -136,7 +136,9 @@ public final class ClientConnection {
         case .connect:
             return protocolViolation("second CONNECT")
         case .publish:
-            preconditionFailure("PUBLISH is handled by handlePublish")
+            // Never reached: handleSynchronously leaves PUBLISH to handlePublish.
+            assertionFailure("PUBLISH is handled by handlePublish")
+            return []
         case .puback(let ack):
             if !session.acknowledge(puback: ack.packetIdentifier) {
                 logger.debug("PUBACK for unknown packet id", metadata: ["mqtt.packet.id": "\(ack.packetIdentifier)"])

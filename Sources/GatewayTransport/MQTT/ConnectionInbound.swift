@@ -131,7 +131,8 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
         let input = buffer[head]
         head += 1
         if head == buffer.count {
-            // Emptied: start over without giving the storage back (it is at most highWatermark long).
+            // Emptied: start over, keeping the storage for the rest of this burst (``wait()`` gives it
+            // back if the task then has to wait).
             buffer.removeAll(keepingCapacity: true)
             head = 0
         }

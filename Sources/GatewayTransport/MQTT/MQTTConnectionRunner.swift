@@ -28,8 +28,8 @@ struct MQTTConnectionRunner: Sendable {
     /// Runs the connection until it closes.
     ///
     /// # Frames
-    /// A task allocates the frames of its async calls from slabs it keeps until it ends: the first slab
-    /// holds 1,000 bytes, and every slab the deepest `await` chain ever needed stays with the connection.
+    /// A task allocates the frames of its async calls from slabs it keeps until it ends: a slab holds
+    /// 984 bytes, and every slab the deepest `await` chain ever needed stays with the connection.
     /// The chain an idle connection waits in (the task's start, this function, ``serve(_:_:)`` and
     /// `ConnectionInbound.wait()`) and the one CONNECT is awaited in are kept within that first slab: this
     /// function and ``runOnEventLoop(_:)`` are inlined into the task's closure, no packet crosses a
@@ -194,9 +194,8 @@ struct MQTTConnectionRunner: Sendable {
         while try await inbound.wait() {
             if !parts.connection.isConnected {
                 // CONNECT: awaited here, not deeper, so that its wait needs no more frames than the idle one.
-                if let closing = perform(
-                    await startFirst(inbound, parts).value, connection: parts.connection, handle: parts.handle, writer: parts.writer
-                ) {
+                guard let first = startFirst(inbound, parts) else { continue }
+                if let closing = perform(await first.value, connection: parts.connection, handle: parts.handle, writer: parts.writer) {
                     return closing
                 }
                 parts.writer.drainIfConnected()
@@ -225,8 +224,10 @@ struct MQTTConnectionRunner: Sendable {
                 let actions: [ClientConnection.Action]
                 if parts.connection.isConnected {
                     actions = await handleConnected(inbound, parts)
+                } else if let first = startFirst(inbound, parts) {
+                    actions = await first.value
                 } else {
-                    actions = await startFirst(inbound, parts).value
+                    actions = []
                 }
                 if let closing = perform(actions, connection: parts.connection, handle: parts.handle, writer: parts.writer) {
                     return closing
@@ -282,17 +283,17 @@ struct MQTTConnectionRunner: Sendable {
         return await parts.connection.handleSuspending(packet)
     }
 
-    /// Takes the buffered packets before CONNECT was accepted (CONNECT itself: authentication, session
-    /// set-up or restore) and starts a task of its own that handles it. That work goes deepest into async
-    /// frames, and a task's allocator keeps the slabs its deepest chain needed for the task's whole life;
-    /// the helper's are freed when it ends, so an idle connection keeps only the frames of its read loop.
-    /// The helper runs on the same event loop and the connection task awaits it at once: the connection is
-    /// never used by two tasks at a time. It is not a child in a task group, whose storage and waiting
-    /// frames would stay in the connection's task.
+    /// Takes the buffered packet before CONNECT was accepted (CONNECT itself: authentication, session
+    /// set-up or restore) and starts a task of its own that handles it; nil when the input was no packet.
+    /// That work goes deepest into async frames, and a task's allocator keeps the slabs its deepest chain
+    /// needed for the task's whole life; the helper's are freed when it ends, so an idle connection keeps
+    /// only the frames of its read loop. The helper runs on the same event loop and the connection task
+    /// awaits it at once: the connection is never used by two tasks at a time. It is not a child in a
+    /// task group, whose storage and waiting frames would stay in the connection's task.
     @inline(never)
-    private func startFirst(_ inbound: ConnectionInbound, _ parts: Parts) -> Task<[ClientConnection.Action], Never> {
-        let packet: MQTTPacket
-        if case .packet(let buffered)? = inbound.nextBuffered() { packet = buffered } else { packet = .pingreq }
+    private func startFirst(_ inbound: ConnectionInbound, _ parts: Parts) -> Task<[ClientConnection.Action], Never>? {
+        // Anything else buffered (a `writable` once the channel has gone) is nothing to answer.
+        guard case .packet(let packet)? = inbound.nextBuffered() else { return nil }
         let useCertificateCommonName = self.useCertificateCommonName
         let connection = parts.writer.connection
         let channel = parts.handle.channel
