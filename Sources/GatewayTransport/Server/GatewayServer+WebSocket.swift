@@ -90,12 +90,28 @@ extension GatewayServer {
         guard let route = await upgraded(pending, broker: mqttRunner.broker, registry: registry, logger: logger) else {
             return
         }
-        // An MQTT connection's task keeps this frame for the connection's life (see
-        // `MQTTConnectionRunner.run(_:)`): the other endpoints are functions of their own, and the route
-        // ends here.
-        switch consume route {
-        case .mqtt(let channel):
+        // An MQTT connection's task keeps its deepest chain of frames for its life (see
+        // `MQTTConnectionRunner.run(_:)`): the MQTT endpoint runs right here, the others in a function of
+        // their own.
+        if case .mqtt(let channel) = route {
             await mqttRunner.run(channel)
+        } else {
+            await runOtherRoute(route, jsonRunner: jsonRunner, useCommonName: useCommonName, registry: registry, logger: logger)
+        }
+    }
+
+    /// Runs the JSON API or echo endpoint the upgrade reached.
+    @inline(never)
+    private static func runOtherRoute(
+        _ route: WebSocketRoute,
+        jsonRunner: JSONAPIConnectionRunner,
+        useCommonName: Bool,
+        registry: ConnectionRegistry,
+        logger: Logger
+    ) async {
+        switch route {
+        case .mqtt:
+            assertionFailure("the MQTT endpoint runs in runWebSocket")
         case .json(let channel, let request):
             await runJSON(channel, request: request, runner: jsonRunner, useCommonName: useCommonName)
         case .echo(let channel):
