@@ -27,8 +27,8 @@ enum ConnectionInput: Sendable {
 /// # Thread safety
 /// `@unchecked Sendable`: it is handed from the channel initializer to the connection task, which runs
 /// on the channel's event loop (``EventLoopTaskExecutor``). Every method runs on that loop — the handler
-/// callbacks by NIO's rules, ``wait()`` and the buffer's accessors because the task is pinned there (checked in debug builds) — so
-/// the state below is only ever touched by that one thread.
+/// callbacks by NIO's rules, ``wait()`` and the buffer's accessors because the task is pinned there
+/// (checked in debug builds) — so the state below is only ever touched by that one thread.
 final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = Any
@@ -109,9 +109,8 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
 
     /// The next buffered input when it is a PUBLISH (taken), nil otherwise (left in the buffer).
     func nextBufferedPublish() -> MQTTPublishPacket? {
-        eventLoop.assertInEventLoop()
-        guard head < buffer.count, case .packet(.publish(let publish)) = buffer[head] else { return nil }
-        _ = take()
+        guard case .packet(.publish(let publish))? = peekBuffered() else { return nil }
+        dropBuffered()
         return publish
     }
 

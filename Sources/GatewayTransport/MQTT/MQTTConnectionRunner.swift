@@ -209,8 +209,9 @@ struct MQTTConnectionRunner: Sendable {
     /// Handles the inputs buffered for the task, yielding the loop to other jobs every
     /// ``packetsPerYield`` of them. Returns how to close, when the connection is to close.
     ///
-    /// Most packets are handled without suspending (``step(_:_:)``); the few that may suspend (the first
-    /// CONNECT, a PUBLISH) are taken by functions of their own, so only their chain holds a packet in a frame.
+    /// Called once CONNECT was accepted (``serve(_:_:)`` handles CONNECT). Most packets are handled without
+    /// suspending (``step(_:_:)``); a PUBLISH, which may suspend, is taken by a function of its own, so
+    /// only its chain holds a packet in a frame.
     @inline(never)
     private func processBuffered(_ inbound: ConnectionInbound, _ parts: Parts) async -> Closing? {
         var handledSinceYield = 0
@@ -221,14 +222,7 @@ struct MQTTConnectionRunner: Sendable {
             case .closing(let closing):
                 return closing
             case .suspends:
-                let actions: [ClientConnection.Action]
-                if parts.connection.isConnected {
-                    actions = await handleConnected(inbound, parts)
-                } else if let first = startFirst(inbound, parts) {
-                    actions = await first.value
-                } else {
-                    actions = []
-                }
+                let actions = await handleConnected(inbound, parts)
                 if let closing = perform(actions, connection: parts.connection, handle: parts.handle, writer: parts.writer) {
                     return closing
                 }
@@ -259,7 +253,7 @@ struct MQTTConnectionRunner: Sendable {
             inbound.dropBuffered()
             return .handled
         }
-        guard parts.connection.isConnected, let actions = parts.connection.handleSynchronously(packet) else {
+        guard let actions = parts.connection.handleSynchronously(packet) else {
             return .suspends
         }
         inbound.dropBuffered()
