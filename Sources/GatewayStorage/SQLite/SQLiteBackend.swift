@@ -83,7 +83,7 @@ public final class SQLiteBackend: SQLDatabase {
         do {
             try await SQLMigrations.apply(to: MigrationDatabase(pool: pool), logger: logger)
         } catch {
-            for connection in pool.drain() { try? await connection.close() }
+            _ = await pool.close(waitingAtMost: .zero) { try? await $0.close() }
             try? await threadPool.shutdownGracefully()
             throw error
         }
@@ -93,7 +93,7 @@ public final class SQLiteBackend: SQLDatabase {
                 writer = try await SQLiteTelemetryWriter.open(path: configuration.path, synchronous: configuration.synchronous)
             }
         } catch {
-            for connection in pool.drain() { try? await connection.close() }
+            _ = await pool.close(waitingAtMost: .zero) { try? await $0.close() }
             try? await threadPool.shutdownGracefully()
             throw error
         }
