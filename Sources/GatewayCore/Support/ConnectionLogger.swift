@@ -85,15 +85,4 @@ public struct ConnectionLogger: Sendable {
     ) {
         log(level: .notice, message(), metadata: metadata(), file: file, function: function, line: line)
     }
-
-    @inlinable
-    public func warning(
-        _ message: @autoclosure () -> Logger.Message,
-        metadata: @autoclosure () -> Logger.Metadata? = nil,
-        file: String = #fileID,
-        function: String = #function,
-        line: UInt = #line
-    ) {
-        log(level: .warning, message(), metadata: metadata(), file: file, function: function, line: line)
-    }
 }
