@@ -44,6 +44,9 @@ public final class ClientConnection {
     /// copied again only after a change (``Broker/liveGeneration``), so a PUBLISH takes neither of their
     /// locks. Nil until the first PUBLISH: an idle connection carries no copy.
     private var live: LiveCopy?
+    /// The subscribers this client's last PUBLISH went to, reused for the next one to the same topic while
+    /// the subscriptions and the access control stay as they were. Nil until the first PUBLISH.
+    private(set) var routeCache: RouteCache?
     private var owner: UInt64 = 0
     private var username: String?
     private var will: MQTTWill?
@@ -611,7 +614,12 @@ public final class ClientConnection {
         var routedQoS2 = false
         var gate = step.gate
         if step.failure == nil {
-            matched = step.isNew ? broker.publish(step.message, onPersisted: gate, throttle: throttle) : 1
+            if step.isNew {
+                if routeCache == nil { routeCache = RouteCache() }
+                matched = broker.publish(step.message, onPersisted: gate, throttle: throttle, route: routeCache)
+            } else {
+                matched = 1
+            }
             routedQoS2 = step.isNew && publish.qos == .exactlyOnce
         } else {
             gate = nil

@@ -397,10 +397,13 @@ public final class Broker: Sendable {
 
     /// Routes `message`; every copy stored for a persistent session (and the retained change) takes a
     /// hold on `gate`, released when it has committed.
-    /// - Parameter throttle: the publisher's ``ReadThrottle``, held back by subscribers whose queues are
-    ///   full (`limits.slow_consumer: backpressure`); nil for the gateway's own messages.
+    /// - Parameters:
+    ///   - throttle: the publisher's ``ReadThrottle``, held back by subscribers whose queues are full
+    ///     (`limits.slow_consumer: backpressure`); nil for the gateway's own messages.
+    ///   - route: the publisher's last route, reused when `message` takes it again and kept otherwise
+    ///     (``RouteCache``); nil to match every time.
     @discardableResult
-    func publish(_ message: Message, onPersisted gate: CommitGate?, throttle: ReadThrottle? = nil) -> Int {
+    func publish(_ message: Message, onPersisted gate: CommitGate?, throttle: ReadThrottle? = nil, route: RouteCache? = nil) -> Int {
         // The dashboard's taps: each one relaxed atomic load while no dashboard is open.
         topicRates.record(message.topic)
         topicWatch.offer(message)
@@ -409,65 +412,25 @@ public final class Broker: Sendable {
             let journal = message.topic.hasPrefix("$SYS/") ? nil : self.journal
             metrics.retained(retained.apply(message, journal: journal, onCommit: journal == nil ? nil : gate?.hold()))
         }
-        struct Target {
-            var session: Session
-            var qos: MQTTQoS
-            var retainAsPublished: Bool
-            var identifiers: [UInt32]
-            var sharedGroup: SharedGroupKey?
-        }
-        // Usually one subscriber or a few: kept in order in an array (no hashing, one allocation at
-        // most), deduplicated by client id with a look along it, or through an index once it is long.
-        var targets: [Target] = []
-        var positions: [String: Int]?
-        func position(of id: String) -> Int? {
-            if let positions { return positions[id] }
-            return targets.firstIndex { $0.session.clientID == id }
-        }
-        let size = message.queuedByteCount
-        // Read once, and only when a subscription that a deny rule overlaps matches (ACL read checks).
-        var readChecks: (any Authorizer)?
-        var withheld = 0
-        func readable(_ entry: SubscriptionEntry) -> Bool {
-            guard entry.filtered else { return true }
-            let authorizer = readChecks ?? self.authorizer
-            readChecks = authorizer
-            return Self.mayRead(message.topic, entry, authorizer)
-        }
-        state.withLock { state in
-            state.index.forEachMatch(topic: message.topic) { entry in
-                if entry.options.noLocal && entry.session.clientID == message.publisherClientID { return }
-                guard readable(entry) else {
-                    withheld += 1
-                    return
-                }
-                let qos = min(message.qos, entry.options.qos)
-                let id = entry.session.clientID
-                if let index = position(of: id) {
-                    // Overlapping subscriptions: deliver once, at the highest QoS (MQTT-3.3.5-1).
-                    targets[index].qos = max(targets[index].qos, qos)
-                    targets[index].retainAsPublished = targets[index].retainAsPublished || entry.options.retainAsPublished
-                    if let sid = entry.subscriptionIdentifier { targets[index].identifiers.append(sid) }
-                } else {
-                    targets.append(
-                        Target(
-                            session: entry.session,
-                            qos: qos,
-                            retainAsPublished: entry.options.retainAsPublished,
-                            identifiers: entry.subscriptionIdentifier.map { [$0] } ?? [],
-                            sharedGroup: entry.sharedGroup
-                        )
-                    )
-                    if positions != nil {
-                        positions?[id] = targets.count - 1
-                    } else if targets.count == 16 {
-                        positions = Dictionary(uniqueKeysWithValues: targets.enumerated().map { ($1.session.clientID, $0) })
-                    }
-                }
-            } pickShared: { group in
-                // Only members that may read the message are candidates (ACL read checks).
-                Self.pickMember(of: &group, size: size, readable: readable)
+        // Read before the access control is (in `route(_:...)`): a replacement racing with this bumps it
+        // afterwards, so a route worked out with a stale authorizer is not reused.
+        let liveGeneration = route == nil ? 0 : self.liveGeneration
+        let (targets, withheld) = state.withLock { state in
+            if let route,
+                route.holds(topic: message.topic, indexGeneration: state.index.generation, liveGeneration: liveGeneration)
+            {
+                return (route.targets, route.withheld)
             }
+            let (targets, withheld, keepable) = self.route(message, index: &state.index)
+            route?.keep(
+                topic: message.topic,
+                targets: targets,
+                withheld: withheld,
+                keepable: keepable,
+                indexGeneration: state.index.generation,
+                liveGeneration: liveGeneration
+            )
+            return (targets, withheld)
         }
         if withheld > 0 { metrics.messageDropped(.aclFiltered, count: withheld) }
         var message = message
@@ -480,7 +443,7 @@ public final class Broker: Sendable {
             deliver(
                 QueuedMessage(
                     message: message,
-                    qos: target.qos,
+                    qos: min(message.qos, target.subscriptionQoS),
                     retain: target.retainAsPublished && message.retain,
                     subscriptionIdentifiers: target.identifiers,
                     sharedGroup: target.sharedGroup
@@ -491,6 +454,71 @@ public final class Broker: Sendable {
             )
         }
         return targets.count
+    }
+
+    /// The subscribers `message` goes to, one target per client however many of its subscriptions match;
+    /// how many matching subscriptions the ACL read check withheld it from; and whether the result may be
+    /// reused for the next message on the same topic (not when a shared group chose a member). Called
+    /// under the routing lock.
+    private func route(
+        _ message: Message,
+        index: inout SubscriptionIndex
+    ) -> (targets: [RouteTarget], withheld: Int, keepable: Bool) {
+        // Usually one subscriber or a few: kept in order in an array (no hashing, one allocation at
+        // most), deduplicated by client id with a look along it, or through an index once it is long.
+        var targets: [RouteTarget] = []
+        var positions: [String: Int]?
+        func position(of id: String) -> Int? {
+            if let positions { return positions[id] }
+            return targets.firstIndex { $0.session.clientID == id }
+        }
+        let size = message.queuedByteCount
+        // Read once, and only when a subscription that a deny rule overlaps matches (ACL read checks).
+        var readChecks: (any Authorizer)?
+        var withheld = 0
+        var keepable = true
+        func readable(_ entry: SubscriptionEntry) -> Bool {
+            guard entry.filtered else { return true }
+            let authorizer = readChecks ?? self.authorizer
+            readChecks = authorizer
+            return Self.mayRead(message.topic, entry, authorizer)
+        }
+        index.forEachMatch(topic: message.topic) { entry in
+            if entry.options.noLocal && entry.session.clientID == message.publisherClientID { return }
+            guard readable(entry) else {
+                withheld += 1
+                return
+            }
+            let qos = entry.options.qos
+            let id = entry.session.clientID
+            if let index = position(of: id) {
+                // Overlapping subscriptions: deliver once, at the highest QoS (MQTT-3.3.5-1).
+                targets[index].subscriptionQoS = max(targets[index].subscriptionQoS, qos)
+                targets[index].retainAsPublished = targets[index].retainAsPublished || entry.options.retainAsPublished
+                if let sid = entry.subscriptionIdentifier { targets[index].identifiers.append(sid) }
+            } else {
+                targets.append(
+                    RouteTarget(
+                        session: entry.session,
+                        subscriptionQoS: qos,
+                        retainAsPublished: entry.options.retainAsPublished,
+                        identifiers: entry.subscriptionIdentifier.map { [$0] } ?? [],
+                        sharedGroup: entry.sharedGroup
+                    )
+                )
+                if positions != nil {
+                    positions?[id] = targets.count - 1
+                } else if targets.count == 16 {
+                    positions = Dictionary(uniqueKeysWithValues: targets.enumerated().map { ($1.session.clientID, $0) })
+                }
+            }
+        } pickShared: { group in
+            // A member is picked per message: this route is not reused.
+            keepable = false
+            // Only members that may read the message are candidates (ACL read checks).
+            return Self.pickMember(of: &group, size: size, readable: readable)
+        }
+        return (targets, withheld, keepable)
     }
 
     /// Chooses the next member of a shared group in round-robin order among those that may read the

@@ -42,10 +42,15 @@ struct SubscriptionIndex: Sendable {
 
     private(set) var count = 0
 
+    /// Counts changes to the subscriptions (added, replaced, removed, ACL filtering changed): a match
+    /// computed while this had one value stays right for as long as it keeps that value (``RouteCache``).
+    private(set) var generation: UInt64 = 0
+
     /// Adds or replaces `clientID`'s subscription to `filter` (already validated). Returns whether the
     /// subscription is new (false when it replaced one).
     @discardableResult
     mutating func insert(filter: String, group: String?, entry: SubscriptionEntry) -> Bool {
+        generation &+= 1
         var node = root
         for level in filter.split(separator: "/", omittingEmptySubsequences: false) {
             if let child = node.children[level] {
@@ -75,6 +80,7 @@ struct SubscriptionIndex: Sendable {
     /// client id that belongs to a newer session is left alone).
     @discardableResult
     mutating func setFiltered(_ filtered: Bool, filter: String, group: String?, session: Session) -> Bool {
+        generation &+= 1
         let clientID = session.clientID
         var node = root
         for level in filter.split(separator: "/", omittingEmptySubsequences: false) {
@@ -94,6 +100,7 @@ struct SubscriptionIndex: Sendable {
     /// Removes `clientID`'s subscription to `filter`. Returns whether one existed.
     @discardableResult
     mutating func remove(filter: String, group: String?, clientID: String) -> Bool {
+        generation &+= 1
         var path: [(Node, Substring)] = []
         var node = root
         for level in filter.split(separator: "/", omittingEmptySubsequences: false) {
