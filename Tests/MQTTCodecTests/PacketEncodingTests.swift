@@ -547,6 +547,14 @@ struct PacketEncodingTests {
         #expect(bytes == vector.bytes, "got \(bytes.hex), want \(vector.bytes.hex)")
     }
 
+    @Test("write(version:to:) appends the spec's exact bytes behind what the buffer holds", arguments: packetVectors)
+    func writeAppendsExactBytes(_ vector: PacketVector) {
+        var out = buffer([0xEE, 0xEF])
+        vector.packet.write(version: vector.version, to: &out)
+        vector.packet.write(version: vector.version, to: &out)
+        #expect(Array(out.readableBytesView) == [0xEE, 0xEF] + vector.bytes + vector.bytes)
+    }
+
     @Test("decodes the spec's bytes back to the same value", arguments: packetVectors)
     func decodesBack(_ vector: PacketVector) throws {
         let packet = try decodeOne(vector.bytes, vector.version, vector.direction)
@@ -621,6 +629,9 @@ struct PacketEncodingTests {
         #expect(Array(bytes.prefix(6)) == [0x30, 0xCB, 0x01, 0x00, 0x01, 0x74])
         #expect(bytes.count == 3 + 203)
         #expect(try decodeOne(bytes, .v3_1_1, .serverToClient) == packet)
+        var appended = buffer([0x01])
+        packet.write(version: .v3_1_1, to: &appended)
+        #expect(Array(appended.readableBytesView) == [0x01] + bytes)
     }
 
     @Test("write(version:to:) appends the same bytes as encode")

@@ -55,6 +55,21 @@ struct SharedPublishEncodingTests {
         }
     }
 
+    @Test("appended to a buffer (write(version:to:)), each receiver's copy carries its own packet id")
+    func appendedWithOwnPacketIdentifier() {
+        let shared = SharedPublishEncoding()
+        var out = ByteBuffer(bytes: [0xEE])
+        var expected: [UInt8] = [0xEE]
+        for (id, qos) in [(UInt16(5), MQTTQoS.atLeastOnce), (0x0102, .atLeastOnce), (9, .exactlyOnce)] {
+            let packet = MQTTPublishPacket(topic: "a/b", payload: ByteBuffer(string: "v"), qos: qos, packetIdentifier: id, sharedEncoding: shared)
+            MQTTPacket.publish(packet).write(version: .v5, to: &out)
+            var unshared = packet
+            unshared.sharedEncoding = nil
+            expected += Array(MQTTPacket.publish(unshared).encode(version: .v5, allocator: allocator).readableBytesView)
+        }
+        #expect(Array(out.readableBytesView) == expected)
+    }
+
     @Test("the cache is not part of the packet's value")
     func notPartOfValue() {
         let packet = MQTTPublishPacket(topic: "t", payload: ByteBuffer(string: "x"))

@@ -12,8 +12,10 @@ import NIOCore
 /// drained only while the socket is writable: a slow reader's messages wait in its bounded queue,
 /// where the overflow policy applies, not in NIO's write buffer.
 ///
-/// Flushes are coalesced: writes made while the loop runs one job (a burst of inbound packets, one
-/// drain) are flushed once, by a job queued behind it.
+/// Writes are coalesced: the packets written while the loop runs one job (a burst of inbound packets and
+/// their acknowledgements, one drain) are encoded into one buffer, handed to the channel as one write and
+/// flushed once, by a job queued behind it (or at once past ``flushThreshold``). A PUBLISH whose shared
+/// encoding is large goes to the channel as its own buffer, not copied.
 ///
 /// # Thread safety
 /// `@unchecked Sendable` because it holds the connection's ``ClientConnection``, which is not
@@ -27,9 +29,18 @@ final class ConnectionWriter: @unchecked Sendable {
     private var flushScheduled = false
     /// Set once the server ends the connection (``stop()``): nothing more is written after its DISCONNECT.
     private var stopped = false
-    /// Unflushed bytes; past this a write flushes at once instead of waiting for the burst to end.
+    /// Packets encoded since the last hand-over to the channel; nil between bursts (an idle connection
+    /// holds no buffer).
+    private var batch: ByteBuffer?
+    /// Bytes handed to the channel and not flushed yet.
     private var unflushed = 0
+    /// Past this many unflushed bytes (handed over or batched) a write flushes at once instead of waiting
+    /// for the burst to end; it also bounds how far a drain runs past the channel's writability.
     private static let flushThreshold = 64 * 1024
+    /// Shared encodings larger than this are handed to the channel as they are instead of copied.
+    private static let copyLimit = 4 * 1024
+    /// The first capacity of a burst's buffer: a few small packets (it grows as needed).
+    private static let batchCapacity = 512
 
     init(channel: any Channel, connection: ClientConnection, metrics: GatewayMetrics) {
         self.channel = channel
@@ -40,7 +51,7 @@ final class ConnectionWriter: @unchecked Sendable {
     /// Encodes and writes `packet` (flushed at the end of the burst).
     func send(_ packet: MQTTPacket) {
         channel.eventLoop.assertInEventLoop()
-        write(packet.encode(version: client.version, allocator: channel.allocator))
+        append(packet, version: client.version)
     }
 
     /// Writes what the connection has ready — acknowledgements, then queued deliveries — while the socket
@@ -53,7 +64,7 @@ final class ConnectionWriter: @unchecked Sendable {
             if case .publish(let publish) = packet {
                 metrics.messageSent(qos: publish.qos, bytes: publish.payload.readableBytes)
             }
-            write(packet.encode(version: version, allocator: channel.allocator))
+            append(packet, version: version)
         }
     }
 
@@ -64,17 +75,45 @@ final class ConnectionWriter: @unchecked Sendable {
         if client.isConnected { drain() }
     }
 
-    /// Stops writing deliveries: the server is closing the connection (its DISCONNECT goes last).
+    /// Stops writing deliveries: the server is closing the connection (its DISCONNECT goes last). What
+    /// was written before goes out first.
     func stop() {
         channel.eventLoop.assertInEventLoop()
+        flush()
         stopped = true
     }
 
     /// Flushes now (before the connection closes).
     func flush() {
         channel.eventLoop.assertInEventLoop()
+        handOver()
         unflushed = 0
         channel.flush()
+    }
+
+    /// Adds `packet` to the burst's buffer.
+    private func append(_ packet: MQTTPacket, version: MQTTProtocolVersion) {
+        if case .publish(let publish) = packet, publish.sharedEncoding != nil, publish.payload.readableBytes > Self.copyLimit {
+            // Shared and large: its own buffer, behind what is batched.
+            handOver()
+            write(packet.encode(version: version, allocator: channel.allocator))
+            return
+        }
+        if batch == nil { batch = channel.allocator.buffer(capacity: Self.batchCapacity) }
+        packet.write(version: version, to: &batch!)
+        if unflushed + batch!.readableBytes >= Self.flushThreshold {
+            flush()
+        } else {
+            scheduleFlush()
+        }
+    }
+
+    /// Hands the burst's buffer to the channel (unflushed).
+    private func handOver() {
+        guard let bytes = batch else { return }
+        batch = nil
+        unflushed += bytes.readableBytes
+        channel.write(bytes, promise: nil)
     }
 
     private func write(_ bytes: ByteBuffer) {
@@ -82,12 +121,17 @@ final class ConnectionWriter: @unchecked Sendable {
         channel.write(bytes, promise: nil)
         if unflushed >= Self.flushThreshold {
             flush()
-        } else if !flushScheduled {
-            flushScheduled = true
-            channel.eventLoop.execute {
-                self.flushScheduled = false
-                if self.unflushed > 0 { self.flush() }
-            }
+        } else {
+            scheduleFlush()
+        }
+    }
+
+    private func scheduleFlush() {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        channel.eventLoop.execute {
+            self.flushScheduled = false
+            if self.batch != nil || self.unflushed > 0 { self.flush() }
         }
     }
 }

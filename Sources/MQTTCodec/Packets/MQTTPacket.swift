@@ -87,6 +87,46 @@ public enum MQTTPacket: Hashable, Sendable {
         return type.requiredFlags ?? 0
     }
 
+    /// Appends the encoded packet to `buffer`, so that several packets go to the socket as one write.
+    ///
+    /// A PUBLISH's length is known up front and its fixed header is written first. Other packets are
+    /// small: their body is written after five reserved bytes and moved up to the header's real length.
+    /// A PUBLISH carrying a ``SharedPublishEncoding`` appends the shared bytes (its packet identifier
+    /// patched in).
+    public func write(version: MQTTProtocolVersion, to buffer: inout ByteBuffer) {
+        if case .publish(let publish) = self {
+            if let shared = publish.sharedEncoding {
+                shared.write(publish, version: version, to: &buffer)
+                return
+            }
+            let remaining = publish.remainingLength(version: version)
+            buffer.reserveCapacity(minimumWritableBytes: 5 + remaining)
+            buffer.writeInteger(type.rawValue << 4 | flags)
+            _ = buffer.writeMQTTVariableByteInteger(UInt32(remaining))
+            publish.writeBody(version: version, to: &buffer)
+            return
+        }
+        let start = buffer.writerIndex
+        buffer.writeRepeatingByte(0, count: 5)
+        writeBody(version: version, to: &buffer)
+        let remaining = buffer.writerIndex - start - 5
+        let headerSize = 1 + MQTTVariableByteInteger.size(remaining)
+        if headerSize < 5 {
+            _ = try? buffer.copyBytes(at: start + 5, to: start + headerSize, length: remaining)
+            buffer.moveWriterIndex(to: start + headerSize + remaining)
+        }
+        buffer.setInteger(type.rawValue << 4 | flags, at: start)
+        var value = remaining
+        var index = start + 1
+        repeat {
+            var byte = UInt8(value & 0x7F)
+            value >>= 7
+            if value > 0 { byte |= 0x80 }
+            buffer.setInteger(byte, at: index)
+            index += 1
+        } while value > 0
+    }
+
     /// Encodes the packet into a new buffer from `allocator`.
     ///
     /// The fixed header's length is only known after the body is written, so the body is written
@@ -116,12 +156,6 @@ public enum MQTTPacket: Hashable, Sendable {
         } while remaining > 0
         buffer.moveReaderIndex(forwardBy: start)
         return buffer
-    }
-
-    /// Appends the encoded packet to `buffer`.
-    public func write(version: MQTTProtocolVersion, to buffer: inout ByteBuffer) {
-        var encoded = encode(version: version, allocator: ByteBufferAllocator())
-        buffer.writeBuffer(&encoded)
     }
 
     private func writeBody(version: MQTTProtocolVersion, to buffer: inout ByteBuffer) {

@@ -71,15 +71,19 @@ public struct MQTTProperties: Hashable, Sendable {
         }
     }
 
-    /// What an empty list reads as (built once, not per read).
-    private static let none = Values()
+    // `@usableFromInline`: the member subscript below is inlined into the modules that read properties, so a
+    // read such as `properties.topicAlias` compiles to a field load instead of a key path built and
+    // projected at run time (that was about 1 % of the CPU of routing a PUBLISH).
 
-    private final class Box: Sendable {
-        let values: Values
+    /// What an empty list reads as (built once, not per read).
+    @usableFromInline static let none = Values()
+
+    @usableFromInline final class Box: Sendable {
+        @usableFromInline let values: Values
         init(_ values: Values) { self.values = values }
     }
 
-    private var box: Box?
+    @usableFromInline var box: Box?
 
     public init() {}
 
@@ -93,6 +97,7 @@ public struct MQTTProperties: Hashable, Sendable {
         set { self = MQTTProperties(newValue) }
     }
 
+    @inlinable
     public subscript<T>(dynamicMember keyPath: WritableKeyPath<Values, T>) -> T {
         get {
             if let box { return box.values[keyPath: keyPath] }

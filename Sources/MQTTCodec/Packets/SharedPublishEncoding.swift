@@ -13,14 +13,14 @@ import Synchronization
 /// It is not part of the value it is attached to: two packets or messages compare equal whatever cache
 /// they carry.
 public final class SharedPublishEncoding: Sendable {
-    private struct Form {
+    fileprivate struct Form {
         var key: UInt8
         var bytes: ByteBuffer
         /// Where the packet identifier sits, counted from the first byte (QoS > 0 only).
         var packetIdentifierOffset: Int
     }
 
-    private let forms = Mutex<[Form]>([])
+    fileprivate let forms = Mutex<[Form]>([])
 
     public init() {}
 
@@ -47,6 +47,23 @@ public final class SharedPublishEncoding: Sendable {
             }
         }
         return bytes
+    }
+}
+
+extension SharedPublishEncoding {
+    /// Appends `packet`'s shared form to `buffer` (encoding it first if no subscriber needed this form yet),
+    /// with `packet`'s own packet identifier.
+    public func write(_ packet: MQTTPublishPacket, version: MQTTProtocolVersion, to buffer: inout ByteBuffer) {
+        let start = buffer.writerIndex
+        let key = (version == .v5 ? 1 : 0) | packet.qos.rawValue << 1 | (packet.retain ? 0x08 : 0)
+        guard let cached = forms.withLock({ forms in forms.first { $0.key == key } }) else {
+            buffer.writeImmutableBuffer(encoded(packet, version: version, allocator: ByteBufferAllocator()))
+            return
+        }
+        buffer.writeImmutableBuffer(cached.bytes)
+        if let id = packet.packetIdentifier, packet.qos != .atMostOnce {
+            buffer.setInteger(id, at: start + cached.packetIdentifierOffset)
+        }
     }
 }
 
