@@ -111,6 +111,27 @@ public struct Simulation: Sendable {
         self.logger = logger
     }
 
+    /// Spreads the MQTT clients (`indices` into `roles`) over `loops` event-loop threads.
+    ///
+    /// When the devices outnumber the consumers (and the controller), those measuring clients get the first
+    /// loop to themselves and the devices share the others: on a loop shared with devices publishing as fast as
+    /// the broker reads them, a consumer got only the time they left it, and the run measured how the
+    /// simulator's own threads were scheduled instead of how fast the broker delivers (a fleet's consumers
+    /// do not run on its devices either). Otherwise, and with one loop, clients go round-robin.
+    static func assign(_ indices: [Int], roles: [ClientPlan.Role], loops: Int) -> [[Int]] {
+        guard loops > 0 else { return [] }
+        var assignments: [[Int]] = Array(repeating: [], count: loops)
+        let measuring = indices.filter { roles[$0] != .device }
+        let devices = indices.filter { roles[$0] == .device }
+        if loops >= 2 && !measuring.isEmpty && devices.count > measuring.count {
+            assignments[0] = measuring
+            for (position, index) in devices.enumerated() { assignments[1 + position % (loops - 1)].append(index) }
+        } else {
+            for (position, index) in indices.enumerated() { assignments[position % loops].append(index) }
+        }
+        return assignments
+    }
+
     /// Runs the scenario to the end and returns its report.
     ///
     /// The run never throws for losses or refused connections: those are in the report, whose
@@ -126,8 +147,7 @@ public struct Simulation: Sendable {
         let mqttIndices = plan.clients.indices.filter { plan.clients[$0].transport == .mqtt }
         let webSocketIndices = plan.clients.indices.filter { plan.clients[$0].transport != .mqtt }
         let loopCount = mqttIndices.isEmpty ? 0 : Swift.max(1, Swift.min(options.mqttThreads, 16, mqttIndices.count))
-        var assignments: [[Int]] = Array(repeating: [], count: loopCount)
-        for (position, index) in mqttIndices.enumerated() { assignments[position % loopCount].append(index) }
+        let assignments = Self.assign(mqttIndices, roles: plan.clients.map(\.role), loops: loopCount)
         let engineCount = loopCount + (webSocketIndices.isEmpty ? 0 : 1)
         let control = RunControl(engines: engineCount, clients: plan.clients.count)
         let connectStart = MonotonicClock.now()
