@@ -3,7 +3,12 @@ public enum MQTTTopic {
     /// A topic name is at least one character long and contains no wildcard (MQTT-3.3.2-2).
     public static func isValidName(_ name: String) -> Bool {
         guard !name.isEmpty else { return false }
-        return !name.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") })
+        // Every received PUBLISH's topic is checked: over its bytes, not the generic UTF-8 view's iterator.
+        let hasWildcard =
+            name.utf8.withContiguousStorageIfAvailable { bytes in
+                bytes.contains { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }
+            } ?? name.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") })
+        return !hasWildcard
     }
 
     /// A topic filter is at least one character long; `+` occupies a whole level; `#` occupies a whole

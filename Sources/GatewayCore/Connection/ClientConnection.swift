@@ -558,7 +558,6 @@ public final class ClientConnection {
         // Each assignment rebuilds the list: only when there is something to remove.
         if properties.topicAlias != nil { properties.topicAlias = nil }
         if !properties.subscriptionIdentifiers.isEmpty { properties.subscriptionIdentifiers = [] }
-        let now = clock.now
         let message = Message(
             topic: topic,
             payload: payload,
@@ -566,7 +565,7 @@ public final class ClientConnection {
             retain: publish.retain && live.configuration.retainAvailable,
             properties: properties,
             publisherClientID: session.clientID,
-            expiresAt: publish.properties.messageExpiryInterval.map { now.advanced(by: .seconds(Int64($0))) }
+            expiresAt: publish.properties.messageExpiryInterval.map { clock.now.advanced(by: .seconds(Int64($0))) }
         )
         // Route (and store) on first receipt only; a QoS 2 retransmission (same id before PUBREL)
         // is just acknowledged again.

@@ -433,25 +433,30 @@ public final class Broker: Sendable {
             return (targets, withheld)
         }
         if withheld > 0 { metrics.messageDropped(.aclFiltered, count: withheld) }
-        var message = message
+        let overflow = self.overflow(throttle: throttle)
+        func deliverToTargets(_ message: Message) {
+            for target in targets {
+                deliver(
+                    QueuedMessage(
+                        message: message,
+                        qos: min(message.qos, target.subscriptionQoS),
+                        retain: target.retainAsPublished && message.retain,
+                        subscriptionIdentifiers: target.identifiers,
+                        sharedGroup: target.sharedGroup
+                    ),
+                    to: target.session,
+                    onPersisted: gate,
+                    overflow: overflow
+                )
+            }
+        }
         if targets.count > 1 {
             // Encoded once per wire form for all of them (SharedPublishEncoding).
-            message.sharedEncoding = SharedPublishEncoding()
-        }
-        let overflow = self.overflow(throttle: throttle)
-        for target in targets {
-            deliver(
-                QueuedMessage(
-                    message: message,
-                    qos: min(message.qos, target.subscriptionQoS),
-                    retain: target.retainAsPublished && message.retain,
-                    subscriptionIdentifiers: target.identifiers,
-                    sharedGroup: target.sharedGroup
-                ),
-                to: target.session,
-                onPersisted: gate,
-                overflow: overflow
-            )
+            var shared = message
+            shared.sharedEncoding = SharedPublishEncoding()
+            deliverToTargets(shared)
+        } else {
+            deliverToTargets(message)
         }
         return targets.count
     }
@@ -546,8 +551,9 @@ public final class Broker: Sendable {
         return group.members[group.order[fallback]]
     }
 
-    private func deliver(_ queued: QueuedMessage, to session: Session, onPersisted gate: CommitGate? = nil, overflow: Session.Overflow? = nil) {
-        let (result, startedDropping) = session.enqueue(queued, onPersisted: gate, overflow: overflow ?? self.overflow(throttle: nil))
+    private func deliver(_ queued: consuming QueuedMessage, to session: Session, onPersisted gate: CommitGate? = nil, overflow: Session.Overflow? = nil) {
+        let qos = queued.qos
+        let (result, startedDropping) = session.enqueue(consume queued, onPersisted: gate, overflow: overflow ?? self.overflow(throttle: nil))
         switch result {
         case .queued, .notQueuedOffline:
             break
@@ -560,7 +566,7 @@ public final class Broker: Sendable {
             }
         case .slowConsumer:
             logger.notice(
-                "outbound queue full with QoS \(queued.qos.rawValue) messages, disconnecting slow consumer",
+                "outbound queue full with QoS \(qos.rawValue) messages, disconnecting slow consumer",
                 metadata: ["mqtt.client.id": "\(session.clientID)"]
             )
             session.handle?.close(reason: .quotaExceeded)
@@ -577,8 +583,7 @@ public final class Broker: Sendable {
             policy: limits.policy,
             qos0WhenFull: limits.qos0WhenFull,
             timeout: .milliseconds(limits.timeoutMilliseconds),
-            throttle: throttle,
-            now: now
+            throttle: throttle
         )
     }
 

@@ -95,6 +95,12 @@ public final class Session: Sendable {
         private(set) var inflightIDs: Set<UInt16> = []
         var inflightBytes = 0
 
+        /// The QoS of the first pending message, read in place (`pending.first` copies the whole message:
+        /// its topic, payload and properties retained and released).
+        var firstPendingQoS: MQTTQoS? {
+            pending.isEmpty ? nil : pending[0].qos
+        }
+
         mutating func appendInflight(_ entry: Inflight) {
             inflight.append(entry)
             inflightIDs.insert(entry.packetID)
@@ -475,15 +481,18 @@ public final class Session: Sendable {
     /// - Parameter overflow: what to do with a message that does not fit once QoS 0 messages were
     ///   evicted; nil applies `disconnect` (QoS 1/2) and `drop` (QoS 0).
     func enqueue(
-        _ queued: QueuedMessage,
+        _ queued: consuming QueuedMessage,
         onPersisted gate: CommitGate? = nil,
         overflow: Overflow? = nil
     ) -> (result: EnqueueResult, startedDropping: Bool) {
-        var queued = queued
         let size = queued.byteCount
+        let qos = queued.qos
+        // Moved into the queue with `take()`: a captured variable appended as it is would be copied (its
+        // topic, payload and properties retained, then released when this returns).
+        var message = Optional(consume queued)
         var evicted = 0
         let (result, wake, logDrop) = state.withLock { state -> (EnqueueResult, (any ConnectionHandle)?, Bool) in
-            if state.owner == nil && (queued.qos == .atMostOnce || !state.persistent) {
+            if state.owner == nil && (qos == .atMostOnce || !state.persistent) {
                 return (.notQueuedOffline, nil, false)
             }
             var globalFull = false
@@ -496,9 +505,9 @@ public final class Session: Sendable {
                 }
                 // No room: drop the oldest pending QoS 0 message, if there is one, and try again (a QoS 0
                 // message held back by `qos0_when_full: backpressure` evicts nothing).
-                let evicts = queued.qos != .atMostOnce || overflow?.qos0WhenFull != .backpressure
+                let evicts = qos != .atMostOnce || overflow?.qos0WhenFull != .backpressure
                 guard evicts, state.pendingQoS0 > 0, let index = state.pending.firstIndex(where: { $0.qos == .atMostOnce }) else {
-                    if let overflow, let throttle = holdsBack(overflow, qos: queued.qos, state) {
+                    if let overflow, let throttle = holdsBack(overflow, qos: qos, state) {
                         // Back-pressure: taken over the cap, and the publisher stops being read.
                         budget.forceReserve(size)
                         if state.congestedSince == nil {
@@ -512,10 +521,10 @@ public final class Session: Sendable {
                         break
                     }
                     let reason: GatewayMetrics.DropReason =
-                        globalFull ? .globalCap : (queued.qos == .atMostOnce ? .queueFullQoS0 : .queueFullQoS12)
+                        globalFull ? .globalCap : (qos == .atMostOnce ? .queueFullQoS0 : .queueFullQoS12)
                     let firstOfEpisode = !state.dropping
                     state.dropping = true
-                    if queued.qos != .atMostOnce && state.owner != nil && !dropsWhenFull && overflow?.policy != .drop {
+                    if qos != .atMostOnce && state.owner != nil && !dropsWhenFull && overflow?.policy != .drop {
                         return (.slowConsumer, nil, firstOfEpisode)
                     }
                     return (.dropped(reason), nil, firstOfEpisode)
@@ -529,16 +538,16 @@ public final class Session: Sendable {
                 globalFull = false
             }
             state.dropping = false
-            if state.journaling, queued.qos != .atMostOnce, let journal {
+            if state.journaling, qos != .atMostOnce, let journal {
                 let seq = journal.nextSequence()
-                queued.seq = seq
+                message!.seq = seq
                 journal.append(
-                    .insertMessage(Self.stored(queued, seq: seq, clientID: clientID, state: .queued, packetID: nil)),
+                    .insertMessage(Self.stored(message!, seq: seq, clientID: clientID, state: .queued, packetID: nil)),
                     onCommit: gate?.hold()
                 )
             }
-            if queued.qos == .atMostOnce { state.pendingQoS0 += 1 }
-            state.pending.append(queued)
+            if qos == .atMostOnce { state.pendingQoS0 += 1 }
+            state.pending.append(message.take()!)
             state.pendingBytes += size
             var wake: (any ConnectionHandle)?
             if state.needsWake && Self.hasWork(state, limits: limits) {
@@ -569,7 +578,8 @@ public final class Session: Sendable {
         /// The publisher's throttle; nil for the gateway's own messages (Wills, retained deliveries,
         /// bridges), which cannot be held back: `disconnect` applies to them.
         var throttle: ReadThrottle?
-        var now: ContinuousClock.Instant
+        /// Read only when a full queue needs it (most messages fit and never look at the clock).
+        var now: ContinuousClock.Instant { ContinuousClock.now }
     }
 
     /// The throttle to hold back when `overflow` asks for back-pressure and it can apply: the session is
@@ -632,7 +642,8 @@ public final class Session: Sendable {
     /// message is next queued, so the connection task never polls in vain.
     ///
     /// - Returns: `.finished` once `owner` no longer owns the session.
-    func nextOutbound(owner: UInt64, now: ContinuousClock.Instant) -> OutboundPoll {
+    /// - Parameter now: read only for a message with an expiry (most have none).
+    func nextOutbound(owner: UInt64, now: @autoclosure () -> ContinuousClock.Instant) -> OutboundPoll {
         poll(owner: owner, now: now)
     }
 
@@ -647,11 +658,11 @@ public final class Session: Sendable {
 
     private static func hasWork(_ state: State, limits: Limits) -> Bool {
         if !state.resend.isEmpty { return true }
-        guard let first = state.pending.first else { return false }
-        return first.qos == .atMostOnce || state.inflight.count < min(limits.maxInflight, state.clientReceiveMaximum)
+        guard let qos = state.firstPendingQoS else { return false }
+        return qos == .atMostOnce || state.inflight.count < min(limits.maxInflight, state.clientReceiveMaximum)
     }
 
-    private func poll(owner: UInt64, now: ContinuousClock.Instant) -> OutboundPoll {
+    private func poll(owner: UInt64, now: () -> ContinuousClock.Instant) -> OutboundPoll {
         var released = 0
         var releasedCount = 0
         var expired = 0
@@ -665,14 +676,14 @@ public final class Session: Sendable {
                 return .item(.publish(Self.packet(for: entry.queued, packetID: id, dup: true, now: now)))
             }
             let window = min(limits.maxInflight, state.clientReceiveMaximum)
-            while let first = state.pending.first {
+            while let qos = state.firstPendingQoS {
                 // A full window needs no wake-up: the acknowledgement that frees it arrives on the
                 // owner's own task, which polls again after every packet.
-                if first.qos != .atMostOnce && state.inflight.count >= window { return .wait }
+                if qos != .atMostOnce && state.inflight.count >= window { return .wait }
                 let queued = state.pending.removeFirst()
                 if queued.qos == .atMostOnce { state.pendingQoS0 -= 1 }
                 state.pendingBytes -= queued.byteCount
-                if let expiresAt = queued.message.expiresAt, expiresAt <= now {
+                if let expiresAt = queued.message.expiresAt, expiresAt <= now() {
                     released += queued.byteCount
                     releasedCount += 1
                     expired += 1
@@ -712,7 +723,7 @@ public final class Session: Sendable {
         }
     }
 
-    private static func packet(for queued: QueuedMessage, packetID: UInt16?, dup: Bool, now: ContinuousClock.Instant) -> MQTTPublishPacket {
+    private static func packet(for queued: QueuedMessage, packetID: UInt16?, dup: Bool, now: () -> ContinuousClock.Instant) -> MQTTPublishPacket {
         var properties = queued.message.properties
         // Each assignment rebuilds the list: not when both are empty (the common case).
         if !(queued.subscriptionIdentifiers.isEmpty && properties.subscriptionIdentifiers.isEmpty) {
@@ -720,7 +731,7 @@ public final class Session: Sendable {
         }
         if let expiresAt = queued.message.expiresAt {
             // Forward the remaining lifetime, not the original interval (MQTT-3.3.2-6).
-            let remaining = now.duration(to: expiresAt).components.seconds
+            let remaining = now().duration(to: expiresAt).components.seconds
             properties.messageExpiryInterval = UInt32(clamping: max(remaining, 0))
         }
         // The shared bytes fit only the form every receiver gets: no DUP, no subscription identifiers,
