@@ -158,6 +158,29 @@ struct SessionLifecycleTests {
         #expect(broker.sessionCount == 0)
         #expect(broker.subscriptionCount == 0)
     }
+
+    @Test("a session that reconnected is not expired; once offline again it expires")
+    func expiryAfterReconnect() async {
+        let broker = makeBroker { $0.sessionExpiry = 0 }
+        let first = TestClient(broker)
+        await first.connectAccepted("c", cleanStart: false)
+        first.closed()
+        let second = TestClient(broker)
+        await second.connectAccepted("c", cleanStart: false)
+        #expect(broker.expireSessions() == 0)
+        #expect(broker.sessionCount == 1)
+        second.closed()
+        #expect(broker.expireSessions() == 1)
+        #expect(broker.sessionCount == 0)
+        // A clean start replaces an offline session; the replaced one is not expired later.
+        let third = TestClient(broker)
+        await third.connectAccepted("d", cleanStart: false)
+        third.closed()
+        let fourth = TestClient(broker)
+        await fourth.connectAccepted("d", cleanStart: true)
+        #expect(broker.expireSessions() == 0)
+        #expect(broker.sessionCount == 1)
+    }
 }
 
 @Suite("Bounded queues")

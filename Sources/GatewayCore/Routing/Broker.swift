@@ -77,6 +77,17 @@ public final class Broker: Sendable {
         var draining = false
         /// MQTT 5 Will messages waiting for their Will Delay Interval, by client id.
         var pendingWills: [String: (message: Message, due: ContinuousClock.Instant)] = [:]
+        /// Sessions that went offline (their connection released them, or they were restored from the
+        /// store), each with a stamp of that moment: what ``expireSessions()`` looks at, instead of every
+        /// session under this lock each second. An entry may be stale (the session reconnected); the
+        /// expiry pass drops those.
+        var offline: [String: (session: Session, stamp: UInt64)] = [:]
+        var nextOfflineStamp: UInt64 = 0
+
+        /// Forgets `session`'s offline entry (it is discarded or replaced).
+        mutating func forgetOffline(_ session: Session) {
+            if offline[session.clientID]?.session === session { offline[session.clientID] = nil }
+        }
     }
 
     /// - Parameters:
@@ -221,6 +232,7 @@ public final class Broker: Sendable {
                     existing.retire()
                     Self.removeSubscriptions(of: existing, from: &state.index)
                     state.sessions[clientID] = nil
+                    state.forgetOffline(existing)
                     discarded = existing
                 } else {
                     return (OpenedSession(session: existing, owner: owner, sessionPresent: true), nil)
@@ -270,8 +282,19 @@ public final class Broker: Sendable {
     /// Ends connection `owner`'s ownership of `session`. A non-persistent session is discarded.
     func closeSession(_ session: Session, owner: UInt64) {
         guard session.detach(owner: owner, now: now) else { return }
-        if !session.isPersistent {
+        if session.isPersistent {
+            noteOffline(session)
+        } else {
             discard(session)
+        }
+    }
+
+    /// Records that `session` went offline, for ``expireSessions()``.
+    func noteOffline(_ session: Session) {
+        state.withLock { state in
+            guard state.sessions[session.clientID] === session else { return }
+            state.nextOfflineStamp &+= 1
+            state.offline[session.clientID] = (session, state.nextOfflineStamp)
         }
     }
 
@@ -280,6 +303,7 @@ public final class Broker: Sendable {
             guard state.sessions[session.clientID] === session else { return false }
             session.retire()
             state.sessions[session.clientID] = nil
+            state.forgetOffline(session)
             Self.removeSubscriptions(of: session, from: &state.index)
             return true
         }
@@ -335,7 +359,26 @@ public final class Broker: Sendable {
     @discardableResult
     public func expireSessions() -> Int {
         let now = self.now
-        let expired = state.withLock { state in state.sessions.values.filter { $0.isExpired(now: now) } }
+        // Only sessions that went offline are looked at, and outside the routing lock: checking every
+        // session under it stalled every PUBLISH once a second for as long as that took.
+        let candidates = state.withLock { state in Array(state.offline.values) }
+        var expired: [Session] = []
+        var reconnected: [(session: Session, stamp: UInt64)] = []
+        for candidate in candidates {
+            if candidate.session.isExpired(now: now) {
+                expired.append(candidate.session)
+            } else if candidate.session.isConnected {
+                reconnected.append(candidate)
+            }
+        }
+        if !reconnected.isEmpty {
+            state.withLock { state in
+                // Not an entry made since (the session went offline again meanwhile).
+                for entry in reconnected where state.offline[entry.session.clientID]?.stamp == entry.stamp {
+                    state.offline[entry.session.clientID] = nil
+                }
+            }
+        }
         for session in expired {
             logger.debug("session expired", metadata: ["mqtt.client.id": "\(session.clientID)"])
             discard(session)
@@ -794,6 +837,9 @@ public final class Broker: Sendable {
     func insertRestored(_ session: Session, subscriptions: [(key: String, Session.StoredSubscription)]) {
         state.withLock { state in
             state.sessions[session.clientID] = session
+            // Restored sessions are offline until their client reconnects.
+            state.nextOfflineStamp &+= 1
+            state.offline[session.clientID] = (session, state.nextOfflineStamp)
             for (_, subscription) in subscriptions {
                 let filter = subscription.options.topicFilter
                 _ = state.index.insert(

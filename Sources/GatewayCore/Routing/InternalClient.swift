@@ -90,7 +90,7 @@ public final class InternalClient: Sendable {
             defer { state.current = nil }
             return state.current
         }) else { return }
-        _ = session.detach(owner: owner, now: clock.now)
+        if session.detach(owner: owner, now: clock.now) { broker.noteOffline(session) }
     }
 
     /// The next message to forward, or nil when there is none now (or the window is full, or the
