@@ -84,6 +84,12 @@ public final class Broker: Sendable {
         var offline: [String: (session: Session, stamp: UInt64)] = [:]
         var nextOfflineStamp: UInt64 = 0
 
+        /// Records that `session` went offline now, with a new stamp.
+        mutating func markOffline(_ session: Session) {
+            nextOfflineStamp &+= 1
+            offline[session.clientID] = (session, nextOfflineStamp)
+        }
+
         /// Forgets `session`'s offline entry (it is discarded or replaced).
         mutating func forgetOffline(_ session: Session) {
             if offline[session.clientID]?.session === session { offline[session.clientID] = nil }
@@ -293,8 +299,7 @@ public final class Broker: Sendable {
     func noteOffline(_ session: Session) {
         state.withLock { state in
             guard state.sessions[session.clientID] === session else { return }
-            state.nextOfflineStamp &+= 1
-            state.offline[session.clientID] = (session, state.nextOfflineStamp)
+            state.markOffline(session)
         }
     }
 
@@ -838,8 +843,7 @@ public final class Broker: Sendable {
         state.withLock { state in
             state.sessions[session.clientID] = session
             // Restored sessions are offline until their client reconnects.
-            state.nextOfflineStamp &+= 1
-            state.offline[session.clientID] = (session, state.nextOfflineStamp)
+            state.markOffline(session)
             for (_, subscription) in subscriptions {
                 let filter = subscription.options.topicFilter
                 _ = state.index.insert(

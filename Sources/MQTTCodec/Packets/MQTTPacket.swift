@@ -115,16 +115,7 @@ public enum MQTTPacket: Hashable, Sendable {
             _ = try? buffer.copyBytes(at: start + 5, to: start + headerSize, length: remaining)
             buffer.moveWriterIndex(to: start + headerSize + remaining)
         }
-        buffer.setInteger(type.rawValue << 4 | flags, at: start)
-        var value = remaining
-        var index = start + 1
-        repeat {
-            var byte = UInt8(value & 0x7F)
-            value >>= 7
-            if value > 0 { byte |= 0x80 }
-            buffer.setInteger(byte, at: index)
-            index += 1
-        } while value > 0
+        setFixedHeader(remainingLength: remaining, at: start, in: &buffer)
     }
 
     /// Encodes the packet into a new buffer from `allocator`.
@@ -141,21 +132,27 @@ public enum MQTTPacket: Hashable, Sendable {
         var buffer = allocator.buffer(capacity: capacity)
         buffer.moveWriterIndex(forwardBy: 5)
         writeBody(version: version, to: &buffer)
-        // The fixed header goes into the 5 bytes left free in front: type and flags, then the remaining
-        // length as a variable byte integer (1-4 bytes).
-        var remaining = buffer.writerIndex - 5
+        // The fixed header goes into the 5 bytes left free in front.
+        let remaining = buffer.writerIndex - 5
         let start = 5 - 1 - MQTTVariableByteInteger.size(remaining)
-        buffer.setInteger(type.rawValue << 4 | flags, at: start)
-        var index = start + 1
-        repeat {
-            var byte = UInt8(remaining & 0x7F)
-            remaining >>= 7
-            if remaining > 0 { byte |= 0x80 }
-            buffer.setInteger(byte, at: index)
-            index += 1
-        } while remaining > 0
+        setFixedHeader(remainingLength: remaining, at: start, in: &buffer)
         buffer.moveReaderIndex(forwardBy: start)
         return buffer
+    }
+
+    /// Sets the fixed header at `index` of `buffer`: type and flags, then `remainingLength` as a variable
+    /// byte integer (1-4 bytes). The bytes must already be there (reserved in front of the body).
+    private func setFixedHeader(remainingLength: Int, at index: Int, in buffer: inout ByteBuffer) {
+        buffer.setInteger(type.rawValue << 4 | flags, at: index)
+        var value = remainingLength
+        var index = index + 1
+        repeat {
+            var byte = UInt8(value & 0x7F)
+            value >>= 7
+            if value > 0 { byte |= 0x80 }
+            buffer.setInteger(byte, at: index)
+            index += 1
+        } while value > 0
     }
 
     private func writeBody(version: MQTTProtocolVersion, to buffer: inout ByteBuffer) {

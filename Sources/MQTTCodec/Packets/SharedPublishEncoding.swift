@@ -22,12 +22,17 @@ public final class SharedPublishEncoding: Sendable {
 
     fileprivate let forms = Mutex<[Form]>([])
 
+    /// Which form `packet` takes: protocol version, QoS and RETAIN.
+    fileprivate static func formKey(_ packet: MQTTPublishPacket, version: MQTTProtocolVersion) -> UInt8 {
+        (version == .v5 ? 1 : 0) | packet.qos.rawValue << 1 | (packet.retain ? 0x08 : 0)
+    }
+
     public init() {}
 
     /// `packet` encoded for `version`, from the cache when another subscriber already needed this form.
     /// The caller guarantees the packet is the shared form: DUP clear and only the message's own properties.
     public func encoded(_ packet: MQTTPublishPacket, version: MQTTProtocolVersion, allocator: ByteBufferAllocator) -> ByteBuffer {
-        let key = (version == .v5 ? 1 : 0) | packet.qos.rawValue << 1 | (packet.retain ? 0x08 : 0)
+        let key = Self.formKey(packet, version: version)
         let cached = forms.withLock { forms in forms.first { $0.key == key } }
         if let cached {
             guard let id = packet.packetIdentifier, packet.qos != .atMostOnce else { return cached.bytes }
@@ -55,7 +60,7 @@ extension SharedPublishEncoding {
     /// with `packet`'s own packet identifier.
     public func write(_ packet: MQTTPublishPacket, version: MQTTProtocolVersion, to buffer: inout ByteBuffer) {
         let start = buffer.writerIndex
-        let key = (version == .v5 ? 1 : 0) | packet.qos.rawValue << 1 | (packet.retain ? 0x08 : 0)
+        let key = Self.formKey(packet, version: version)
         guard let cached = forms.withLock({ forms in forms.first { $0.key == key } }) else {
             buffer.writeImmutableBuffer(encoded(packet, version: version, allocator: ByteBufferAllocator()))
             return
