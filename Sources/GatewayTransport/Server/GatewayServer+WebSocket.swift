@@ -212,9 +212,8 @@ struct WebSocketPipeline: Sendable {
         let refusal = NIOLoopBoundBox<WebSocketConfiguration.Decision?>(nil, eventLoop: channel.eventLoop)
         // The permessage-deflate parameters answered in the handshake, for the upgraded pipeline.
         let deflate = NIOLoopBoundBox<PerMessageDeflate?>(nil, eventLoop: channel.eventLoop)
-        let upgrader = NIOTypedWebSocketServerUpgrader<WebSocketRoute>(
+        let handshake = NIOTypedWebSocketServerUpgrader<WebSocketRoute>(
             maxFrameSize: maxFrameSize,
-            // WebSocketProtocolHandler answers decoder errors with the right close code.
             enableAutomaticErrorHandling: false,
             shouldUpgrade: { channel, head in
                 let decision = WebSocketConfiguration.asksForUpgrade(head) ? webSocket.decide(head) : .refuse(.badRequest, "a WebSocket upgrade request needs Connection: Upgrade")
@@ -232,15 +231,19 @@ struct WebSocketPipeline: Sendable {
                     return channel.eventLoop.makeSucceededFuture(nil)
                 }
             },
-            upgradePipelineHandler: { channel, head in
-                channel.eventLoop.makeCompletedFuture {
-                    let sync = channel.pipeline.syncOperations
-                    let upgradeHandler = try sync.handler(type: NIOTypedHTTPServerUpgradeHandler<WebSocketRoute>.self)
-                    try sync.addHandler(UpgradeLeftoverGuard(), position: .after(upgradeHandler))
-                    return try self.setUpUpgraded(channel: channel, head: head, deflate: deflate.value)
-                }
+            upgradePipelineHandler: { channel, _ in
+                // Not called: WebSocketUpgrader.upgrade sets up the pipeline.
+                channel.eventLoop.makeFailedFuture(ChannelError.operationUnsupported)
             }
         )
+        let upgrader = WebSocketUpgrader(handshake: handshake) { channel, head in
+            channel.eventLoop.makeCompletedFuture {
+                let sync = channel.pipeline.syncOperations
+                let upgradeHandler = try sync.handler(type: NIOTypedHTTPServerUpgradeHandler<WebSocketRoute>.self)
+                try sync.addHandler(UpgradeLeftoverGuard(), position: .after(upgradeHandler))
+                return try self.setUpUpgraded(channel: channel, head: head, deflate: deflate.value)
+            }
+        }
         return try sync.configureUpgradableHTTPServerPipeline(
             configuration: .init(
                 upgradeConfiguration: .init(
@@ -288,6 +291,7 @@ struct WebSocketPipeline: Sendable {
                     deflate: deflate,
                     deflateBudget: webSocket.compression.budget
                 ),
+                maxFrameSize: maxFrameSize,
                 pingInterval: pingInterval,
                 compressionThreshold: webSocket.compression.threshold
             )
@@ -312,6 +316,28 @@ struct WebSocketPipeline: Sendable {
             channel.close(promise: nil)
             return .refused
         }
+    }
+}
+
+/// NIO's WebSocket upgrader for the handshake (the request's checks, `Sec-WebSocket-Accept`), without
+/// the frame decoder and encoder its own `upgrade` installs: ``WebSocketProtocolHandler`` frames the byte
+/// stream itself (``WebSocketFrameCodec``), so an upgraded connection keeps neither for its life.
+struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
+    typealias UpgradeResult = WebSocketRoute
+
+    let handshake: NIOTypedWebSocketServerUpgrader<WebSocketRoute>
+    /// Adds the endpoint's handlers, on the channel's loop.
+    let setUp: @Sendable (any Channel, HTTPRequestHead) -> EventLoopFuture<WebSocketRoute>
+
+    var supportedProtocol: String { handshake.supportedProtocol }
+    var requiredUpgradeHeaders: [String] { handshake.requiredUpgradeHeaders }
+
+    func buildUpgradeResponse(channel: any Channel, upgradeRequest: HTTPRequestHead, initialResponseHeaders: HTTPHeaders) -> EventLoopFuture<HTTPHeaders> {
+        handshake.buildUpgradeResponse(channel: channel, upgradeRequest: upgradeRequest, initialResponseHeaders: initialResponseHeaders)
+    }
+
+    func upgrade(channel: any Channel, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<WebSocketRoute> {
+        setUp(channel, upgradeRequest)
     }
 }
 

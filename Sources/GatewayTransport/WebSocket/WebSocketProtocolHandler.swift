@@ -2,9 +2,11 @@ import GatewayCore
 import NIOCore
 import NIOWebSocket
 
-/// The WebSocket layer of an upgraded connection: turns frames into data for the handlers above it and
-/// data from them into frames, and performs what ``WebSocketStateMachine`` decides (pong, ping, the close
-/// handshake, failing the connection with a close code).
+/// The WebSocket layer of an upgraded connection: reads frames from the byte stream
+/// (``WebSocketFrameCodec``) and turns them into data for the handlers above it, frames the data from
+/// them, and performs what ``WebSocketStateMachine`` decides (pong, ping, the close handshake, failing the
+/// connection with a close code). It sits right after the socket (or TLS): it keeps only the start of a
+/// frame not yet whole, so an idle connection holds no buffer here.
 ///
 /// Above it the pipeline sees plain `ByteBuffer`s both ways: for MQTT over WebSocket the binary byte
 /// stream that feeds the same packet decoder (`ConnectionInbound`) as TCP, for the JSON API whole text
@@ -16,10 +18,10 @@ import NIOWebSocket
 /// With permessage-deflate negotiated, messages from above of at least the compression threshold go out
 /// compressed (RSV1 set); control frames never are.
 final class WebSocketProtocolHandler: ChannelDuplexHandler {
-    typealias InboundIn = WebSocketFrame
+    typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = WebSocketFrame
+    typealias OutboundOut = ByteBuffer
 
     /// Sent down the pipeline (`triggerUserOutboundEvent`) before closing, to choose the close code.
     struct CloseRequest: Sendable {
@@ -47,8 +49,14 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     static let closeTimeout = TimeAmount.seconds(2)
     /// Set once the connection has been failed with a close frame: what still arrives is discarded.
     private var failed = false
+    /// Set once the peer's close frame answered ours: nothing after it is read.
+    private var closedByPeer = false
 
     private var machine: WebSocketStateMachine
+    /// The largest frame accepted (its header is enough to refuse it, with 1009).
+    private let maxFrameSize: Int
+    /// The start of a frame whose rest has not arrived (nil when none).
+    private var partial: ByteBuffer?
     private let pingInterval: TimeAmount?
     private var pingTimer: Scheduled<Void>?
     private var closeTimer: Scheduled<Void>?
@@ -61,11 +69,13 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
 
     /// - Parameters:
     ///   - configuration: the endpoint kind, message size limit and agreed permessage-deflate parameters.
+    ///   - maxFrameSize: the largest frame accepted.
     ///   - pingInterval: how long a connection may be silent before the server pings it (a second
     ///     silent interval closes it); nil disables pings.
     ///   - compressionThreshold: with permessage-deflate, the smallest message sent compressed (bytes).
-    init(configuration: WebSocketStateMachine.Configuration, pingInterval: TimeAmount?, compressionThreshold: Int = 0) {
+    init(configuration: WebSocketStateMachine.Configuration, maxFrameSize: Int, pingInterval: TimeAmount?, compressionThreshold: Int = 0) {
         self.machine = WebSocketStateMachine(configuration: configuration)
+        self.maxFrameSize = maxFrameSize
         self.pingInterval = pingInterval
         self.compressor = configuration.deflate.map {
             PerMessageDeflate.Compressor(parameters: $0, threshold: compressionThreshold, budget: configuration.deflateBudget)
@@ -86,6 +96,7 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        partial = nil
         machine.closed()
         compressor?.release()
         cancelTimers()
@@ -95,8 +106,42 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        if failed { return }
+        if failed || closedByPeer { return }
+        var bytes = unwrapInboundIn(data)
+        if var partial {
+            self.partial = nil
+            partial.writeBuffer(&bytes)
+            bytes = partial
+        }
+        do {
+            // After a failure (a close frame out, the rest of the input discarded) or the peer's close
+            // answered, frames already read are not acted on.
+            while !failed && !closedByPeer, let frame = try WebSocketFrameCodec.next(&bytes, maxFrameSize: maxFrameSize) {
+                receive(frame, context: context)
+            }
+        } catch {
+            switch machine.decoderFailed(error) {
+            case .sendCloseAndDisconnect(let code, let reason):
+                sendCloseAndDisconnect(context: context, code: code, reason: reason)
+            default:
+                disconnect(context: context)
+            }
+            return
+        }
+        guard !failed && !closedByPeer, bytes.readableBytes > 0 else { return }
+        if bytes.readerIndex == 0 {
+            // Only the start of one frame so far: keep it (appended to in place while it is ours alone).
+            partial = bytes
+        } else {
+            // Frames were taken from the front: keep only the rest, in storage of its own (a slice would
+            // hold the whole read buffer).
+            var rest = context.channel.allocator.buffer(capacity: bytes.readableBytes)
+            rest.writeImmutableBuffer(bytes)
+            partial = rest
+        }
+    }
+
+    private func receive(_ frame: WebSocketFrame, context: ChannelHandlerContext) {
         switch machine.receive(frame) {
         case .none:
             break
@@ -104,29 +149,41 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
             lastOpcode = opcode
             context.fireChannelRead(wrapInboundOut(buffer))
         case .sendPong(let payload):
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
+            writeFrame(context: context, opcode: .pong, data: payload, flush: true, promise: nil)
         case .sendCloseAndDisconnect(let code, let reason):
             sendCloseAndDisconnect(context: context, code: code, reason: reason)
         case .disconnect:
+            closedByPeer = true
             disconnect(context: context)
         }
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // The frame decoder stops after its first error: what it reports afterwards is input the
-        // lingering close discards.
-        if failed { return }
-        guard let error = error as? NIOWebSocketError else {
-            context.fireErrorCaught(error)
-            return
+    /// Writes one unmasked frame. The header goes in a buffer of its own, with the data copied behind it
+    /// when that is small (one write instead of two).
+    private func writeFrame(
+        context: ChannelHandlerContext,
+        rsv1: Bool = false,
+        opcode: WebSocketOpcode,
+        data: ByteBuffer,
+        flush: Bool,
+        promise: EventLoopPromise<Void>?
+    ) {
+        let length = data.readableBytes
+        let inline = length <= Self.inlineDataLimit
+        var header = context.channel.allocator.buffer(capacity: WebSocketFrameCodec.headerSize(length: length) + (inline ? length : 0))
+        WebSocketFrameCodec.writeHeader(rsv1: rsv1, opcode: opcode, length: length, to: &header)
+        if inline {
+            header.writeImmutableBuffer(data)
+            context.write(wrapOutboundOut(header), promise: promise)
+        } else {
+            context.write(wrapOutboundOut(header), promise: nil)
+            context.write(wrapOutboundOut(data), promise: promise)
         }
-        switch machine.decoderFailed(error) {
-        case .sendCloseAndDisconnect(let code, let reason):
-            sendCloseAndDisconnect(context: context, code: code, reason: reason)
-        default:
-            disconnect(context: context)
-        }
+        if flush { context.flush() }
     }
+
+    /// Frames carrying at most this many bytes are written as one buffer, header and data.
+    static let inlineDataLimit = 256
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         guard machine.canSendData else {
@@ -135,13 +192,11 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
         }
         let message = unwrapOutboundIn(data)
         let opcode = outboundOpcode ?? lastOpcode
-        let frame: WebSocketFrame
         if let compressed = compressor?.compress(message, allocator: context.channel.allocator) {
-            frame = WebSocketFrame(fin: true, rsv1: true, opcode: opcode, data: compressed)
+            writeFrame(context: context, rsv1: true, opcode: opcode, data: compressed, flush: false, promise: promise)
         } else {
-            frame = WebSocketFrame(fin: true, opcode: opcode, data: message)
+            writeFrame(context: context, opcode: opcode, data: message, flush: false, promise: promise)
         }
-        context.write(wrapOutboundOut(frame), promise: promise)
     }
 
     func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
@@ -167,7 +222,7 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
             var payload = context.channel.allocator.buffer(capacity: 2 + request.reason.utf8.count)
             payload.write(webSocketErrorCode: code)
             payload.writeString(request.reason)
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)), promise: nil)
+            writeFrame(context: context, opcode: .connectionClose, data: payload, flush: true, promise: nil)
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             closeTimer = context.eventLoop.scheduleTask(in: Self.closeTimeout) {
                 // The peer did not answer the close frame in time.
@@ -198,7 +253,9 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
         // Control frames carry at most 125 bytes: the reason is truncated to fit.
         payload.writeString(String(decoding: reason.utf8.prefix(100), as: UTF8.self))
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)))
+        let written = context.eventLoop.makePromise(of: Void.self)
+        writeFrame(context: context, opcode: .connectionClose, data: payload, flush: true, promise: written)
+        written.futureResult
             .whenComplete { result in
                 let context = loopBound.value
                 guard case .success = result else {
@@ -235,8 +292,7 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
         case .none:
             break
         case .sendPing:
-            let frame = WebSocketFrame(fin: true, opcode: .ping, data: context.channel.allocator.buffer(capacity: 0))
-            context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
+            writeFrame(context: context, opcode: .ping, data: ByteBuffer(), flush: true, promise: nil)
         case .disconnect:
             // Two intervals without a frame, not even a pong: the peer is gone (close 1006 on its side).
             disconnect(context: context)
