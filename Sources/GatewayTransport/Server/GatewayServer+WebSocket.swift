@@ -58,6 +58,7 @@ extension GatewayServer {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.recvAllocator, value: GatewayServer.receiveAllocator)
+            .childChannelOption(.maxMessagesPerRead, value: GatewayServer.readsPerEvent)
             .bind(host: listener.host, port: listener.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations

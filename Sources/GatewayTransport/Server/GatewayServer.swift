@@ -288,7 +288,12 @@ public final class GatewayServer: Service {
     /// and its keep-alive traffic (512 cost 0.38 KiB more per idle connection, measured with 19,000); a
     /// read that fills the buffer grows the next one, so a busy publisher is read in large reads after its
     /// first few.
-    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65536)
+    static let receiveAllocator = ReceiveSizer(minimum: 64, initial: 128, maximum: 65536)
+    /// Reads per readable event (NIO's default is 4). NIO keeps up to this many read buffers per channel
+    /// once a read finds the previous one still referenced (a packet in a queue holds a slice of it, or
+    /// the HTTP upgrade held it), for the channel's life: with 1 it keeps one. Epoll is level-triggered,
+    /// so a socket with more to read is read again on the loop's next turn.
+    static let readsPerEvent: UInt = 1
 
     private func bindMQTT(
         _ listener: ListenerConfiguration,
@@ -303,6 +308,7 @@ public final class GatewayServer: Service {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.recvAllocator, value: GatewayServer.receiveAllocator)
+            .childChannelOption(.maxMessagesPerRead, value: GatewayServer.readsPerEvent)
             .bind(host: listener.host, port: listener.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tls {
