@@ -7,7 +7,7 @@ import NIOCore
 /// The deadline is filed in its event loop's ``KeepAliveWheel`` and re-filed only when it comes due
 /// (at the last read + timeout), so a busy connection costs a timestamp per read and an idle one an
 /// entry in a bucket, removed in O(1) when the connection closes.
-final class KeepAliveHandler: ChannelDuplexHandler, RemovableChannelHandler {
+final class KeepAliveHandler: ChannelDuplexHandler, RemovableChannelHandler, WheelDeadline {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer

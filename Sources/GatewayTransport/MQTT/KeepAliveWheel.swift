@@ -1,18 +1,26 @@
 import NIOCore
 import Synchronization
 
-/// One coarse timer per event loop for the keep-alive and connect deadlines of all its connections.
+/// A handler with a deadline filed in its loop's ``KeepAliveWheel``.
+protocol WheelDeadline: AnyObject {
+    /// Called by the wheel when the filed deadline's bucket is due (the wheel has dropped the entry).
+    func deadlineReached(context: ChannelHandlerContext)
+}
+
+/// One coarse timer per event loop for the keep-alive and connect deadlines and the WebSocket ping
+/// intervals of all its connections.
 ///
 /// A `Scheduled` task per connection costs O(n) to cancel (NIO removes it from its heap by search), so
 /// closing n connections at once — a shutdown, a load balancer failing over — took O(n²): 13 s for
 /// 8,000 connections. Here a deadline is filed in a per-second bucket: filing and removing are O(1),
 /// and one repeating one-second task per loop fires the buckets that are due. Deadlines fire up to a
-/// second late, which keep-alive (1.5 × keep alive) and connect timeouts tolerate.
+/// second late, which keep-alive (1.5 × keep alive), connect timeouts and pings tolerate. A connection's
+/// entry also costs less than a `Scheduled` task (about 160 bytes with its promise and heap node).
 ///
 /// Used only on its event loop.
 final class KeepAliveWheel {
     private struct Entry {
-        let handler: KeepAliveHandler
+        let handler: any WheelDeadline
         let context: ChannelHandlerContext
     }
 
@@ -47,7 +55,7 @@ final class KeepAliveWheel {
     }
 
     /// Files `handler` to fire at (or up to a second after) `deadline`; returns the bucket to remove it from.
-    func insert(_ handler: KeepAliveHandler, context: ChannelHandlerContext, deadline: NIODeadline) -> Int64 {
+    func insert(_ handler: any WheelDeadline, context: ChannelHandlerContext, deadline: NIODeadline) -> Int64 {
         let bucket = max(Self.second(of: deadline), firedThrough + 1)
         buckets[bucket, default: [:]][ObjectIdentifier(handler)] = Entry(handler: handler, context: context)
         if ticker == nil {
@@ -59,10 +67,25 @@ final class KeepAliveWheel {
         return bucket
     }
 
-    func remove(_ handler: KeepAliveHandler, bucket: Int64) {
+    func remove(_ handler: any WheelDeadline, bucket: Int64) {
         let key = ObjectIdentifier(handler)
         guard buckets[bucket]?.removeValue(forKey: key) != nil else { return }
         if buckets[bucket]?.isEmpty == true { buckets[bucket] = nil }
+        if buckets.isEmpty { detach() }
+    }
+
+    /// With nothing filed, stops the ticker and leaves the registry (which would otherwise keep every
+    /// loop that ever had a deadline, such as each `EmbeddedEventLoop` of the tests and fuzz targets);
+    /// the next deadline on the loop makes a new wheel.
+    private func detach() {
+        ticker?.cancel()
+        ticker = nil
+        let key = ObjectIdentifier(eventLoop)
+        Self.wheels.withLock { wheels in
+            if let found = wheels[key], found.loop === eventLoop, found.wheel.value === self {
+                wheels[key] = nil
+            }
+        }
     }
 
     private func fireDue() {
@@ -74,5 +97,6 @@ final class KeepAliveWheel {
                 entry.handler.deadlineReached(context: entry.context)
             }
         }
+        if buckets.isEmpty { detach() }
     }
 }

@@ -17,7 +17,7 @@ import NIOWebSocket
 ///
 /// With permessage-deflate negotiated, messages from above of at least the compression threshold go out
 /// compressed (RSV1 set); control frames never are.
-final class WebSocketProtocolHandler: ChannelDuplexHandler {
+final class WebSocketProtocolHandler: ChannelDuplexHandler, WheelDeadline {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -58,7 +58,8 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     /// The start of a frame whose rest has not arrived (nil when none).
     private var partial: ByteBuffer?
     private let pingInterval: TimeAmount?
-    private var pingTimer: Scheduled<Void>?
+    /// The ``KeepAliveWheel`` bucket of the next ping tick, while filed.
+    private var pingBucket: Int64?
     private var closeTimer: Scheduled<Void>?
     private var pendingClose: CloseRequest?
     private var closePromise: EventLoopPromise<Void>?
@@ -92,14 +93,14 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        cancelTimers()
+        cancelTimers(context: context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         partial = nil
         machine.closed()
         compressor?.release()
-        cancelTimers()
+        cancelTimers(context: context)
         closePromise?.succeed()
         closePromise = nil
         context.fireChannelInactive()
@@ -247,7 +248,7 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     private func sendCloseAndDisconnect(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String) {
         guard !failed else { return }
         failed = true
-        cancelTimers()
+        cancelTimers(context: context)
         var payload = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         payload.write(webSocketErrorCode: code)
         // Control frames carry at most 125 bytes: the reason is truncated to fit.
@@ -273,18 +274,18 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
     }
 
     private func disconnect(context: ChannelHandlerContext) {
-        cancelTimers()
+        cancelTimers(context: context)
         context.close(promise: nil)
     }
 
     private func schedulePing(context: ChannelHandlerContext) {
-        guard let pingInterval, pingTimer == nil else { return }
-        let loopBound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
-        pingTimer = context.eventLoop.scheduleTask(in: pingInterval) {
-            let (handler, context) = loopBound.value
-            handler.pingTimer = nil
-            handler.pingTick(context: context)
-        }
+        guard let pingInterval, pingBucket == nil else { return }
+        pingBucket = KeepAliveWheel.of(context.eventLoop).insert(self, context: context, deadline: .now() + pingInterval)
+    }
+
+    func deadlineReached(context: ChannelHandlerContext) {
+        pingBucket = nil
+        pingTick(context: context)
     }
 
     private func pingTick(context: ChannelHandlerContext) {
@@ -301,9 +302,11 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler {
         if context.channel.isActive { schedulePing(context: context) }
     }
 
-    private func cancelTimers() {
-        pingTimer?.cancel()
-        pingTimer = nil
+    private func cancelTimers(context: ChannelHandlerContext) {
+        if let pingBucket {
+            KeepAliveWheel.of(context.eventLoop).remove(self, bucket: pingBucket)
+            self.pingBucket = nil
+        }
         closeTimer?.cancel()
         closeTimer = nil
     }
