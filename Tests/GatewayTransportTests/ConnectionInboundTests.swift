@@ -24,9 +24,14 @@ struct ConnectionInboundTests {
         .disconnect(MQTTReasonPacket(reasonCode: .success)),
     ]
 
-    private static func makeChannel(maximumPacketSize: Int = 4096) throws -> (EmbeddedChannel, ConnectionInbound) {
+    private static func makeChannel(maximumPacketSize: Int = 4096, reads: ReadCounter? = nil) throws -> (EmbeddedChannel, ConnectionInbound) {
         let channel = EmbeddedChannel()
-        let inbound = ConnectionInbound(eventLoop: channel.eventLoop, parser: MQTTPacketParser(maximumPacketSize: maximumPacketSize))
+        let inbound = ConnectionInbound(
+            eventLoop: channel.eventLoop,
+            parser: MQTTPacketParser(maximumPacketSize: maximumPacketSize),
+            connectTimeout: .seconds(5)
+        )
+        if let reads { try channel.pipeline.syncOperations.addHandler(reads) }
         try channel.pipeline.syncOperations.addHandler(inbound)
         return (channel, inbound)
     }
@@ -114,5 +119,75 @@ struct ConnectionInboundTests {
             (error as? MQTTCodecError)?.code == .protocolError
         }
         _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    /// Reading is held while 16 inputs wait for the task or back-pressure pauses the publisher, and
+    /// resumes only once neither holds it.
+    @Test func readsAreHeldByTheWatermarkAndByBackPressure() throws {
+        let reads = ReadCounter()
+        let (channel, inbound) = try Self.makeChannel(reads: reads)
+        channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 40000), promise: nil)
+        channel.read()
+        #expect(reads.count == 1)
+
+        channel.triggerUserOutboundEvent(ConnectionInbound.SetReadPaused(paused: true), promise: nil)
+        channel.read()
+        #expect(reads.count == 1)
+        channel.triggerUserOutboundEvent(ConnectionInbound.SetReadPaused(paused: false), promise: nil)
+        #expect(reads.count == 2)
+
+        // 16 inputs waiting, and paused: taking one does not resume reading while paused.
+        try channel.writeInbound(ByteBuffer(bytes: Self.bytes([Self.stream[0]] + Array(repeating: .pingreq, count: 15))))
+        channel.triggerUserOutboundEvent(ConnectionInbound.SetReadPaused(paused: true), promise: nil)
+        channel.read()
+        #expect(reads.count == 2)
+        _ = inbound.nextBuffered()
+        #expect(reads.count == 2)
+        // Resumed, but 15 still waiting: the held read goes out now (below the watermark).
+        channel.triggerUserOutboundEvent(ConnectionInbound.SetReadPaused(paused: false), promise: nil)
+        #expect(reads.count == 3)
+        // Back at the watermark: held until the task takes one.
+        try channel.writeInbound(ByteBuffer(bytes: Self.bytes([.pingreq])))
+        channel.read()
+        #expect(reads.count == 3)
+        _ = inbound.nextBuffered()
+        #expect(reads.count == 4)
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
+    /// Without CONNECT the socket is closed after the connect timeout; after CONNECT, 1.5 × the keep alive
+    /// of silence ends the input with `KeepAliveExpired`, and a read in between pushes the deadline on.
+    @Test func keepAliveAndConnectTimeout() async throws {
+        let (silent, _) = try Self.makeChannel()
+        silent.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 40000), promise: nil)
+        silent.embeddedEventLoop.advanceTime(by: .seconds(4))
+        #expect(silent.isActive)
+        silent.embeddedEventLoop.advanceTime(by: .seconds(3))  // the wheel fires up to a second late
+        #expect(!silent.isActive)
+
+        let (channel, inbound) = try Self.makeChannel()
+        channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 40001), promise: nil)
+        try channel.writeInbound(ByteBuffer(bytes: Self.bytes([Self.stream[0]])))
+        #expect(Self.packets(inbound) == [Self.stream[0]])
+        channel.triggerUserOutboundEvent(ConnectionInbound.SetKeepAlive(seconds: 2), promise: nil)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        try channel.writeInbound(ByteBuffer(bytes: Self.bytes([.pingreq])))
+        #expect(Self.packets(inbound) == [.pingreq])
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(inbound.failure == nil && channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(3))
+        await #expect(throws: ConnectionInbound.KeepAliveExpired.self) { try await inbound.wait() }
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+}
+
+/// Counts the reads that reach the socket.
+final class ReadCounter: ChannelOutboundHandler {
+    typealias OutboundIn = Any
+    var count = 0
+
+    func read(context: ChannelHandlerContext) {
+        count += 1
+        context.read()
     }
 }

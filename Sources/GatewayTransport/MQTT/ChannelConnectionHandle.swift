@@ -49,12 +49,12 @@ final class ChannelConnectionHandle: ConnectionHandle {
     }
 
     func setReadPaused(_ paused: Bool) {
-        // KeepAliveHandler holds the reads. Always through `execute`, also on the channel's own loop: the
+        // ConnectionInbound holds the reads. Always through `execute`, also on the channel's own loop: the
         // calls (made in order, under ReadThrottle's lock) then take effect in the order they were made,
         // where an inline one could overtake one queued from another loop.
         let channel = self.channel
         channel.eventLoop.execute {
-            channel.pipeline.syncOperations.triggerUserOutboundEvent(KeepAliveHandler.SetReadPaused(paused: paused), promise: nil)
+            channel.pipeline.syncOperations.triggerUserOutboundEvent(ConnectionInbound.SetReadPaused(paused: paused), promise: nil)
         }
     }
 

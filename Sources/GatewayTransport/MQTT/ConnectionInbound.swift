@@ -36,28 +36,42 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     /// Inputs buffered for the task before the socket stops being read.
     static let highWatermark = 16
 
-    private let eventLoop: any EventLoop
+    let eventLoop: any EventLoop
     private var context: ChannelHandlerContext?
     private var buffer: [ConnectionInput] = []
     private var head = 0
     private var waiting: UnsafeContinuation<Void, any Error>?
-    private var failure: (any Error)?
+    /// The error that ends the input once what was buffered before it has been taken.
+    private(set) var failure: (any Error)?
     private var finished = false
     private var parser: MQTTPacketParser
     /// The start of a packet whose rest has not arrived (nil when none: an idle connection keeps no bytes).
     private var partial: ByteBuffer?
     /// Set once the stream failed to decode: nothing after the error is read as packets.
     private var decodingFailed = false
+    /// A read asked for while reading is held (``readHeld``).
     private var heldRead = false
     /// Set for a lingering close: what arrives is dropped and reading goes on.
     private var discarding = false
+    /// Keep alive (``ConnectionInbound+KeepAlive.swift``): the connect timeout, then 1.5 × the keep alive.
+    var keepAliveTimeout: TimeAmount
+    /// Set once CONNECT was accepted (``SetKeepAlive``).
+    var keepAliveConnected = false
+    var lastRead: NIODeadline
+    /// The ``KeepAliveWheel`` bucket the deadline is filed in, while filed.
+    var keepAliveBucket: Int64?
+    /// Reading is paused by back-pressure on this publisher (``SetReadPaused``).
+    var readPaused = false
     /// Called when the socket becomes writable again: the connection's writer goes on at once, without
     /// waiting for the task (which may be waiting for a storage commit).
     var onWritable: (() -> Void)?
 
-    init(eventLoop: any EventLoop, parser: MQTTPacketParser) {
+    /// - Parameter connectTimeout: how long a socket may stay open without sending CONNECT.
+    init(eventLoop: any EventLoop, parser: MQTTPacketParser, connectTimeout: TimeAmount) {
         self.eventLoop = eventLoop
         self.parser = parser
+        self.keepAliveTimeout = connectTimeout
+        self.lastRead = eventLoop.now
     }
 
     private var buffered: Int { buffer.count - head }
@@ -73,10 +87,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
         partial = nil
         buffer.removeAll()
         head = 0
-        if heldRead, let context {
-            heldRead = false
-            context.read()
-        }
+        releaseHeldRead()
     }
 
     /// Waits until an input is buffered (true) or the connection has closed (false); throws the error
@@ -135,10 +146,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
             buffer.removeAll(keepingCapacity: true)
             head = 0
         }
-        if heldRead && buffered < Self.highWatermark, let context {
-            heldRead = false
-            context.read()
-        }
+        releaseHeldRead()
         return input
     }
 
@@ -167,9 +175,16 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        if context.channel.isActive { armKeepAlive(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        armKeepAlive(context: context)
+        context.fireChannelActive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        unfileKeepAlive()
         self.context = nil
         onWritable = nil
         finished = true
@@ -177,6 +192,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastRead = eventLoop.now
         guard !discarding, !decodingFailed else { return }
         var bytes = unwrapInboundIn(data)
         if var partial {
@@ -212,6 +228,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
         if context.channel.isWritable {
             // The writer stopped when the socket filled up.
             if let onWritable { onWritable() } else { deliver(.writable) }
+            releaseHeldRead()
         }
         context.fireChannelWritabilityChanged()
     }
@@ -220,12 +237,13 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
         fail(error)
     }
 
-    private func fail(_ error: any Error) {
+    func fail(_ error: any Error) {
         if failure == nil && !finished { failure = error }
         deliverEnd()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        unfileKeepAlive()
         onWritable = nil
         finished = true
         deliverEnd()
@@ -233,11 +251,26 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func read(context: ChannelHandlerContext) {
-        if buffered >= Self.highWatermark {
+        if readHeld {
             heldRead = true
         } else {
             context.read()
         }
+    }
+
+    /// Whether the socket is not read for now: the task has ``highWatermark`` inputs waiting,
+    /// back-pressure paused this publisher, or the socket is not writable (a client that sends without
+    /// reading would otherwise pile up our answers, PUBACKs and PINGRESPs, in NIO's write buffer). A
+    /// lingering close reads on regardless of the task.
+    private var readHeld: Bool {
+        (!discarding && buffered >= Self.highWatermark) || readPaused || !(context?.channel.isWritable ?? true)
+    }
+
+    /// Asks for the read held back, once nothing holds it any more.
+    func releaseHeldRead() {
+        guard heldRead, !readHeld, let context else { return }
+        heldRead = false
+        context.read()
     }
 }
 

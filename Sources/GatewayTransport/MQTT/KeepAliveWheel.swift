@@ -17,7 +17,8 @@ protocol WheelDeadline: AnyObject {
 /// second late, which keep-alive (1.5 × keep alive), connect timeouts and pings tolerate. A connection's
 /// entry also costs less than a `Scheduled` task (about 160 bytes with its promise and heap node).
 ///
-/// Used only on its event loop.
+/// Used only on its event loop, on that loop's clock (`EventLoop.now`: an `EmbeddedEventLoop`'s own time
+/// in tests).
 final class KeepAliveWheel {
     private struct Entry {
         let handler: any WheelDeadline
@@ -32,7 +33,7 @@ final class KeepAliveWheel {
 
     private init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
-        self.firedThrough = Self.second(of: .now()) - 1
+        self.firedThrough = Self.second(of: eventLoop.now) - 1
     }
 
     private static let wheels = Mutex<[ObjectIdentifier: (loop: any EventLoop, wheel: NIOLoopBound<KeepAliveWheel>)]>([:])
@@ -89,7 +90,7 @@ final class KeepAliveWheel {
     }
 
     private func fireDue() {
-        let now = Self.second(of: .now())
+        let now = Self.second(of: eventLoop.now)
         while firedThrough < now {
             firedThrough += 1
             guard let due = buckets.removeValue(forKey: firedThrough) else { continue }

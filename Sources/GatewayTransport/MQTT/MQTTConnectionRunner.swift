@@ -169,7 +169,7 @@ struct MQTTConnectionRunner: Sendable {
         case let error as MQTTCodecError:
             cause = .protocolError
             actions = connection.handleDecodeError(error)
-        case is KeepAliveHandler.KeepAliveExpired:
+        case is ConnectionInbound.KeepAliveExpired:
             cause = .keepAliveTimeout
             actions = connection.keepAliveExpired()
         case let error?:
@@ -323,7 +323,7 @@ struct MQTTConnectionRunner: Sendable {
                 replied = true
             case .keepAlive(let seconds):
                 handle.connected(version: connection.version)
-                handle.channel.triggerUserOutboundEvent(KeepAliveHandler.SetKeepAlive(seconds: seconds), promise: nil)
+                handle.channel.triggerUserOutboundEvent(ConnectionInbound.SetKeepAlive(seconds: seconds), promise: nil)
             case .close:
                 writer.flush()
                 return replied ? .afterReply : .now

@@ -300,8 +300,11 @@ struct WebSocketPipeline: Sendable {
         switch webSocket.endpoint(forURI: head.uri) {
         case .mqtt:
             try sync.addHandler(protocolHandler(.mqttStream))
-            try sync.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
-            let inbound = ConnectionInbound(eventLoop: channel.eventLoop, parser: MQTTPacketParser(maximumPacketSize: maxPacketSize))
+            let inbound = ConnectionInbound(
+                eventLoop: channel.eventLoop,
+                parser: MQTTPacketParser(maximumPacketSize: maxPacketSize),
+                connectTimeout: connectTimeout
+            )
             try sync.addHandler(inbound)
             return .mqtt(MQTTConnectionChannel(channel: channel, inbound: inbound))
         case .json:

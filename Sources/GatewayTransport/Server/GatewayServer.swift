@@ -314,10 +314,10 @@ public final class GatewayServer: Service {
                     if let tls {
                         try tls.addServerHandlers(to: channel.pipeline.syncOperations)
                     }
-                    try channel.pipeline.syncOperations.addHandler(KeepAliveHandler(connectTimeout: connectTimeout))
                     let inbound = ConnectionInbound(
                         eventLoop: channel.eventLoop,
-                        parser: MQTTPacketParser(maximumPacketSize: maxPacketSize)
+                        parser: MQTTPacketParser(maximumPacketSize: maxPacketSize),
+                        connectTimeout: connectTimeout
                     )
                     try channel.pipeline.syncOperations.addHandler(inbound)
                     let connection = MQTTConnectionChannel(channel: channel, inbound: inbound)

@@ -280,7 +280,7 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler, WheelDeadline {
 
     private func schedulePing(context: ChannelHandlerContext) {
         guard let pingInterval, pingBucket == nil else { return }
-        pingBucket = KeepAliveWheel.of(context.eventLoop).insert(self, context: context, deadline: .now() + pingInterval)
+        pingBucket = KeepAliveWheel.of(context.eventLoop).insert(self, context: context, deadline: context.eventLoop.now + pingInterval)
     }
 
     func deadlineReached(context: ChannelHandlerContext) {
