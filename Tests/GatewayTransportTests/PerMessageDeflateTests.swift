@@ -126,14 +126,14 @@ struct PerMessageDeflateTests {
     }
 
     @Test func compressesHelloAsTheRFCDoes() {
-        var withTakeover = compressor(takeover: true)
+        let withTakeover = compressor(takeover: true)
         let allocator = ByteBufferAllocator()
         #expect(withTakeover.compress(ByteBuffer(string: "Hello"), allocator: allocator) == ByteBuffer(bytes: hello))
         // RFC 7692 7.2.3.2: the second "Hello" refers back to the first.
         #expect(withTakeover.compress(ByteBuffer(string: "Hello"), allocator: allocator) == ByteBuffer(bytes: [0xF2, 0x00, 0x11, 0x00, 0x00]))
         // Without context takeover every message starts afresh; one that does not shrink ("Hello" takes 7
         // bytes compressed) goes out as it is.
-        var withoutTakeover = compressor(takeover: false)
+        let withoutTakeover = compressor(takeover: false)
         #expect(withoutTakeover.compress(ByteBuffer(string: "Hello"), allocator: allocator) == nil)
         let twice = withoutTakeover.compress(ByteBuffer(string: "Hello Hello Hello"), allocator: allocator)
         #expect(twice != nil)
@@ -141,7 +141,7 @@ struct PerMessageDeflateTests {
     }
 
     @Test func smallMessagesStayUncompressed() {
-        var c = compressor(takeover: true, threshold: 256)
+        let c = compressor(takeover: true, threshold: 256)
         #expect(c.compress(ByteBuffer(repeating: 0x41, count: 255), allocator: ByteBufferAllocator()) == nil)
         #expect(c.compress(ByteBuffer(repeating: 0x41, count: 256), allocator: ByteBufferAllocator()) != nil)
     }
@@ -200,7 +200,7 @@ struct PerMessageDeflateTests {
         }
         for takeover in [true, false] {
             let budget = DeflateContextBudget(limit: 10)
-            var c = compressor(takeover: takeover, budget: budget)
+            let c = compressor(takeover: takeover, budget: budget)
             var m = machine(
                 .textMessages,
                 offer: takeover ? "permessage-deflate" : "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
@@ -227,7 +227,7 @@ struct PerMessageDeflateTests {
     }
 
     @Test func mqttStreamInflatesAcrossFrames() throws {
-        var c = compressor(takeover: true)
+        let c = compressor(takeover: true)
         // A PUBLISH-sized packet of compressible bytes, sent as one compressed message in three frames.
         let packet = ByteBuffer(bytes: [0x30, 0x7F] + Array(repeating: 0x61, count: 127))
         let result = c.compress(packet, allocator: ByteBufferAllocator())
@@ -274,7 +274,7 @@ struct PerMessageDeflateTests {
     @Test func decompressionBombStopsAtTheLimit() throws {
         let limit = 64 * 1024
         // 10 MiB of zeros: about 10 KiB compressed.
-        var c = compressor(takeover: false)
+        let c = compressor(takeover: false)
         let compressedBomb = c.compress(ByteBuffer(repeating: 0, count: 10 << 20), allocator: ByteBufferAllocator())
         let bomb = try #require(compressedBomb)
         #expect(bomb.readableBytes < 16 * 1024)

@@ -6,7 +6,9 @@ extension PerMessageDeflate {
     ///
     /// The zlib stream is made on the first compressed message, not at the handshake, so a connection
     /// that never sends anything large holds none. Without context takeover it lives for one message.
-    struct Compressor {
+    /// A class: a connection without permessage-deflate holds a nil reference, not the inline space of
+    /// its parameters and settings.
+    final class Compressor {
         let parameters: PerMessageDeflate
         let settings: Settings
         /// Messages of at least this many bytes are compressed.
@@ -23,7 +25,7 @@ extension PerMessageDeflate {
 
         /// The payload to send with RSV1 set, or nil to send `message` uncompressed (under the threshold,
         /// or zlib could not allocate its state: compression is optional per message, RFC 7692 6).
-        mutating func compress(_ message: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        func compress(_ message: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer? {
             guard message.readableBytes >= threshold else { return nil }
             let deflater: ZlibDeflater
             if let existing = self.deflater {
@@ -53,14 +55,15 @@ extension PerMessageDeflate {
         }
 
         /// The connection ended: free the stream.
-        mutating func release() {
+        func release() {
             deflater = nil
         }
     }
 
     /// Inflates the compressed messages one connection receives, frame by frame: the frames of a message
     /// are one DEFLATE stream, ended by the `00 00 ff ff` RFC 7692 7.2.2 appends at the message end.
-    struct Decompressor {
+    /// A class for the same reason as ``Compressor``.
+    final class Decompressor {
         let parameters: PerMessageDeflate
         let budget: DeflateContextBudget?
         private var inflater: ZlibInflater?
@@ -73,7 +76,7 @@ extension PerMessageDeflate {
 
         /// Inflates the data of one frame of a compressed message (`fin`: its last frame), appending at
         /// most `limit` bytes to `output`.
-        mutating func inflate(_ data: ByteBuffer, fin: Bool, into output: inout ByteBuffer, limit: Int) -> ZlibInflater.Outcome {
+        func inflate(_ data: ByteBuffer, fin: Bool, into output: inout ByteBuffer, limit: Int) -> ZlibInflater.Outcome {
             let inflater: ZlibInflater
             if let existing = self.inflater {
                 inflater = existing
@@ -95,13 +98,13 @@ extension PerMessageDeflate {
         }
 
         /// The message ended (or failed): without context takeover the stream is freed.
-        private mutating func endMessage() {
+        private func endMessage() {
             inflater?.endMessage()
             if parameters.clientNoContextTakeover { inflater = nil }
         }
 
         /// The connection ended: free the stream.
-        mutating func release() {
+        func release() {
             inflater = nil
         }
     }

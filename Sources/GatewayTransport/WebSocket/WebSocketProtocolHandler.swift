@@ -60,9 +60,31 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler, WheelDeadline {
     private let pingInterval: TimeAmount?
     /// The ``KeepAliveWheel`` bucket of the next ping tick, while filed.
     private var pingBucket: Int64?
-    private var closeTimer: Scheduled<Void>?
-    private var pendingClose: CloseRequest?
-    private var closePromise: EventLoopPromise<Void>?
+    /// What closing needs, made on first use: an idle connection holds a nil reference.
+    private final class Closing {
+        var timer: Scheduled<Void>?
+        var request: CloseRequest?
+        var promise: EventLoopPromise<Void>?
+    }
+    private var closing: Closing?
+    private var closingState: Closing {
+        if let closing { return closing }
+        let made = Closing()
+        closing = made
+        return made
+    }
+    private var closeTimer: Scheduled<Void>? {
+        get { closing?.timer }
+        set { if newValue != nil || closing != nil { closingState.timer = newValue } }
+    }
+    private var pendingClose: CloseRequest? {
+        get { closing?.request }
+        set { closingState.request = newValue }
+    }
+    private var closePromise: EventLoopPromise<Void>? {
+        get { closing?.promise }
+        set { if newValue != nil || closing != nil { closingState.promise = newValue } }
+    }
     /// The opcode of the last message received: the echo endpoint answers with it.
     private var lastOpcode = WebSocketOpcode.binary
     private let outboundOpcode: WebSocketOpcode?

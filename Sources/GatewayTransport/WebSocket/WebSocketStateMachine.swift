@@ -87,7 +87,9 @@ struct WebSocketStateMachine {
         case fragmented(opcode: WebSocketOpcode, buffer: ByteBuffer?, compressed: Bool, inflated: Int)
     }
 
-    let configuration: Configuration
+    /// From the ``Configuration`` (whose deflate parameters only the decompressor keeps).
+    let endpoint: Endpoint
+    let maxMessageSize: Int
     private var state = State.open
     private var message = Message.none
     private var heardSinceTick = false
@@ -95,7 +97,8 @@ struct WebSocketStateMachine {
     private var decompressor: PerMessageDeflate.Decompressor?
 
     init(configuration: Configuration) {
-        self.configuration = configuration
+        self.endpoint = configuration.endpoint
+        self.maxMessageSize = configuration.maxMessageSize
         self.decompressor = configuration.deflate.map {
             PerMessageDeflate.Decompressor(parameters: $0, budget: configuration.deflateBudget)
         }
@@ -164,7 +167,7 @@ struct WebSocketStateMachine {
     }
 
     private mutating func receiveData(opcode: WebSocketOpcode, fin: Bool, compressed: Bool, data: ByteBuffer) -> FrameAction {
-        switch (configuration.endpoint, opcode) {
+        switch (endpoint, opcode) {
         case (.mqttStream, .text):
             return fail(.unacceptableData, "MQTT over WebSocket uses binary frames")
         case (.textMessages, .binary):
@@ -173,15 +176,15 @@ struct WebSocketStateMachine {
             break
         }
         if compressed {
-            let buffer: ByteBuffer? = configuration.endpoint == .mqttStream ? nil : ByteBuffer()
+            let buffer: ByteBuffer? = endpoint == .mqttStream ? nil : ByteBuffer()
             return receiveCompressedContinuation(opcode: opcode, buffer: buffer, inflated: 0, fin: fin, data: data)
         }
-        if case .mqttStream = configuration.endpoint {
+        if case .mqttStream = endpoint {
             if !fin { message = .fragmented(opcode: opcode, buffer: nil, compressed: false, inflated: 0) }
             return data.readableBytes > 0 ? .deliver(data, opcode: opcode) : .none
         }
-        guard data.readableBytes <= configuration.maxMessageSize else {
-            return fail(.messageTooLarge, "message larger than \(configuration.maxMessageSize) bytes")
+        guard data.readableBytes <= maxMessageSize else {
+            return fail(.messageTooLarge, "message larger than \(maxMessageSize) bytes")
         }
         if fin { return complete(opcode: opcode, data) }
         message = .fragmented(opcode: opcode, buffer: data, compressed: false, inflated: 0)
@@ -199,9 +202,9 @@ struct WebSocketStateMachine {
             if fin { message = .none }
             return data.readableBytes > 0 ? .deliver(data, opcode: opcode) : .none
         }
-        guard buffer.readableBytes + data.readableBytes <= configuration.maxMessageSize else {
+        guard buffer.readableBytes + data.readableBytes <= maxMessageSize else {
             message = .none
-            return fail(.messageTooLarge, "message larger than \(configuration.maxMessageSize) bytes")
+            return fail(.messageTooLarge, "message larger than \(maxMessageSize) bytes")
         }
         // Drop the reference held in `message` first so the append does not copy the storage.
         message = .none
@@ -225,12 +228,12 @@ struct WebSocketStateMachine {
         message = .none
         var output = buffer ?? ByteBuffer()
         let before = output.readableBytes
-        let limit = configuration.maxMessageSize - before - inflated
+        let limit = maxMessageSize - before - inflated
         switch decompressor!.inflate(data, fin: fin, into: &output, limit: limit) {
         case .inflated:
             break
         case .tooLarge:
-            return fail(.messageTooLarge, "compressed message inflates past \(configuration.maxMessageSize) bytes")
+            return fail(.messageTooLarge, "compressed message inflates past \(maxMessageSize) bytes")
         case .corrupt:
             return fail(.dataInconsistentWithMessage, "invalid compressed data")
         case .outOfMemory:
