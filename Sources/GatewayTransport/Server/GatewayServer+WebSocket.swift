@@ -5,6 +5,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
+import Synchronization
 
 /// Where an upgraded (or refused) WebSocket connection goes.
 enum WebSocketRoute: Sendable {
@@ -19,18 +20,30 @@ enum WebSocketRoute: Sendable {
     case refused
 }
 
-/// A connection accepted by a WebSocket listener, before its HTTP upgrade has finished.
-struct PendingWebSocket: AcceptedConnection {
+/// A connection accepted by a WebSocket listener, before its HTTP upgrade has finished. A class: the
+/// connection's task holds it for its life (in the accept loop's closure), and once the upgrade is done
+/// it lets go of the upgrade's future (``takeRoute()``).
+final class PendingWebSocket: AcceptedConnection {
     let channel: any Channel
-    let route: EventLoopFuture<WebSocketRoute>
+    private let route: Mutex<EventLoopFuture<WebSocketRoute>?>
+
+    init(channel: any Channel, route: EventLoopFuture<WebSocketRoute>) {
+        self.channel = channel
+        self.route = Mutex(route)
+    }
 
     var acceptedID: ObjectIdentifier { ObjectIdentifier(channel) }
+
+    /// The upgrade's future, for the connection's task to wait on: from then on it is not kept here.
+    func takeRoute() -> EventLoopFuture<WebSocketRoute>? {
+        route.withLock { $0.take() }
+    }
 
     /// Closes the connection; an upgrade that still completes hands over an async channel, which is
     /// finished too. Never waits for the upgrade (it may never complete).
     func discard() async {
         channel.close(promise: nil)
-        route.whenSuccess { route in
+        route.withLock { $0 }?.whenSuccess { route in
             switch route {
             case .mqtt(let channel): Task { await channel.discard() }
             case .json(let channel, _): Task { await channel.discard() }
@@ -135,8 +148,12 @@ extension GatewayServer {
         let token = registry.add(ChannelConnectionHandle(channel: pending.channel))
         // Awaited through a continuation, not `EventLoopFuture.get()`: its frames would be the deepest an
         // MQTT-over-WebSocket connection's task ever needs (see `MQTTConnectionRunner.run(_:)`).
+        guard let route = pending.takeRoute() else {
+            registry.remove(token)
+            return nil
+        }
         let result = await withUnsafeContinuation { continuation in
-            pending.route.whenComplete { continuation.resume(returning: $0) }
+            route.whenComplete { continuation.resume(returning: $0) }
         }
         return upgradeEnded(result, channel: pending.channel, token: token, broker: broker, registry: registry, logger: logger)
     }
