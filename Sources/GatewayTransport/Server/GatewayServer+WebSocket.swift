@@ -362,8 +362,8 @@ struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
     }
 }
 
-/// Stands between the HTTP upgrade handler and the WebSocket frame decoder while the upgrade completes.
-/// What the upgrade handler buffered during the upgrade is replayed to the frame decoder; NIO's HTTP
+/// Stands between the HTTP upgrade handler and the WebSocket layer (``WebSocketProtocolHandler``) while
+/// the upgrade completes. What the upgrade handler buffered during the upgrade is replayed to that layer; NIO's HTTP
 /// decoder keeps parsing after a request it did not itself see as an upgrade, so that replay can hold
 /// HTTP request parts (the body or next request of a client that pipelines after its upgrade), and a
 /// part reaching a handler that reads `ByteBuffer` is a process-wide fatal error. The guard drops such
