@@ -49,7 +49,13 @@ public final class ClientConnection {
     private(set) var routeCache: RouteCache?
     private var owner: UInt64 = 0
     private var username: String?
-    private var will: MQTTWill?
+    /// The will (boxed: most connections have none, and an inline optional took its full size in every
+    /// connection).
+    private var will: MQTTWill? {
+        get { willBox?.will }
+        set { willBox = newValue.map(WillBox.init) }
+    }
+    private var willBox: WillBox?
     private var gracefulDisconnect = false
     private var connectSessionExpiry: UInt32 = 0
     /// Inbound topic aliases (MQTT 5): alias → topic.
@@ -60,8 +66,15 @@ public final class ClientConnection {
     /// Outbound topic aliases (MQTT 5): topic → alias, up to the client's Topic Alias Maximum.
     private var outboundAliases: [String: UInt16] = [:]
     private var clientTopicAliasMaximum: UInt16 = 0
-    /// PUBACK/PUBREC packets in receive order; some wait for a storage commit.
-    private let acks = AckQueue()
+    /// PUBACK/PUBREC packets in receive order; some wait for a storage commit. Made at the first QoS 1/2
+    /// PUBLISH: a connection that only subscribes never has one.
+    private var ackQueue: AckQueue?
+    private var acks: AckQueue {
+        if let ackQueue { return ackQueue }
+        let made = AckQueue()
+        ackQueue = made
+        return made
+    }
     /// Holds this publisher back while a subscriber it fed is full (back-pressure); made on the first
     /// PUBLISH, so a connection that only subscribes never has one.
     private lazy var throttle = ReadThrottle(handle: handle, metrics: broker.metrics)
@@ -515,7 +528,7 @@ public final class ClientConnection {
         // overlap beyond the PUBRECs: the larger of the two never exceeds the true count, so a client
         // within its quota is never disconnected.
         if publish.qos != .atMostOnce && version == .v5
-            && max(session.inboundQoS2Count, acks.count) >= live.configuration.receiveMaximum
+            && max(session.inboundQoS2Count, ackQueue?.count ?? 0) >= live.configuration.receiveMaximum
         {
             return .answered(
                 disconnectForViolation(
@@ -793,12 +806,12 @@ extension ClientConnection {
     /// returns these first too; this variant lets tests see acknowledgements apart from deliveries.
     package func takeReadyAcknowledgements() -> [MQTTPacket] {
         var packets: [MQTTPacket] = []
-        while let ack = acks.popReady() { packets.append(ack) }
+        while let ack = ackQueue?.popReady() { packets.append(ack) }
         return packets
     }
 
     public func nextOutboundPacket() -> MQTTPacket? {
-        if let ack = acks.popReady() { return ack }
+        if let ack = ackQueue?.popReady() { return ack }
         guard let session else { return nil }
         while true {
             switch session.nextOutbound(owner: owner, now: clock.now) {
@@ -822,5 +835,14 @@ extension ClientConnection {
                 return .publish(applyingOutboundAlias(publish))
             }
         }
+    }
+}
+
+/// A connection's will, by reference (see `ClientConnection.will`).
+private final class WillBox: Sendable {
+    let will: MQTTWill
+
+    init(_ will: MQTTWill) {
+        self.will = will
     }
 }
