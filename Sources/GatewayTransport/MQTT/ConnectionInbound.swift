@@ -45,8 +45,8 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     private(set) var failure: (any Error)?
     private var finished = false
     private var parser: MQTTPacketParser
-    /// The start of a packet whose rest has not arrived (nil when none: an idle connection keeps no bytes).
-    private var partial: ByteBuffer?
+    /// The start of a packet whose rest has not arrived.
+    private var partial = UnfinishedBytes()
     /// Set once the stream failed to decode: nothing after the error is read as packets.
     private var decodingFailed = false
     /// A read asked for while reading is held (``readHeld``).
@@ -77,14 +77,14 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     private var buffered: Int { buffer.count - head }
 
     /// The storage held for a packet not yet whole, in bytes (0: none).
-    var partialCapacity: Int { partial?.storageCapacity ?? 0 }
+    var partialCapacity: Int { partial.capacity }
 
     /// Drops what is buffered and everything that arrives from now on, and keeps reading (a lingering
     /// close reads the client's input until it closes, so that closing does not reset the connection).
     func discardInput() {
         eventLoop.assertInEventLoop()
         discarding = true
-        partial = nil
+        partial.drop()
         buffer.removeAll()
         head = 0
         releaseHeldRead()
@@ -194,12 +194,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         lastRead = eventLoop.now
         guard !discarding, !decodingFailed else { return }
-        var bytes = unwrapInboundIn(data)
-        if var partial {
-            self.partial = nil
-            partial.writeBuffer(&bytes)
-            bytes = partial
-        }
+        var bytes = partial.prepend(to: unwrapInboundIn(data))
         do {
             while let packet = try parser.next(&bytes) {
                 deliver(.packet(packet))
@@ -211,17 +206,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
             fail(error)
             return
         }
-        guard bytes.readableBytes > 0 else { return }
-        if bytes.readerIndex == 0 {
-            // Only the start of one packet so far: keep it (appended to in place while it is ours alone).
-            partial = bytes
-        } else {
-            // Packets were taken from the front: keep only the unread rest, in storage of its own. Kept
-            // in place, a buffer appended to at the back and read at the front would never shrink.
-            var rest = context.channel.allocator.buffer(capacity: bytes.readableBytes)
-            rest.writeImmutableBuffer(bytes)
-            partial = rest
-        }
+        partial.keep(bytes, allocator: context.channel.allocator)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

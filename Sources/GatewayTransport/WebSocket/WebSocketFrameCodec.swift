@@ -11,9 +11,6 @@ import NIOWebSocket
 /// payload is buffered. What a frame means (masking, reserved bits, opcodes, fragments) is
 /// ``WebSocketStateMachine``'s concern.
 enum WebSocketFrameCodec {
-    /// The longest frame header: 2 bytes, an 8-byte length and a 4-byte mask.
-    static let maxHeaderSize = 14
-
     /// The whole frame at the front of `buffer`, consumed; nil (nothing consumed) while part of it has
     /// not arrived. The frame's data is a slice of `buffer`, still masked (``WebSocketFrame/maskKey``).
     static func next(_ buffer: inout ByteBuffer, maxFrameSize: Int) throws(NIOWebSocketError) -> WebSocketFrame? {

@@ -49,14 +49,12 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler, WheelDeadline {
     static let closeTimeout = TimeAmount.seconds(2)
     /// Set once the connection has been failed with a close frame: what still arrives is discarded.
     private var failed = false
-    /// Set once the peer's close frame answered ours: nothing after it is read.
-    private var closedByPeer = false
 
     private var machine: WebSocketStateMachine
     /// The largest frame accepted (its header is enough to refuse it, with 1009).
     private let maxFrameSize: Int
-    /// The start of a frame whose rest has not arrived (nil when none).
-    private var partial: ByteBuffer?
+    /// The start of a frame whose rest has not arrived.
+    private var partial = UnfinishedBytes()
     private let pingInterval: TimeAmount?
     /// The ``KeepAliveWheel`` bucket of the next ping tick, while filed.
     private var pingBucket: Int64?
@@ -119,7 +117,7 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler, WheelDeadline {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        partial = nil
+        partial.drop()
         machine.closed()
         compressor?.release()
         cancelTimers(context: context)
@@ -129,17 +127,12 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler, WheelDeadline {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if failed || closedByPeer { return }
-        var bytes = unwrapInboundIn(data)
-        if var partial {
-            self.partial = nil
-            partial.writeBuffer(&bytes)
-            bytes = partial
-        }
+        if failed { return }
+        var bytes = partial.prepend(to: unwrapInboundIn(data))
         do {
-            // After a failure (a close frame out, the rest of the input discarded) or the peer's close
-            // answered, frames already read are not acted on.
-            while !failed && !closedByPeer, let frame = try WebSocketFrameCodec.next(&bytes, maxFrameSize: maxFrameSize) {
+            // After a failure (a close frame out, the rest of the input discarded) frames already read
+            // are not acted on. After the close handshake the state machine ignores them.
+            while !failed, let frame = try WebSocketFrameCodec.next(&bytes, maxFrameSize: maxFrameSize) {
                 receive(frame, context: context)
             }
         } catch {
@@ -151,17 +144,8 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler, WheelDeadline {
             }
             return
         }
-        guard !failed && !closedByPeer, bytes.readableBytes > 0 else { return }
-        if bytes.readerIndex == 0 {
-            // Only the start of one frame so far: keep it (appended to in place while it is ours alone).
-            partial = bytes
-        } else {
-            // Frames were taken from the front: keep only the rest, in storage of its own (a slice would
-            // hold the whole read buffer).
-            var rest = context.channel.allocator.buffer(capacity: bytes.readableBytes)
-            rest.writeImmutableBuffer(bytes)
-            partial = rest
-        }
+        guard !failed else { return }
+        partial.keep(bytes, allocator: context.channel.allocator)
     }
 
     private func receive(_ frame: WebSocketFrame, context: ChannelHandlerContext) {
@@ -176,7 +160,6 @@ final class WebSocketProtocolHandler: ChannelDuplexHandler, WheelDeadline {
         case .sendCloseAndDisconnect(let code, let reason):
             sendCloseAndDisconnect(context: context, code: code, reason: reason)
         case .disconnect:
-            closedByPeer = true
             disconnect(context: context)
         }
     }
