@@ -170,6 +170,43 @@ struct IngestQueueTests {
         #expect(store.snapshot.committed.allSatisfy { $0.count <= 3 })
     }
 
+    @Test("trySubmit: queues without waiting while there is room; a full backpressure queue returns nil and takes no hold")
+    func trySubmitNeverWaits() async {
+        let store = FakeTelemetryStore()
+        let queue = makeQueue(store) {
+            $0.maxQueuedMessages = 2
+            $0.batchMaxRows = 2
+            $0.overflow = .backpressure
+        }
+        let writer = Task { await queue.run() }
+        store.hold()
+        let holdsTaken = Recorder<Int>()
+        let commits = Recorder<Int>()
+        func hold(_ i: Int) -> (@Sendable () -> Void)? {
+            holdsTaken.append(i)
+            return { commits.append(i) }
+        }
+        #expect(queue.trySubmit(record(0), onCommit: { hold(0) }) == .accepted)
+        await store.waitUntil("the first insert to be held") { $0.held == 1 }
+        #expect(queue.trySubmit(record(1), onCommit: { hold(1) }) == .accepted)
+        // Full: nothing queued, and the commit callback (a commit gate's hold) was never asked for.
+        #expect(queue.trySubmit(record(2), onCommit: { hold(2) }) == nil)
+        #expect(queue.depth == 2)
+        #expect(holdsTaken.all == [0, 1])
+        store.release()
+        await store.waitUntil("2 committed records") { $0.committedRecords.count == 2 }
+        await poll("the queue to empty") { queue.isEmpty }
+        #expect(queue.trySubmit(record(3), onCommit: { hold(3) }) == .accepted)
+        await store.waitUntil("3 committed records") { $0.committedRecords.count == 3 }
+        queue.close()
+        await writer.value
+        #expect(payloads(store.snapshot.committedRecords) == ["m0", "m1", "m3"])
+        #expect(commits.all == [0, 1, 3], "onCommit ran once for each queued record")
+        // After close, a record is refused at once (not left waiting).
+        #expect(queue.trySubmit(record(4), onCommit: { hold(4) }) == .rejected)
+        #expect(holdsTaken.all == [0, 1, 3])
+    }
+
     @Test("reject: a full queue (messages cap) returns .rejected at once")
     func rejectWhenFull() async {
         let store = FakeTelemetryStore()

@@ -155,6 +155,34 @@ struct ConnectionInboundTests {
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 
+    /// Once CONNECT was accepted, a packet read while the task waits with nothing buffered is handled on the
+    /// loop (``ConnectionInbound/inlineHandler``); what the handler hands back, and every packet read after
+    /// it, is buffered for the task in the order read, and never handled ahead of what waits.
+    @Test func packetsAreHandledInlineOnlyWhileTheTaskWaitsWithNothingBuffered() async throws {
+        let (channel, inbound) = try Self.makeChannel()
+        let publish = MQTTPacket.publish(MQTTPublishPacket(topic: "a/b", payload: ByteBuffer(string: "x"), qos: .atLeastOnce, packetIdentifier: 7))
+        var handled: [MQTTPacket] = []
+        inbound.inlineHandler = { packet in
+            handled.append(packet)
+            // A PINGREQ is answered here; the PUBLISH goes to the task (as one that must wait would).
+            return packet == .pingreq ? nil : .packet(packet)
+        }
+        // The task is busy (not waiting): nothing is handled inline.
+        try channel.writeInbound(ByteBuffer(bytes: Self.bytes([Self.stream[0], .pingreq])))
+        #expect(handled.isEmpty)
+        #expect(Self.packets(inbound) == [Self.stream[0], .pingreq])
+
+        let waiter = Task { try await inbound.wait() }
+        await pollUntil("the task waits") { inbound.isTaskWaiting }
+        try channel.writeInbound(ByteBuffer(bytes: Self.bytes([.pingreq, .pingreq, publish, .pingreq])))
+        #expect(try await waiter.value)
+        // Two PINGREQs on the loop, then the PUBLISH handed to the task; the PINGREQ after it waits behind it.
+        #expect(handled == [.pingreq, .pingreq, publish])
+        #expect(Self.packets(inbound) == [publish, .pingreq])
+        inbound.inlineHandler = nil
+        _ = try channel.finish(acceptAlreadyClosed: true)
+    }
+
     /// Without CONNECT the socket is closed after the connect timeout; after CONNECT, 1.5 × the keep alive
     /// of silence ends the input with `KeepAliveExpired`, and a read in between pushes the deadline on.
     @Test func keepAliveAndConnectTimeout() async throws {
@@ -189,5 +217,17 @@ final class ReadCounter: ChannelOutboundHandler {
     func read(context: ChannelHandlerContext) {
         count += 1
         context.read()
+    }
+}
+
+/// Polls `condition` every millisecond until it holds; fails the test after 5 s.
+func pollUntil(_ what: String, _ condition: () -> Bool) async {
+    let deadline = ContinuousClock.now + .seconds(5)
+    while !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("timed out waiting for \(what)")
+            return
+        }
+        try? await Task.sleep(for: .milliseconds(1))
     }
 }

@@ -444,7 +444,7 @@ public final class ClientConnection {
     /// its deepest chain for its whole life: the checks and the routing are synchronous functions of
     /// their own, so what the suspending function holds across its waits is this and little more (the
     /// whole function was a 5.4 KiB frame, which every publishing connection kept).
-    private struct PublishStep {
+    fileprivate struct PublishStep {
         var message: Message
         /// Set when the message is refused (MQTT 5 says why in the acknowledgement).
         var failure: MQTTReasonCode?
@@ -469,23 +469,70 @@ public final class ClientConnection {
     /// frame of a whole packet).
     @inline(never)
     public func handlePublish(_ publish: MQTTPublishPacket) async -> [Action] {
-        guard let session else { return protocolViolation("PUBLISH before CONNECT") }
+        switch handlePublishWithoutWaiting(publish) {
+        case .done(let actions): return actions
+        case .mustWait(let pending): return await finishPublish(pending)
+        }
+    }
+
+    /// What ``handlePublishWithoutWaiting(_:)`` did with a PUBLISH.
+    public enum PublishOutcome: Sendable {
+        /// Handled: these are the actions.
+        case done([Action])
+        /// Checked, but routing it has to wait for room (the session store's queue over its caps, or a full
+        /// telemetry queue with `overflow: backpressure`): ``finishPublish(_:)`` does the rest.
+        case mustWait(PendingPublish)
+    }
+
+    /// A PUBLISH checked by ``handlePublishWithoutWaiting(_:)`` that waits for room before it is routed.
+    public struct PendingPublish: Sendable {
+        fileprivate let publish: MQTTPublishPacket
+        fileprivate let step: PublishStep
+        fileprivate let session: Session
+    }
+
+    /// Handles a PUBLISH when nothing on its way needs a wait — the common case: no storage, or room in the
+    /// queues — so that a connection's event loop can take it the moment it is read, without waking the
+    /// connection's task. Otherwise the checks are done (topic alias, limits, authorization, the
+    /// acknowledgement's slot) and the rest is left to ``finishPublish(_:)``, which must be called next.
+    public func handlePublishWithoutWaiting(_ publish: MQTTPublishPacket) -> PublishOutcome {
+        guard let session else { return .done(protocolViolation("PUBLISH before CONNECT")) }
         var step: PublishStep
         switch checkPublish(publish, session: session) {
-        case .answered(let actions): return actions
+        case .answered(let actions): return .done(actions)
         case .proceed(let checked): step = checked
         }
+        if step.failure == nil && step.isNew, let journal = broker.journal, !journal.hasRoom {
+            return .mustWait(PendingPublish(publish: publish, step: step, session: session))
+        }
+        if let record = step.record, let ingest = broker.ingest {
+            let gate = step.gate
+            guard let result = ingest.trySubmit(record, onCommit: { gate?.hold() }) else {
+                return .mustWait(PendingPublish(publish: publish, step: step, session: session))
+            }
+            if result == .rejected, let actions = refuseForFullIngest(publish, step: &step, session: session) {
+                return .done(actions)
+            }
+        }
+        return .done(routeAndAcknowledge(publish, step: step, session: session))
+    }
+
+    /// Waits for room for a PUBLISH that ``handlePublishWithoutWaiting(_:)`` left pending, then routes and
+    /// acknowledges it (back-pressure: the publisher's task waits here, and its socket is not read meanwhile).
+    public func finishPublish(_ pending: PendingPublish) async -> [Action] {
+        let session = pending.session
+        var step = pending.step
         if step.failure == nil && step.isNew, let journal = broker.journal {
             // The session store's write-behind queue is over its caps: stop reading this publisher.
             await journal.waitForRoom()
         }
         if let record = step.record, let ingest = broker.ingest {
             let result = await ingest.submit(record, onCommit: step.gate?.hold())
-            if result == .rejected, let actions = refuseForFullIngest(publish, step: &step, session: session) {
+            if result == .rejected, let actions = refuseForFullIngest(pending.publish, step: &step, session: session) {
                 return actions
             }
         }
-        return routeAndAcknowledge(publish, step: step, session: session)
+        return routeAndAcknowledge(pending.publish, step: step, session: session)
     }
 
     /// The checks of a PUBLISH (topic alias, limits, authorization) and what they decide.

@@ -177,6 +177,12 @@ final class GroupCommitWriter<Buffer: GroupCommitBuffer>: Sendable {
         return result
     }
 
+    /// Whether `hasRoom` holds for the queue now, or the queue is closed (what ``waitForRoom(until:willWait:)``
+    /// would return at once for).
+    func hasRoomNow(_ hasRoom: (Occupancy) -> Bool) -> Bool {
+        state.withLock { state in state.closed || hasRoom(state.occupancy) }
+    }
+
     /// Returns once `hasRoom` holds for the queue or the queue is closed. Calls `willWait` once, before
     /// it first suspends. `hasRoom` runs under the queue's lock; a commit re-checks it.
     func waitForRoom(until hasRoom: (Occupancy) -> Bool, willWait: () -> Void = {}) async {

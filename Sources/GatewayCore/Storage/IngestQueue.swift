@@ -97,36 +97,50 @@ public final class IngestQueue: Sendable {
     /// Queues `record` for the store. With `overflow: backpressure` a full queue suspends the caller
     /// (its connection stops being read) until there is room.
     public func submit(_ record: TelemetryRecord, onCommit: (@Sendable () -> Void)?) async -> SubmitResult {
-        enum Admission: Sendable { case accepted, full }
-        let size = record.byteCount
         var waited = false
         while true {
-            let paused = intakePaused.load(ordering: .relaxed)
-            let admission = writer.enqueue { pending, occupancy -> Admission in
-                guard !paused, Self.fits(size, in: occupancy, configuration) else { return .full }
-                pending.append(Entry(record: record, onCommit: onCommit), bytes: size)
-                return .accepted
+            if let result = admit(record, onCommit: { onCommit }) { return result }
+            if !waited {
+                backpressureWaits.increment()
+                waited = true
             }
-            switch admission {
-            case .accepted?:
-                return .accepted
-            case nil:
-                // Closed: the gateway is shutting down.
-                rejected.increment()
-                return .rejected
-            case .full?:
-                if configuration.overflow == .reject {
-                    rejected.increment()
-                    return .rejected
-                }
-                if !waited {
-                    backpressureWaits.increment()
-                    waited = true
-                }
-                await writer.waitForRoom(until: { occupancy in
-                    !self.intakePaused.load(ordering: .relaxed) && Self.fits(size, in: occupancy, configuration)
-                })
-            }
+            let size = record.byteCount
+            await writer.waitForRoom(until: { occupancy in
+                !self.intakePaused.load(ordering: .relaxed) && Self.fits(size, in: occupancy, configuration)
+            })
+        }
+    }
+
+    /// Queues `record` when that needs no wait: what ``submit(_:onCommit:)`` returns, or nil when the queue
+    /// is full and the overflow policy is `backpressure` (nothing was queued and `onCommit` was not called;
+    /// ``submit(_:onCommit:)`` then waits for room). `onCommit` is called only for a record that is queued,
+    /// so a commit gate's hold is never taken for one that is not.
+    public func trySubmit(_ record: TelemetryRecord, onCommit: () -> (@Sendable () -> Void)?) -> SubmitResult? {
+        admit(record, onCommit: onCommit)
+    }
+
+    /// One attempt to queue `record`: accepted, rejected (shutting down, or full with `overflow: reject`),
+    /// or nil (full, to wait for room).
+    private func admit(_ record: TelemetryRecord, onCommit: () -> (@Sendable () -> Void)?) -> SubmitResult? {
+        enum Admission: Sendable { case accepted, full }
+        let size = record.byteCount
+        let paused = intakePaused.load(ordering: .relaxed)
+        let admission = writer.enqueue { pending, occupancy -> Admission in
+            guard !paused, Self.fits(size, in: occupancy, configuration) else { return .full }
+            pending.append(Entry(record: record, onCommit: onCommit()), bytes: size)
+            return .accepted
+        }
+        switch admission {
+        case .accepted?:
+            return .accepted
+        case nil:
+            // Closed: the gateway is shutting down.
+            rejected.increment()
+            return .rejected
+        case .full?:
+            guard configuration.overflow == .reject else { return nil }
+            rejected.increment()
+            return .rejected
         }
     }
 

@@ -194,12 +194,14 @@ public final class StateJournal: Sendable {
 
     /// Waits while the queue is over its caps (publishers call this before routing a message).
     public func waitForRoom() async {
-        await writer.waitForRoom(
-            until: { occupancy in
-                occupancy.count < configuration.maxPendingOperations && occupancy.bytes < configuration.maxPendingBytes
-            },
-            willWait: { backpressureWaits.increment() }
-        )
+        await writer.waitForRoom(until: isUnderCaps, willWait: { backpressureWaits.increment() })
+    }
+
+    /// Whether ``waitForRoom()`` would return at once: a publisher that finds room routes without suspending.
+    public var hasRoom: Bool { writer.hasRoomNow(isUnderCaps) }
+
+    private func isUnderCaps(_ occupancy: GroupCommitWriter<Pending>.Occupancy) -> Bool {
+        occupancy.count < configuration.maxPendingOperations && occupancy.bytes < configuration.maxPendingBytes
     }
 
     /// Operations queued or being written.

@@ -1,3 +1,4 @@
+import GatewayCore
 import MQTTCodec
 import NIOCore
 
@@ -6,6 +7,11 @@ import NIOCore
 enum ConnectionInput: Sendable {
     case packet(MQTTPacket)
     case writable
+    /// A PUBLISH the loop checked (``ConnectionInbound/inlineHandler``) that waits for room before it is
+    /// routed: the task finishes it.
+    case publishAwaiting(ClientConnection.PendingPublish)
+    /// The loop handled a packet whose answer ends the connection: the task closes it so.
+    case closing(MQTTConnectionRunner.Closing)
 }
 
 /// What an MQTT connection's task awaits: the next decoded packet, or `writable` when its socket can take
@@ -65,6 +71,11 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     /// Called when the socket becomes writable again: the connection's writer goes on at once, without
     /// waiting for the task (which may be waiting for a storage commit).
     var onWritable: (() -> Void)?
+    /// Handles a packet on the loop, as it is read, while the task waits with nothing buffered (set once
+    /// CONNECT was accepted). Returns nil when the packet was handled, or what the task is to take instead
+    /// (the packet itself, a PUBLISH that waits for room, or how to close). A packet read while the task is
+    /// busy or has inputs waiting is buffered for it as before, so packets are handled in the order read.
+    var inlineHandler: ((MQTTPacket) -> ConnectionInput?)?
 
     /// - Parameter connectTimeout: how long a socket may stay open without sending CONNECT.
     init(eventLoop: any EventLoop, parser: MQTTPacketParser, connectTimeout: TimeAmount) {
@@ -75,6 +86,9 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private var buffered: Int { buffer.count - head }
+
+    /// Whether the task waits in ``wait()`` (for tests).
+    var isTaskWaiting: Bool { waiting != nil }
 
     /// The storage held for a packet not yet whole, in bytes (0: none).
     var partialCapacity: Int { partial.capacity }
@@ -187,6 +201,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
         unfileKeepAlive()
         self.context = nil
         onWritable = nil
+        inlineHandler = nil
         finished = true
         deliverEnd()
     }
@@ -197,7 +212,13 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
         var bytes = partial.prepend(to: unwrapInboundIn(data))
         do {
             while let packet = try parser.next(&bytes) {
-                deliver(.packet(packet))
+                if let inlineHandler, waiting != nil, buffered == 0 {
+                    // The task waits with nothing before this packet: handling it here saves waking the
+                    // task (a job on the loop, and its frames) for each packet.
+                    if let rest = inlineHandler(packet) { deliver(rest) }
+                } else {
+                    deliver(.packet(packet))
+                }
             }
         } catch {
             // The packets before the error reach the task first, then the error (answered with the
@@ -230,6 +251,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         unfileKeepAlive()
         onWritable = nil
+        inlineHandler = nil
         finished = true
         deliverEnd()
         context.fireChannelInactive()

@@ -7,7 +7,10 @@ import NIOCore
 ///
 /// The task runs on its channel's event loop (``EventLoopTaskExecutor``): it awaits ``ConnectionInbound``
 /// for client packets, which it hands to the core and answers, and writability changes; every write goes
-/// through the connection's ``ConnectionWriter`` on that loop. Messages routed to this connection are
+/// through the connection's ``ConnectionWriter`` on that loop. Once CONNECT was accepted, a packet read
+/// while the task waits with nothing buffered is handled on the loop as it is read (``handleInline(_:_:)``),
+/// without waking the task; the task takes what has to wait (a PUBLISH waiting for room) and what arrives
+/// while it is busy, in the order read. Messages routed to this connection are
 /// written by the writer when the session wakes it, without waking the task. Every error stays inside
 /// this connection.
 struct MQTTConnectionRunner: Sendable {
@@ -99,6 +102,8 @@ struct MQTTConnectionRunner: Sendable {
         } catch {
             failure = error
         }
+        // The handler refers to the connection's parts, which refer to the channel: break the cycle.
+        accepted.inbound.inlineHandler = nil
         if tearDown(parts, closing: closing, failure: failure) == .afterReply {
             if isWebSocket {
                 // The WebSocket close handshake that closing starts is the linger: it waits (bounded) for
@@ -192,6 +197,11 @@ struct MQTTConnectionRunner: Sendable {
     @inline(never)
     private func serve(_ inbound: ConnectionInbound, _ parts: Parts) async throws -> Closing? {
         while try await inbound.wait() {
+            if case .closing(let closing)? = inbound.peekBuffered() {
+                // The loop handled a packet whose answer ends the connection (``handleInline(_:_:)``).
+                inbound.dropBuffered()
+                return closing
+            }
             if !parts.connection.isConnected {
                 // CONNECT: awaited here, not deeper, so that its wait needs no more frames than the idle one.
                 guard let first = startFirst(inbound, parts) else { continue }
@@ -199,6 +209,9 @@ struct MQTTConnectionRunner: Sendable {
                     return closing
                 }
                 parts.writer.drainIfConnected()
+                if parts.connection.isConnected && inbound.inlineHandler == nil {
+                    inbound.inlineHandler = { packet in handleInline(packet, parts) }
+                }
                 continue
             }
             if let closing = await processBuffered(inbound, parts) { return closing }
@@ -245,11 +258,44 @@ struct MQTTConnectionRunner: Sendable {
         case suspends
     }
 
+    /// Handles a packet on the event loop as it is read, while the task waits (``ConnectionInbound/inlineHandler``):
+    /// what ``step(_:_:)`` does with a packet, without waking the task. Returns nil when it was handled, or
+    /// what the task is to take: the packet (the client is no longer connected here), a PUBLISH that waits
+    /// for room, or how to close.
+    @inline(never)
+    private func handleInline(_ packet: MQTTPacket, _ parts: Parts) -> ConnectionInput? {
+        guard parts.connection.isConnected else { return .packet(packet) }
+        let actions: [ClientConnection.Action]
+        if case .publish(let publish) = packet {
+            switch parts.connection.handlePublishWithoutWaiting(publish) {
+            case .done(let done): actions = done
+            case .mustWait(let pending): return .publishAwaiting(pending)
+            }
+        } else {
+            guard let done = parts.connection.handleSynchronously(packet) else { return .packet(packet) }
+            actions = done
+        }
+        if let closing = perform(actions, connection: parts.connection, handle: parts.handle, writer: parts.writer) {
+            return .closing(closing)
+        }
+        parts.writer.drainIfConnected()
+        return nil
+    }
+
     /// Handles the next buffered input when that needs no suspension. Returns nil when nothing is buffered.
     @inline(never)
     private func step(_ inbound: ConnectionInbound, _ parts: Parts) -> Step? {
         guard let input = inbound.peekBuffered() else { return nil }
-        guard case .packet(let packet) = input else {
+        let packet: MQTTPacket
+        switch input {
+        case .packet(let read):
+            packet = read
+        case .publishAwaiting:
+            return .suspends
+        case .closing(let closing):
+            inbound.dropBuffered()
+            return .closing(closing)
+        case .writable:
             inbound.dropBuffered()
             return .handled
         }
@@ -267,6 +313,10 @@ struct MQTTConnectionRunner: Sendable {
     private func handleConnected(_ inbound: ConnectionInbound, _ parts: Parts) async -> [ClientConnection.Action] {
         if let publish = inbound.nextBufferedPublish() {
             return await parts.connection.handlePublish(publish)
+        }
+        if case .publishAwaiting(let pending)? = inbound.peekBuffered() {
+            inbound.dropBuffered()
+            return await parts.connection.finishPublish(pending)
         }
         return await handleOther(inbound, parts)
     }
