@@ -425,7 +425,7 @@ SECTIONS = [
             THROUGHPUT_ROWS, "traffic"),
     Section("bench-qos0-1to100", "QoS 0 fan-out, 1 publisher → 100 consumers", THROUGHPUT_ROWS, "traffic"),
     Section("bench-qos0-1to100-max",
-            "QoS 0 fan-out at full speed, 1 publisher → 100 consumers (500,000 deliveries/s offered)",
+            "QoS 0 fan-out at full speed, 1 publisher → 100 consumers (1,000,000 deliveries/s offered)",
             THROUGHPUT_ROWS, "traffic"),
     Section("bench-qos1-1to100", "QoS 1 fan-out, 1 publisher → 100 consumers", THROUGHPUT_ROWS, "traffic"),
     Section("bench-latency", "Latency at 5,000 msg/s from 1,000 devices (QoS 1)", [
@@ -607,7 +607,7 @@ def write_report(results: dict[str, dict[str, list[Measurement]]], args: argpars
         "",
         "The throughput scenarios offer a fixed load (100,000 msg/s at QoS 0 and 20,000 msg/s at QoS 1 for "
         "fan-in; 1,000 and 200 msg/s to 100 consumers for fan-out), two fan-in scenarios offer 200,000 msg/s and one QoS 0 "
-        "fan-out scenario 500,000 deliveries/s, "
+        "fan-out scenario 1,000,000 deliveries/s, "
         "more than either broker carries, so their publishers run as fast as the broker lets them: a device "
         "keeps at most 100 QoS 1 messages unacknowledged, and at QoS 0 holds a message back while its socket "
         "pushes back (the simulator's `publish.window`); what it could not send is \"held back\", not lost. "
