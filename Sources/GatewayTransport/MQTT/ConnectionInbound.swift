@@ -132,11 +132,12 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
         return take()
     }
 
-    /// The next buffered input when it is a PUBLISH (taken), nil otherwise (left in the buffer).
-    func nextBufferedPublish() -> MQTTPublishPacket? {
-        guard case .packet(.publish(let publish))? = peekBuffered() else { return nil }
-        dropBuffered()
-        return publish
+    /// Replaces the next buffered input (the one ``peekBuffered()`` returned) with `input`, which the task
+    /// takes next. Call from the connection task only.
+    func replaceBuffered(with input: ConnectionInput) {
+        eventLoop.assertInEventLoop()
+        precondition(head < buffer.count, "nothing is buffered")
+        buffer[head] = input
     }
 
     /// The next buffered input, left in the buffer; nil when none is. Call from the connection task only.

@@ -8,7 +8,7 @@ import NIOCore
 /// The task runs on its channel's event loop (``EventLoopTaskExecutor``): it awaits ``ConnectionInbound``
 /// for client packets, which it hands to the core and answers, and writability changes; every write goes
 /// through the connection's ``ConnectionWriter`` on that loop. Once CONNECT was accepted, a packet read
-/// while the task waits with nothing buffered is handled on the loop as it is read (``handleInline(_:connection:handle:writer:)``),
+/// while the task waits with nothing buffered is handled on the loop as it is read (``handleWithoutWaiting(_:connection:handle:writer:)``),
 /// without waking the task; the task takes what has to wait (a PUBLISH waiting for room) and what arrives
 /// while it is busy, in the order read. Messages routed to this connection are
 /// written by the writer when the session wakes it, without waking the task. Every error stays inside
@@ -253,7 +253,7 @@ struct MQTTConnectionRunner: Sendable {
     }
 
     /// The close that the loop asked for when it handled a packet whose answer ends the connection
-    /// (``handleInline(_:connection:handle:writer:)``), taken from the inputs; nil when the next input is something else.
+    /// (``handleWithoutWaiting(_:connection:handle:writer:)``), taken from the inputs; nil when the next input is something else.
     /// Synchronous, like everything ``serve(_:_:)`` calls between waits: its temporaries would otherwise
     /// join the frame an idle connection's task keeps.
     @inline(never)
@@ -274,15 +274,19 @@ struct MQTTConnectionRunner: Sendable {
         let connection = parts.connection
         let handle = parts.handle
         let writer = parts.writer
-        inbound.inlineHandler = { packet in Self.handleInline(packet, connection: connection, handle: handle, writer: writer) }
+        inbound.inlineHandler = { packet in
+            let rest = Self.handleWithoutWaiting(packet, connection: connection, handle: handle, writer: writer)
+            if rest == nil { writer.drainIfConnected() }
+            return rest
+        }
     }
 
-    /// Handles a packet on the event loop as it is read, while the task waits (``ConnectionInbound/inlineHandler``):
-    /// what ``step(_:_:)`` does with a packet, without waking the task. Returns nil when it was handled, or
-    /// what the task is to take: the packet (the client is no longer connected here), a PUBLISH that waits
-    /// for room, or how to close.
+    /// Handles a packet of a connected client without suspending — as it is read, while the task waits
+    /// (``ConnectionInbound/inlineHandler``), or when the task takes it from the buffer (``step(_:_:)``).
+    /// Returns nil when it was handled, or what the task is to take: the packet (the client is no longer
+    /// connected here), a PUBLISH that waits for room, or how to close.
     @inline(never)
-    private static func handleInline(
+    private static func handleWithoutWaiting(
         _ packet: MQTTPacket,
         connection: ClientConnection,
         handle: ChannelConnectionHandle,
@@ -299,21 +303,30 @@ struct MQTTConnectionRunner: Sendable {
             guard let done = connection.handleSynchronously(packet) else { return .packet(packet) }
             actions = done
         }
-        if let closing = perform(actions, connection: connection, handle: handle, writer: writer) {
-            return .closing(closing)
-        }
-        writer.drainIfConnected()
-        return nil
+        return perform(actions, connection: connection, handle: handle, writer: writer).map { .closing($0) }
     }
 
     /// Handles the next buffered input when that needs no suspension. Returns nil when nothing is buffered.
     @inline(never)
     private func step(_ inbound: ConnectionInbound, _ parts: Parts) -> Step? {
         guard let input = inbound.peekBuffered() else { return nil }
-        let packet: MQTTPacket
         switch input {
-        case .packet(let read):
-            packet = read
+        case .packet(let packet):
+            switch Self.handleWithoutWaiting(packet, connection: parts.connection, handle: parts.handle, writer: parts.writer) {
+            case nil:
+                inbound.dropBuffered()
+                return .handled
+            case .publishAwaiting(let pending)?:
+                // Checked: what is left waits for room, in the task (``handleConnected(_:_:)``).
+                inbound.replaceBuffered(with: .publishAwaiting(pending))
+                return .suspends
+            case .closing(let closing)?:
+                inbound.dropBuffered()
+                return .closing(closing)
+            case .packet?, .writable?:
+                // A packet that suspends (the client is not connected here): still buffered.
+                return .suspends
+            }
         case .publishAwaiting:
             return .suspends
         case .closing(let closing):
@@ -323,21 +336,13 @@ struct MQTTConnectionRunner: Sendable {
             inbound.dropBuffered()
             return .handled
         }
-        guard let actions = parts.connection.handleSynchronously(packet) else {
-            return .suspends
-        }
-        inbound.dropBuffered()
-        return Self.perform(actions, connection: parts.connection, handle: parts.handle, writer: parts.writer)
-            .map { .closing($0) } ?? .handled
     }
 
-    /// Takes the buffered packet of a connected client that may suspend (a PUBLISH) and hands it to the
-    /// core. A publishing connection keeps this chain's frames: only the PUBLISH crosses the suspension.
+    /// Takes the buffered input that suspends — a checked PUBLISH waiting for room, or a packet of a client
+    /// no longer connected — and hands it to the core. A publishing connection keeps this chain's frames:
+    /// only the PUBLISH crosses the suspension.
     @inline(never)
     private func handleConnected(_ inbound: ConnectionInbound, _ parts: Parts) async -> [ClientConnection.Action] {
-        if let publish = inbound.nextBufferedPublish() {
-            return await parts.connection.handlePublish(publish)
-        }
         if case .publishAwaiting(let pending)? = inbound.peekBuffered() {
             inbound.dropBuffered()
             return await parts.connection.finishPublish(pending)
