@@ -103,6 +103,7 @@ final class EngineCore {
             nextDue = Swift.min(nextDue, requestsDue(now: now, order: order, transport: transport))
         case .draining:
             stage = .draining
+            ledger.counters.publishingOver = 1
         case .disconnecting:
             if stage != .disconnecting {
                 stage = .disconnecting

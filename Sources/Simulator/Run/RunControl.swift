@@ -47,6 +47,9 @@ struct LiveCounters: Sendable, Equatable {
     var requestsSent: UInt64 = 0
     var repliesReceived: UInt64 = 0
     var protocolErrors: UInt64 = 0
+    /// 1 once the engine has left the publishing phase (summed: how many engines have). Until every engine
+    /// has, the totals' `published` and `expected` may lag by one publishing interval of an engine.
+    var publishingOver = 0
 
     init() {}
 
@@ -69,6 +72,7 @@ struct LiveCounters: Sendable, Equatable {
         requestsSent += other.requestsSent
         repliesReceived += other.repliesReceived
         protocolErrors += other.protocolErrors
+        publishingOver += other.publishingOver
     }
 
     /// Errors worth showing on a progress line.

@@ -205,12 +205,14 @@ public struct Simulation: Sendable {
 
         // Phase 3: drain until everything expected arrived and, at QoS 1/2, every publish was acknowledged
         // (a gateway with `ack: persisted` delivers before the PUBACK, which waits for the commit), or the
-        // drain time is up.
+        // drain time is up. "Expected" counts only once every engine has reported after its last publish:
+        // an engine reports its counters every 50 ms, and a consumer that caught up with a publisher's
+        // older report would otherwise end the drain with that publisher's last messages still in flight.
         control.setPhase(.draining)
         let drainDeadline = MonotonicClock.now() + UInt64(plan.scenario.drain.nanoseconds)
         let awaitAcknowledgements = plan.scenario.publish.qos > 0
         await monitor.wait(phase: "draining") { counters, now in
-            (counters.delivered >= counters.expected && counters.repliesReceived >= counters.requestsSent
+            (counters.publishingOver >= engineCount && counters.delivered >= counters.expected && counters.repliesReceived >= counters.requestsSent
                 && (!awaitAcknowledgements || counters.acknowledged >= counters.published)) || now >= drainDeadline
         }
 
