@@ -99,7 +99,7 @@ final class TestClient {
     init(_ broker: Broker, version: MQTTProtocolVersion = .v3_1_1) {
         self.broker = broker
         self.version = version
-        self.connection = ClientConnection(broker: broker, handle: handle, remoteAddress: "127.0.0.1:5000", logger: silentLogger)
+        self.connection = ClientConnection(broker: broker, handle: handle, peer: try! SocketAddress(ipAddress: "127.0.0.1", port: 5000), logger: silentLogger)
     }
 
     /// Sends CONNECT and returns the actions.

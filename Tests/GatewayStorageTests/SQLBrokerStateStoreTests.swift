@@ -347,7 +347,7 @@ final class Client {
 
     init(_ broker: Broker) {
         self.broker = broker
-        self.connection = ClientConnection(broker: broker, handle: handle, remoteAddress: nil, logger: silentLogger)
+        self.connection = ClientConnection(broker: broker, handle: handle, peer: nil, logger: silentLogger)
     }
 
     func connect(_ clientID: String, cleanStart: Bool = true, username: String? = nil) async -> MQTTConnAckPacket? {

@@ -22,7 +22,7 @@ struct ConnectionWriterTests {
         let channel = EmbeddedChannel()
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).wait()
         let broker = Broker(configuration: BrokerConfiguration(), logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
-        let connection = ClientConnection(broker: broker, handle: Handle(), remoteAddress: nil, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+        let connection = ClientConnection(broker: broker, handle: Handle(), peer: nil, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
         return (channel, ConnectionWriter(channel: channel, connection: connection, metrics: broker.metrics))
     }
 

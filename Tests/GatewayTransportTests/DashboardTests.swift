@@ -41,7 +41,7 @@ struct DashboardTests {
     }
 
     private static func connect(_ broker: Broker, _ clientID: String, version: MQTTProtocolVersion = .v3_1_1, transport: GatewayMetrics.Transport = .tcp) async -> ClientConnection {
-        let connection = ClientConnection(broker: broker, handle: QuietHandle(), remoteAddress: "[IPv4]127.0.0.1/127.0.0.1:5000", logger: logger)
+        let connection = ClientConnection(broker: broker, handle: QuietHandle(), peer: try! SocketAddress(ipAddress: "127.0.0.1", port: 5000), logger: logger)
         connection.transport = transport
         _ = await connection.handle(.connect(MQTTConnectPacket(version: version, cleanStart: true, keepAlive: 60, clientIdentifier: clientID)))
         return connection
@@ -260,7 +260,7 @@ struct DashboardTests {
         )
         let response = await routes.respond(to: AdminRequest(method: .GET, uri: "/api/v1/clients?prefix=dev", authorization: nil))
         let body = String(decoding: response.body, as: UTF8.self)
-        #expect(body.contains(#""client_id":"dev-1","connected":true,"persistent":false,"subscriptions":0,"queued_messages":0,"username":null,"address":"[IPv4]127.0.0.1/127.0.0.1:5000","transport":"wss","protocol":"5.0","connected_since":"#))
+        #expect(body.contains(#""client_id":"dev-1","connected":true,"persistent":false,"subscriptions":0,"queued_messages":0,"username":null,"address":"[IPv4]127.0.0.1:5000","transport":"wss","protocol":"5.0","connected_since":"#))
     }
 
     // MARK: Prometheus text

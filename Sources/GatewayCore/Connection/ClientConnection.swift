@@ -1,6 +1,6 @@
 public import Logging
 public import MQTTCodec
-import NIOCore
+public import NIOCore
 
 /// The MQTT protocol logic of one client connection, without I/O.
 ///
@@ -33,12 +33,14 @@ public final class ClientConnection {
 
     let broker: Broker
     let handle: any ConnectionHandle
-    let remoteAddress: String?
     public private(set) var logger: ConnectionLogger
     /// The negotiated version (3.1.1 until CONNECT says otherwise).
     public private(set) var version: MQTTProtocolVersion = .v3_1_1
     /// The client id, once CONNECT was accepted.
-    public private(set) var clientID: String?
+    public var clientID: String? { session?.clientID }
+    /// The peer's address as NIO prints it (`[IPv4]127.0.0.1/127.0.0.1:50000`), made when asked: CONNECT,
+    /// a log line. The connection keeps the channel's `SocketAddress`, not a string of its own.
+    var remoteAddress: String? { logger.peer?.description }
     private var session: Session?
     /// The configuration and authorizer this connection's PUBLISHes read: copied from the broker and
     /// copied again only after a change (``Broker/liveGeneration``), so a PUBLISH takes neither of their
@@ -93,13 +95,12 @@ public final class ClientConnection {
     /// - Parameters:
     ///   - broker: the broker core.
     ///   - handle: how the broker ends this connection (takeover, slow consumer, shutdown).
-    ///   - remoteAddress: the peer, for logs.
+    ///   - peer: the peer's address (the channel's), for logs, address limits and the admin API.
     ///   - logger: the transport's logger; connection metadata is added here.
-    public init(broker: Broker, handle: any ConnectionHandle, remoteAddress: String?, logger: Logger) {
+    public init(broker: Broker, handle: any ConnectionHandle, peer: SocketAddress?, logger: Logger) {
         self.broker = broker
         self.handle = handle
-        self.remoteAddress = remoteAddress
-        self.logger = ConnectionLogger(base: logger, peerAddress: remoteAddress)
+        self.logger = ConnectionLogger(base: logger, peer: peer)
     }
 
     /// Whether CONNECT was accepted.
@@ -347,7 +348,7 @@ public final class ClientConnection {
                 clientReceiveMaximum: Int(connect.properties.receiveMaximum ?? UInt16.max),
                 handle: handle,
                 connectionInfo: ConnectionInfo(
-                    address: remoteAddress,
+                    peer: logger.peer,
                     transport: transport,
                     protocolName: isJSONAPI ? "json" : (version == .v5 ? "5.0" : "3.1.1"),
                     connectedAt: WallClock.millisecondsSinceEpoch()
@@ -358,7 +359,6 @@ public final class ClientConnection {
         }
         session = opened.session
         owner = opened.owner
-        self.clientID = clientID
         will = connect.will
 
         var keepAlive = Int(connect.keepAlive)

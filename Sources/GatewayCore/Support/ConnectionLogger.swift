@@ -1,4 +1,5 @@
 public import Logging
+import NIOCore
 
 /// A connection's logger: the transport's logger, with the connection's metadata (peer address, client
 /// identifier) added only to a line that is actually logged.
@@ -8,14 +9,14 @@ public import Logging
 /// plain `Logger`.
 public struct ConnectionLogger: Sendable {
     private var base: Logger
-    /// The peer's address, added as `net.peer.address`.
-    var peerAddress: String?
+    /// The peer's address, added as `net.peer.address` (printed only for a line that is logged).
+    var peer: SocketAddress?
     /// The client identifier once CONNECT was accepted, added as `mqtt.client.id`.
     var clientID: String?
 
-    init(base: Logger, peerAddress: String?) {
+    init(base: Logger, peer: SocketAddress?) {
         self.base = base
-        self.peerAddress = peerAddress
+        self.peer = peer
     }
 
     /// The level below which lines are not logged.
@@ -24,7 +25,7 @@ public struct ConnectionLogger: Sendable {
     /// A `Logger` with the connection's metadata.
     public var withMetadata: Logger {
         var logger = base
-        if let peerAddress { logger[metadataKey: "net.peer.address"] = "\(peerAddress)" }
+        if let peer { logger[metadataKey: "net.peer.address"] = "\(peer)" }
         if let clientID { logger[metadataKey: "mqtt.client.id"] = "\(clientID)" }
         return logger
     }

@@ -45,7 +45,7 @@ struct JSONAPIConnectionRunner: Sendable {
         let connection = ClientConnection(
             broker: broker,
             handle: handle,
-            remoteAddress: channel.channel.remoteAddress?.description,
+            peer: channel.channel.remoteAddress,
             logger: logger
         )
         connection.transport = transport

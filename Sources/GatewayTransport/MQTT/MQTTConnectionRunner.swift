@@ -86,7 +86,8 @@ struct MQTTConnectionRunner: Sendable {
         let connection: ClientConnection
         let writer: ConnectionWriter
         /// The peer address counted against `limits.max_connections_per_address` (nil: not counted).
-        let countedAddress: String?
+        /// The peer counted by ``Broker/admitAddress(_:)`` (its address is printed again to give it back).
+        let countedAddress: SocketAddress?
     }
 
     /// The connection's life. Only what must outlive the reads stays in this frame (the task keeps it for
@@ -117,7 +118,7 @@ struct MQTTConnectionRunner: Sendable {
         // The handle, the writer and the connection refer to each other: break the cycle.
         parts.handle.writer = nil
         registry.remove(parts.token)
-        if let address = parts.countedAddress { broker.releaseAddress(address) }
+        if let address = parts.countedAddress { broker.releaseAddress(address.description) }
     }
 
     /// How the server ends a connection.
@@ -152,10 +153,10 @@ struct MQTTConnectionRunner: Sendable {
     private func setUp(_ channel: any Channel, inbound: ConnectionInbound) -> Parts {
         let handle = ChannelConnectionHandle(channel: channel, isWebSocket: isWebSocket)
         let token = registry.add(handle)
-        let address = channel.remoteAddress?.description
-        let connection = ClientConnection(broker: broker, handle: handle, remoteAddress: address, logger: logger)
-        let countedAddress = address.flatMap { broker.admitAddress($0) ? $0 : nil }
-        connection.overAddressLimit = address != nil && countedAddress == nil
+        let peer = channel.remoteAddress
+        let connection = ClientConnection(broker: broker, handle: handle, peer: peer, logger: logger)
+        let countedAddress = peer.flatMap { broker.admitAddress($0.description) ? $0 : nil }
+        connection.overAddressLimit = peer != nil && countedAddress == nil
         connection.transport = transport
         let writer = ConnectionWriter(channel: channel, connection: connection, metrics: broker.metrics)
         handle.writer = writer
