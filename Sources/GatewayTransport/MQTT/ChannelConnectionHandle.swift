@@ -42,7 +42,7 @@ final class ChannelConnectionHandle: ConnectionHandle {
         if let writer {
             // Always a job of its own, never inline: the caller may be this connection's own task
             // (publishing to its own subscription) in the middle of handling a packet.
-            channel.eventLoop.execute { writer.drain() }
+            channel.eventLoop.execute { writer.drainAndFlush() }
         } else {
             channel.pipeline.fireUserInboundEventTriggered(DeliverySignal())
         }

@@ -3,7 +3,7 @@ import MQTTCodec
 import NIOCore
 
 /// What an MQTT connection task reads: a packet from the client, or `writable` when its socket can take
-/// writes again (and no writer was registered to be called directly, ``ConnectionInbound/onWritable``).
+/// writes again (and no writer was registered to be called directly, ``ConnectionInbound/writer``).
 enum ConnectionInput: Sendable {
     case packet(MQTTPacket)
     case writable
@@ -68,9 +68,11 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     var keepAliveBucket: Int64?
     /// Reading is paused by back-pressure on this publisher (``SetReadPaused``).
     var readPaused = false
-    /// Called when the socket becomes writable again: the connection's writer goes on at once, without
-    /// waiting for the task (which may be waiting for a storage commit).
-    var onWritable: (() -> Void)?
+    /// The connection's writer, once its task set it up. It goes on at once when the socket becomes
+    /// writable again, without waiting for the task (which may be waiting for a storage commit), and what
+    /// the packets of one read answer is flushed once, when the read completes
+    /// (``ConnectionWriter/beginReadBurst()``).
+    var writer: ConnectionWriter?
     /// Handles a packet on the loop, as it is read, while the task waits with nothing buffered (set once
     /// CONNECT was accepted). Returns nil when the packet was handled, or what the task is to take instead
     /// (the packet itself, a PUBLISH that waits for room, or how to close). A packet read while the task is
@@ -201,7 +203,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     func handlerRemoved(context: ChannelHandlerContext) {
         unfileKeepAlive()
         self.context = nil
-        onWritable = nil
+        endWriterBurst()
         inlineHandler = nil
         finished = true
         deliverEnd()
@@ -210,6 +212,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         lastRead = eventLoop.now
         guard !discarding, !decodingFailed else { return }
+        writer?.beginReadBurst()
         var bytes = partial.prepend(to: unwrapInboundIn(data))
         do {
             while let packet = try parser.next(&bytes) {
@@ -231,10 +234,22 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
         partial.keep(bytes, allocator: context.channel.allocator)
     }
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        writer?.endReadBurst()
+        context.fireChannelReadComplete()
+    }
+
+    /// Ends a read burst that no `channelReadComplete` ended (the channel went away), and lets the writer
+    /// go: it holds the channel, whose pipeline holds this.
+    private func endWriterBurst() {
+        writer?.endReadBurst()
+        writer = nil
+    }
+
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
             // The writer stopped when the socket filled up.
-            if let onWritable { onWritable() } else { deliver(.writable) }
+            if let writer { writer.drainIfConnected() } else { deliver(.writable) }
             releaseHeldRead()
         }
         context.fireChannelWritabilityChanged()
@@ -251,7 +266,7 @@ final class ConnectionInbound: ChannelDuplexHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         unfileKeepAlive()
-        onWritable = nil
+        endWriterBurst()
         inlineHandler = nil
         finished = true
         deliverEnd()

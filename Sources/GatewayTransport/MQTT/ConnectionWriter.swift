@@ -14,8 +14,10 @@ import NIOCore
 ///
 /// Writes are coalesced: the packets written while the loop runs one job (a burst of inbound packets and
 /// their acknowledgements, one drain) are encoded into one buffer, handed to the channel as one write and
-/// flushed once, by a job queued behind it (or at once past ``flushThreshold``). A PUBLISH whose shared
-/// encoding is large goes to the channel as its own buffer, not copied.
+/// flushed once (or at once past ``flushThreshold``). What the packets of one socket read answer on the
+/// loop is flushed when the read completes (``beginReadBurst()``), and a delivery job flushes when its
+/// drain ends (``drainAndFlush()``); anything else, the task's writes, by a job queued behind it. A
+/// PUBLISH whose shared encoding is large goes to the channel as its own buffer, not copied.
 ///
 /// # Thread safety
 /// `@unchecked Sendable` because it holds the connection's ``ClientConnection``, which is not
@@ -27,6 +29,9 @@ final class ConnectionWriter: @unchecked Sendable {
     private let client: ClientConnection
     private let metrics: GatewayMetrics
     private var flushScheduled = false
+    /// Set while the loop hands one socket read's packets to the connection, or runs one delivery job:
+    /// what is written meanwhile is flushed when it ends, without a job of its own.
+    private var inBurst = false
     /// Set once the server ends the connection (``stop()``): nothing more is written after its DISCONNECT.
     private var stopped = false
     /// Packets encoded since the last hand-over to the channel; nil between bursts (an idle connection
@@ -68,6 +73,31 @@ final class ConnectionWriter: @unchecked Sendable {
         }
     }
 
+    /// ``drain()`` as one burst, then the flush: the job that writes deliveries from the routing side.
+    func drainAndFlush() {
+        let outer = inBurst
+        inBurst = true
+        drain()
+        inBurst = outer
+        if !outer { flushIfPending() }
+    }
+
+    /// The loop starts handing the packets of one socket read to the connection (``ConnectionInbound``).
+    func beginReadBurst() {
+        inBurst = true
+    }
+
+    /// The read completed (or the channel went away): flushes what its packets' answers wrote.
+    func endReadBurst() {
+        guard inBurst else { return }
+        inBurst = false
+        flushIfPending()
+    }
+
+    private func flushIfPending() {
+        if batch != nil || unflushed > 0 { flush() }
+    }
+
     /// ``drain()`` once CONNECT was accepted (before it there is nothing but the CONNACK to write, and
     /// that is written by the task).
     @inline(never)
@@ -103,7 +133,7 @@ final class ConnectionWriter: @unchecked Sendable {
         packet.write(version: version, to: &batch!)
         if unflushed + batch!.readableBytes >= Self.flushThreshold {
             flush()
-        } else {
+        } else if !inBurst {
             scheduleFlush()
         }
     }
@@ -121,7 +151,7 @@ final class ConnectionWriter: @unchecked Sendable {
         channel.write(bytes, promise: nil)
         if unflushed >= Self.flushThreshold {
             flush()
-        } else {
+        } else if !inBurst {
             scheduleFlush()
         }
     }

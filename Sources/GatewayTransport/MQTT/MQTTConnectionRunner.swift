@@ -160,7 +160,7 @@ struct MQTTConnectionRunner: Sendable {
         connection.transport = transport
         let writer = ConnectionWriter(channel: channel, connection: connection, metrics: broker.metrics)
         handle.writer = writer
-        inbound.onWritable = { writer.drainIfConnected() }
+        inbound.writer = writer
         return Parts(handle: handle, token: token, connection: connection, writer: writer, countedAddress: countedAddress)
     }
 
