@@ -466,6 +466,17 @@ def median(measurements: list[Measurement], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def comparison_rows(rows: list[Row], ours: list[Measurement], theirs: list[Measurement]) -> list[str]:
+    """Table rows `| label | ours | theirs | ours/theirs |`, medians of the rounds."""
+    lines = []
+    for row in rows:
+        a, b = median(ours, row.key), median(theirs, row.key)
+        ratio = f"{a / b:.2f}" if a is not None and b else "—"
+        unit = f" {row.unit}" if row.unit else ""
+        lines.append(f"| {row.label} | {fmt(a, row.digits)}{unit} | {fmt(b, row.digits)}{unit} | {ratio} |")
+    return lines
+
+
 def machine() -> dict[str, str]:
     memory = "?"
     with open("/proc/meminfo") as f:
@@ -637,11 +648,7 @@ def write_report(results: dict[str, dict[str, list[Measurement]]], args: argpars
         data = results[section.name]
         lines += [f"### {section.title}", "", f"Scenario `Configs/scenarios/{section.name}.yaml`.", "",
                   "| metric | iotgw | mosquitto | iotgw/mosquitto |", "|---|---:|---:|---:|"]
-        for row in section.rows:
-            a, b = median(data["iotgw"], row.key), median(data["mosquitto"], row.key)
-            ratio = f"{a / b:.2f}" if a is not None and b else "—"
-            unit = f" {row.unit}" if row.unit else ""
-            lines.append(f"| {row.label} | {fmt(a, row.digits)}{unit} | {fmt(b, row.digits)}{unit} | {ratio} |")
+        lines += comparison_rows(section.rows, data["iotgw"], data["mosquitto"])
         if "mosquitto-nagle" in data:
             lines += ["", "mosquitto with its default `set_tcp_nodelay false` (Nagle's algorithm on), same scenario:", "",
                       "| metric | mosquitto, Nagle on |", "|---|---:|"]
@@ -652,11 +659,7 @@ def write_report(results: dict[str, dict[str, list[Measurement]]], args: argpars
         if "iotgw-variant" in data:
             lines += ["", f"iotgw with `limits.{section.iotgw_variant}` (not its default), same scenario and rounds:", "",
                       "| metric | iotgw, " + section.iotgw_variant + " | mosquitto | iotgw/mosquitto |", "|---|---:|---:|---:|"]
-            for row in section.rows:
-                a, b = median(data["iotgw-variant"], row.key), median(data["mosquitto"], row.key)
-                ratio = f"{a / b:.2f}" if a is not None and b else "—"
-                unit = f" {row.unit}" if row.unit else ""
-                lines.append(f"| {row.label} | {fmt(a, row.digits)}{unit} | {fmt(b, row.digits)}{unit} | {ratio} |")
+            lines += comparison_rows(section.rows, data["iotgw-variant"], data["mosquitto"])
         lines += ["", "<details><summary>Rounds</summary>", ""]
         for kind, measurements in data.items():
             for number, m in enumerate(measurements, 1):

@@ -73,13 +73,12 @@ final class ConnectionWriter: @unchecked Sendable {
         }
     }
 
-    /// ``drain()`` as one burst, then the flush: the job that writes deliveries from the routing side.
+    /// ``drain()`` as one burst, then the flush: the job that writes deliveries from the routing side (a
+    /// job of its own, so never inside a read's burst).
     func drainAndFlush() {
-        let outer = inBurst
-        inBurst = true
+        beginReadBurst()
         drain()
-        inBurst = outer
-        if !outer { flushIfPending() }
+        endReadBurst()
     }
 
     /// The loop starts handing the packets of one socket read to the connection (``ConnectionInbound``).
@@ -91,10 +90,6 @@ final class ConnectionWriter: @unchecked Sendable {
     func endReadBurst() {
         guard inBurst else { return }
         inBurst = false
-        flushIfPending()
-    }
-
-    private func flushIfPending() {
         if batch != nil || unflushed > 0 { flush() }
     }
 

@@ -85,8 +85,8 @@ struct MQTTConnectionRunner: Sendable {
         let token: UInt64
         let connection: ClientConnection
         let writer: ConnectionWriter
-        /// The peer address counted against `limits.max_connections_per_address` (nil: not counted).
-        /// The peer counted by ``Broker/admitAddress(_:)`` (its address is printed again to give it back).
+        /// The peer counted against `limits.max_connections_per_address` (nil: not counted); its address
+        /// is printed again to give the count back.
         let countedAddress: SocketAddress?
     }
 

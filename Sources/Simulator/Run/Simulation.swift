@@ -212,7 +212,8 @@ public struct Simulation: Sendable {
         let drainDeadline = MonotonicClock.now() + UInt64(plan.scenario.drain.nanoseconds)
         let awaitAcknowledgements = plan.scenario.publish.qos > 0
         await monitor.wait(phase: "draining") { counters, now in
-            (counters.publishingOver >= engineCount && counters.delivered >= counters.expected && counters.repliesReceived >= counters.requestsSent
+            (counters.publishingOver >= engineCount && counters.delivered >= counters.expected
+                && counters.repliesReceived >= counters.requestsSent
                 && (!awaitAcknowledgements || counters.acknowledged >= counters.published)) || now >= drainDeadline
         }
 
