@@ -146,9 +146,8 @@ final class MosquittoClient {
     }
 
     private func didReceive(_ message: mosquitto_message) {
-        let topic = message.topic.map { String(cString: $0) } ?? ""
         let payload = UnsafeRawBufferPointer(start: message.payload, count: Int(message.payloadlen))
-        loop.received(self, topic: topic, payload: payload, retained: message.retain)
+        loop.received(self, topic: message.topic, payload: payload, retained: message.retain)
     }
 
     /// Publishes telemetry; returns the libmosquitto result code.

@@ -97,7 +97,7 @@ final class MosquittoLoop: EngineTransport {
         guard let mosq = client.mosq, client.fd >= 0 else { return }
         // A TLS handshake in progress is driven from mosquitto_loop_read, even when the socket became writable,
         // so read on every event; with nothing to read it costs one EAGAIN.
-        let readRC = mosquitto_loop_read(mosq, 1)
+        let readRC = readAvailable(client, mosq)
         if readRC == MOSQ_ERR_SUCCESS.rawValue, client.fd >= 0, mosquitto_socket(mosq) >= 0, mosquitto_want_write(mosq) {
             _ = mosquitto_loop_write(mosq, 1)
         }
@@ -106,6 +106,28 @@ final class MosquittoLoop: EngineTransport {
             _ = mosquitto_loop_read(mosq, 1)
         }
         syncInterest(client)
+    }
+
+    /// Most packets one readiness event reads before the loop looks at its other clients and its clock.
+    static let packetsPerEvent = 64
+
+    /// Reads the packets the socket holds, up to ``packetsPerEvent``; returns the last read's result.
+    ///
+    /// `mosquitto_loop_read` reads as many packets as the client has QoS 1/2 messages of its own in
+    /// flight, at least one. A subscriber publishes nothing, so it read one packet per `epoll_wait`,
+    /// and the loop's own round (clock, phase, another `epoll_wait`) cost as much as the message. The
+    /// library reports that the socket ran dry by leaving `errno` at `EAGAIN` (its result is success
+    /// then too), which is where this stops.
+    private func readAvailable(_ client: MosquittoClient, _ mosq: OpaquePointer) -> Int32 {
+        var rc = MOSQ_ERR_SUCCESS.rawValue
+        for _ in 0..<Self.packetsPerEvent {
+            errno = 0
+            rc = mosquitto_loop_read(mosq, 1)
+            if rc != MOSQ_ERR_SUCCESS.rawValue || errno == EAGAIN || errno == EWOULDBLOCK { break }
+            // A callback may have closed or replaced the socket (disconnect, failure).
+            if client.mosq == nil || mosquitto_socket(mosq) != client.fd { break }
+        }
+        return rc
     }
 
     private func runMiscSlice() {
@@ -189,12 +211,14 @@ final class MosquittoLoop: EngineTransport {
 
     func protocolError() { core.ledger.counters.protocolErrors += 1 }
 
-    func received(_ client: MosquittoClient, topic: String, payload: UnsafeRawBufferPointer, retained: Bool) {
+    /// - Parameter topic: libmosquitto's C string, read only by a device (to tell a request from other
+    ///   messages); a consumer's telemetry needs no Swift copy of it.
+    func received(_ client: MosquittoClient, topic: UnsafePointer<CChar>?, payload: UnsafeRawBufferPointer, retained: Bool) {
         let now = MonotonicClock.now()
         switch client.plan.role {
         case .controller:
             if retained { core.ledger.counters.retainedIgnored += 1 } else { core.ledger.recordReply(payload: payload, now: now) }
-        case .device where topic == client.plan.commandTopic:
+        case .device where topic.map { String(cString: $0) } ?? "" == client.plan.commandTopic:
             // Answer a request: echo its payload on the reply topic.
             if !retained, let reply = client.plan.replyTopic, let mosq = client.mosq {
                 let rc = mosquitto_publish(mosq, nil, reply, Int32(payload.count), payload.baseAddress, Int32(plan.scenario.requests.qos), false)
