@@ -105,12 +105,19 @@ public struct GatewayConfigFile: Codable, Sendable, Equatable {
         public var ws = Listener(host: "127.0.0.1", port: 8083)
         /// `listeners.wss`: WebSocket over TLS, the same endpoints. Default disabled, 127.0.0.1:8084.
         public var wss = Listener(enabled: false, host: "127.0.0.1", port: 8084)
+        /// `listeners.event_loops`: the event-loop threads that every connection (and the admin API) runs
+        /// on; 0 (default): one per core. Start-up only.
+        public var eventLoops = 0
 
         public init() {}
-        enum CodingKeys: String, CodingKey, CaseIterable { case mqtt, mqtts, ws, wss }
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case mqtt, mqtts, ws, wss
+            case eventLoops = "event_loops"
+        }
         public init(from decoder: any Decoder) throws {
             try decoder.rejectUnknownKeys(CodingKeys.self)
             let c = try decoder.container(keyedBy: CodingKeys.self)
+            eventLoops = try c.value(.eventLoops, default: 0)
             // Each listener has its own defaults: a partial entry (`ws: {port: 9000}`) keeps the rest.
             mqtt = try c.decodeIfPresent(Listener.Partial.self, forKey: .mqtt)?.applied(to: mqtt) ?? mqtt
             mqtts = try c.decodeIfPresent(Listener.Partial.self, forKey: .mqtts)?.applied(to: mqtts) ?? mqtts
@@ -405,6 +412,8 @@ extension GatewayConfigFile {
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
     /// The formats `log.format` accepts.
     public static let logFormats = ["text", "json"]
+    /// The most `listeners.event_loops` accepts (SwiftNIO's own bound on its singleton group is 1024).
+    public static let maximumEventLoops = 256
 
     /// Checks value ranges; returns (key path, message) pairs for every problem found.
     public func validationErrors() -> [(key: String, message: String)] {
@@ -426,6 +435,11 @@ extension GatewayConfigFile {
             check((0...65535).contains(listener.port), "listeners.\(name).port", "\(listener.port) is not a port number (0-65535)")
             check(!listener.host.isEmpty, "listeners.\(name).host", "must not be empty")
         }
+        check(
+            (0...Self.maximumEventLoops).contains(listeners.eventLoops),
+            "listeners.event_loops",
+            "\(listeners.eventLoops) is not from 0 (one per core) to \(Self.maximumEventLoops)"
+        )
         if listeners.mqtts.enabled || listeners.wss.enabled {
             let which = listeners.mqtts.enabled ? "listeners.mqtts" : "listeners.wss"
             check(!tls.certFile.isEmpty, "tls.cert_file", "required when \(which) is enabled")

@@ -32,13 +32,6 @@ struct RunCommand: AsyncParsableCommand {
 
     func run() async throws {
         let startedAt = ContinuousClock.now
-        let executor: ConcurrencyExecutor
-        do {
-            executor = try ConcurrencyExecutor.install(environment: ProcessInfo.processInfo.environment)
-        } catch {
-            printError("iotgw: \(error)")
-            throw ExitCode(2)
-        }
         let file: GatewayConfigFile
         let serverConfiguration: GatewayServer.Configuration
         let databaseConfiguration: DatabaseConfiguration
@@ -49,6 +42,18 @@ struct RunCommand: AsyncParsableCommand {
             try file.checkBridgeTLSFiles(path: config)
         } catch {
             printError("iotgw: invalid configuration: \(error)")
+            throw ExitCode(2)
+        }
+        // Before anything uses NIO's singleton event-loop group (the executor below may): its size is
+        // fixed when it is first used.
+        if file.listeners.eventLoops > 0 {
+            NIOSingletons.groupLoopCountSuggestion = file.listeners.eventLoops
+        }
+        let executor: ConcurrencyExecutor
+        do {
+            executor = try ConcurrencyExecutor.install(environment: ProcessInfo.processInfo.environment)
+        } catch {
+            printError("iotgw: \(error)")
             throw ExitCode(2)
         }
         var commandLineLevel: Logger.Level?
@@ -79,7 +84,13 @@ struct RunCommand: AsyncParsableCommand {
         let environment = ProcessInfo.processInfo.environment
         let notifier = SystemdNotifier(environment: environment)
         notifier.notify("STATUS=starting")
-        logger.info("starting iotgw", metadata: ["iotgw.version": "\(GatewayVersion.current)", "iotgw.config": "\(config)", "iotgw.executor": "\(executor.rawValue)"])
+        logger.info(
+            "starting iotgw",
+            metadata: [
+                "iotgw.version": "\(GatewayVersion.current)", "iotgw.config": "\(config)", "iotgw.executor": "\(executor.rawValue)",
+                "iotgw.event_loops": "\(NIOSingletons.groupLoopCountSuggestion)",
+            ]
+        )
         logFileLimit(ProcessResources.raiseOpenFileLimit(), maxConnections: file.limits.maxConnections, logger: logger)
 
         let readiness = ReadinessRegistry()

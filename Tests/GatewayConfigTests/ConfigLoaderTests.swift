@@ -31,6 +31,7 @@ struct ConfigLoaderTests {
               mqtt:
                 host: 0.0.0.0
                 port: 11883
+              event_loops: 3
             limits:
               max_inflight: 8
               max_queued_messages: 50
@@ -45,6 +46,8 @@ struct ConfigLoaderTests {
         )
         #expect(config.listeners.mqtt.host == "0.0.0.0")
         #expect(config.listeners.mqtt.port == 11883)
+        #expect(config.listeners.eventLoops == 3)
+        #expect(GatewayConfigFile().listeners.eventLoops == 0)
         let broker = config.brokerConfiguration
         #expect(broker.maxInflight == 8)
         #expect(broker.maxQueuedMessages == 50)
@@ -65,6 +68,9 @@ struct ConfigLoaderTests {
             ("bad.yaml", "shutdown:\n  timeout: 1:30.5\n", "shutdown.timeout", "expected a number"),
             ("bad.yaml", "limits:\n  max_conections: 5\n", "limits.max_conections", "unknown key"),
             ("bad.yaml", "colour: blue\n", "colour", "unknown key"),
+            ("bad.yaml", "listeners:\n  event_loops: -1\n", "listeners.event_loops", "not from 0 (one per core) to 256"),
+            ("bad.yaml", "listeners:\n  event_loops: 257\n", "listeners.event_loops", "not from 0 (one per core) to 256"),
+            ("bad.yaml", "listeners:\n  event_loops: two\n", "listeners.event_loops", "expected an integer"),
             ("bad.yaml", "mqtt:\n  max_qos: 3\n", "mqtt.max_qos", "not a QoS"),
             ("bad.yaml", "log:\n  level: loud\n", "log.level", "not one of"),
             ("bad.yaml", "auth:\n  anonymous: maybe\n", "auth.anonymous", "true or false"),
