@@ -68,12 +68,9 @@ extension GatewayServer {
         return try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.recvAllocator, value: GatewayServer.receiveAllocator)
-            .childChannelOption(.maxMessagesPerRead, value: GatewayServer.readsPerEvent)
             .bind(host: listener.host, port: listener.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    GatewayServer.setAcceptedOptions(channel)
                     let sync = channel.pipeline.syncOperations
                     if let tls { try tls.addServerHandlers(to: sync) }
                     let route = try pipeline.configure(channel)

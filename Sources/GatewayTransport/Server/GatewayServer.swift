@@ -295,6 +295,24 @@ public final class GatewayServer: Service {
     /// so a socket with more to read is read again on the loop's next turn.
     static let readsPerEvent: UInt = 1
 
+    /// Sets an accepted connection's options, in its initializer: `TCP_NODELAY` (also inherited from the
+    /// listening socket, where NIO sets it), the receive sizer and reads per event.
+    ///
+    /// `ServerBootstrap`'s `childChannelOption`s did this through a chain of futures per option and
+    /// connection (generic metadata look-ups and allocations that showed in a connect storm's profile).
+    /// Nothing here throws: NIO ends a server's whole accept sequence on any error from a child's set-up,
+    /// which would stop the listener for one connection's sake. An option can only fail on a socket that
+    /// is already gone, and that connection then ends by itself. Until 2026-12-05 the first option here was
+    /// `.socketOption(.tcp_nodelay)`: the socket level with TCP_NODELAY's number, which is `SO_DEBUG`. As
+    /// root that set a debug flag; as any other user (the systemd unit's `iotgw`) it failed with EPERM and
+    /// stopped the gateway at its first connection.
+    static func setAcceptedOptions(_ channel: any Channel) {
+        guard let options = channel.syncOptions else { return }
+        try? options.setOption(.tcpOption(.tcp_nodelay), value: 1)
+        try? options.setOption(.recvAllocator, value: receiveAllocator)
+        try? options.setOption(.maxMessagesPerRead, value: readsPerEvent)
+    }
+
     private func bindMQTT(
         _ listener: ListenerConfiguration,
         tls: TLSContext?,
@@ -305,12 +323,9 @@ public final class GatewayServer: Service {
         return try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.recvAllocator, value: GatewayServer.receiveAllocator)
-            .childChannelOption(.maxMessagesPerRead, value: GatewayServer.readsPerEvent)
             .bind(host: listener.host, port: listener.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    GatewayServer.setAcceptedOptions(channel)
                     if let tls {
                         try tls.addServerHandlers(to: channel.pipeline.syncOperations)
                     }
